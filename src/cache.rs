@@ -1,0 +1,399 @@
+//! `Cache`: one redb file (or an in-memory database) shared by many memoizers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::memoizer::{MemoCore, MemoizerBuilder};
+use crate::report::{ErrorHook, Health, Reporter};
+use crate::storage::ops::{self, InitOutcome};
+use crate::storage::writer::Writer;
+use crate::storage::{Storage, guarded};
+use crate::zone::{Zone, ZoneInner};
+use crate::{Value, integrity};
+
+const REDB_MAGIC: [u8; 4] = *b"redb";
+
+/// What to do when the cache file turns out to be damaged at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnCorruption {
+    /// Move the damaged file aside (`<file>.corrupt-<unix ms>`), report it through
+    /// [`Cache::health`] and the error hook, and start with an empty cache. A cache is
+    /// disposable; this is the default.
+    #[default]
+    Recreate,
+    /// Fail with [`Error::Corrupted`] and leave the file alone.
+    Fail,
+}
+
+pub(crate) struct CacheInner {
+    pub storage: Arc<Storage>,
+    pub writer: Writer,
+    pub clock: Arc<dyn Clock>,
+    pub file_backed: bool,
+    pub live: Mutex<HashMap<String, Weak<MemoCore>>>,
+    zones: Mutex<HashMap<String, Arc<ZoneInner>>>,
+    pub next_entry_id: AtomicU64,
+}
+
+impl Drop for CacheInner {
+    fn drop(&mut self) {
+        // Commits whatever is pending durably; redb persists the rest on close.
+        self.writer.shutdown();
+    }
+}
+
+impl CacheInner {
+    pub(crate) fn zone_inner(self: &Arc<Self>, name: &str) -> Result<Arc<ZoneInner>> {
+        check_name(name)?;
+        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(z) = zones.get(name) {
+            return Ok(z.clone());
+        }
+        let owned = name.to_string();
+        let id = self
+            .writer
+            .run(move |txn| ops::register_zone(txn, &owned))?;
+        let zone = Arc::new(ZoneInner::new(name, id, self));
+        zones.insert(name.to_string(), zone.clone());
+        Ok(zone)
+    }
+}
+
+/// Names are stored in the file; keep them printable and bounded.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "names must not be empty"
+    } else if name.len() > 200 {
+        "names must be at most 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "names must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// A memoization cache: one redb file holding the tables of many memoizers.
+///
+/// Cheap to clone (clones share one database). Dropping the last clone (and the last
+/// memoizer built from it) commits everything durably and closes the file.
+///
+/// ```
+/// use fresco_memoize::Cache;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = Cache::open(dir.path().join("app.memo"))?;
+/// let slow_square = cache.memoizer::<u64, u64>("square").build()?;
+/// assert_eq!(slow_square.get_or_compute(&12, |n| n * n), 144);
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<CacheInner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Opens (or creates) a cache file with the default settings. See [`CacheBuilder`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Cache> {
+        CacheBuilder::new().open(path)
+    }
+
+    /// A cache that keeps nothing on disk (an in-memory redb database). Memoizers default
+    /// to [`Store::Memory`](crate::Store::Memory).
+    pub fn in_memory() -> Result<Cache> {
+        CacheBuilder::new().in_memory()
+    }
+
+    /// Starts configuring a cache.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// Starts building a memoizer named `name` for arguments `K` and values `V`. Each
+    /// persistent memoizer has its own table; names must be unique per cache.
+    pub fn memoizer<K: Serialize + ?Sized + 'static, V: Value>(
+        &self,
+        name: &str,
+    ) -> MemoizerBuilder<K, V> {
+        MemoizerBuilder::new(self.inner.clone(), name)
+    }
+
+    /// The zone named `name`, created in the file if missing. Handles for one name share
+    /// their state (including the default key function).
+    pub fn zone(&self, name: &str) -> Result<Zone> {
+        Ok(Zone {
+            inner: self.inner.zone_inner(name)?,
+        })
+    }
+
+    /// Makes everything stored so far durable (an fsync), instead of waiting for the
+    /// periodic durable commit.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.writer.flush()
+    }
+
+    /// The cache file, or `None` for an in-memory cache.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.storage.path()
+    }
+
+    /// Errors the cache swallowed so far, and whether it had to start afresh.
+    pub fn health(&self) -> Health {
+        self.inner.storage.reporter.health()
+    }
+
+    /// Scans the whole file and checks every invariant: entries parse, their dependency
+    /// rows and the dependency index match exactly, zone memberships point at known
+    /// memoizers. Slow (reads everything); meant for tests, fuzzing and `check`.
+    pub fn check_integrity(&self) -> Result<integrity::IntegrityReport> {
+        self.flush()?;
+        integrity::check(&self.inner.storage)
+    }
+}
+
+/// Configures and opens a [`Cache`].
+///
+/// ```
+/// use fresco_memoize::{Cache, OnCorruption};
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = Cache::builder()
+///     .durable_interval(Duration::from_millis(200))
+///     .on_corruption(OnCorruption::Fail)
+///     .open(dir.path().join("app.memo"))?;
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+#[must_use = "a builder does nothing until .open() or .in_memory() is called"]
+pub struct CacheBuilder {
+    clock: Arc<dyn Clock>,
+    durable_interval: Duration,
+    on_corruption: OnCorruption,
+    hook: Option<ErrorHook>,
+    page_cache_bytes: usize,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder::new()
+    }
+}
+
+impl CacheBuilder {
+    /// Default settings.
+    pub fn new() -> Self {
+        CacheBuilder {
+            clock: Arc::new(SystemClock),
+            durable_interval: Duration::from_secs(1),
+            on_corruption: OnCorruption::Recreate,
+            hook: None,
+            page_cache_bytes: 256 << 20,
+        }
+    }
+
+    /// The time source for `expires`. Default: [`SystemClock`]. Tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Stored values are committed at once (visible to every call) but made durable
+    /// with an fsync at most this often; a crash loses at most this window. Default: 1 s.
+    pub fn durable_interval(mut self, interval: Duration) -> Self {
+        self.durable_interval = interval;
+        self
+    }
+
+    /// What to do with a damaged cache file. Default: [`OnCorruption::Recreate`].
+    pub fn on_corruption(mut self, policy: OnCorruption) -> Self {
+        self.on_corruption = policy;
+        self
+    }
+
+    /// Receives every error the cache swallows (a store that failed, a file moved aside).
+    /// Default: print to stderr, rate-limited.
+    pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Upper bound of redb's page cache. Default: 256 MiB (filled lazily).
+    pub fn page_cache_bytes(mut self, bytes: usize) -> Self {
+        self.page_cache_bytes = bytes;
+        self
+    }
+
+    /// Opens (or creates) the cache file at `path`, creating missing parent directories.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Cache> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let reporter = Arc::new(Reporter::new(self.hook));
+        let db = match open_file(&path, self.page_cache_bytes) {
+            Err(Error::Corrupted { detail, .. })
+                if self.on_corruption == OnCorruption::Recreate =>
+            {
+                let aside = move_aside(&path)?;
+                reporter.report(&Error::Corrupted {
+                    path: path.clone(),
+                    detail: format!("{detail}; moved to {} and started afresh", aside.display()),
+                });
+                reporter.set_moved_aside(aside);
+                open_file(&path, self.page_cache_bytes)?
+            }
+            other => other?,
+        };
+        start(db, Some(path), reporter, self.clock, self.durable_interval)
+    }
+
+    /// A cache that keeps nothing on disk.
+    pub fn in_memory(self) -> Result<Cache> {
+        let reporter = Arc::new(Reporter::new(self.hook));
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| Error::Storage {
+                path: None,
+                source: e.into(),
+            })?;
+        guarded(|| ops::init(&db).map(|_| ()))
+            .map_err(|source| Error::Storage { path: None, source })?;
+        start(db, None, reporter, self.clock, self.durable_interval)
+    }
+}
+
+fn start(
+    db: redb::Database,
+    path: Option<PathBuf>,
+    reporter: Arc<Reporter>,
+    clock: Arc<dyn Clock>,
+    durable_interval: Duration,
+) -> Result<Cache> {
+    let file_backed = path.is_some();
+    let storage = Arc::new(Storage::new(db, path, reporter));
+    let writer = Writer::spawn(storage.clone(), durable_interval)?;
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    Ok(Cache {
+        inner: Arc::new(CacheInner {
+            storage,
+            writer,
+            clock,
+            file_backed,
+            live: Mutex::new(HashMap::new()),
+            zones: Mutex::new(HashMap::new()),
+            next_entry_id: AtomicU64::new(seed),
+        }),
+    })
+}
+
+fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
+    Error::Corrupted {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Opens the redb file and checks it is ours. Damage becomes [`Error::Corrupted`].
+fn open_file(path: &Path, page_cache_bytes: usize) -> Result<redb::Database> {
+    if let Some(bytes) = leading_bytes(path)
+        && !bytes.is_empty()
+        && bytes != REDB_MAGIC[..bytes.len()]
+    {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "not a redb database".into(),
+        });
+    }
+    let opened = std::panic::catch_unwind(|| {
+        redb::Builder::new()
+            .set_cache_size(page_cache_bytes)
+            .create(path)
+    });
+    let db = match opened {
+        Err(_) => return Err(corrupted(path, "redb panicked while opening it")),
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(Error::AlreadyOpen {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
+            return Err(corrupted(path, d));
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        Ok(Err(e)) => return Err(corrupted(path, e.to_string())),
+    };
+    match guarded(|| ops::init(&db)) {
+        Ok(InitOutcome::Ready) => Ok(db),
+        Ok(InitOutcome::Foreign(reason)) => Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason,
+        }),
+        Ok(InitOutcome::Newer(found)) => Err(Error::NewerFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: crate::entry::FORMAT_VERSION,
+        }),
+        Err(redb::Error::Io(source)) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) => Err(corrupted(path, e.to_string())),
+    }
+}
+
+/// Up to the first four bytes of `path`, if it can be read.
+fn leading_bytes(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .ok()?
+        .take(4)
+        .read_to_end(&mut buf)
+        .ok()?;
+    Some(buf)
+}
+
+fn move_aside(path: &Path) -> Result<PathBuf> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(aside)
+}

@@ -1,0 +1,195 @@
+//! The stored entry: a fixed header, the encoded key, dependency rows, then the rkyv
+//! archive. This layout is an on-disk compatibility boundary (see ARCHITECTURE.md).
+//!
+//! ```text
+//! offset size field
+//!   0     4  magic b"FMZ1"
+//!   4     4  key_len   u32 LE
+//!   8     8  checksum  xxh3_64 of bytes[16..], seeded with bytes[0..8]
+//!  16     8  fingerprint u64 LE (value type + format + memoizer version)
+//!  24     8  stored_at_ms  u64 LE
+//!  32     8  expires_at_ms u64 LE (0 = never)
+//!  40     8  entry_id  u64 LE (unique per write; identifies a value for max_hits)
+//!  48     2  dep_count u16 LE
+//!  50     6  reserved (zero)
+//!  56     .. key bytes (key_len), dep rows (dep_count x 24), rkyv archive (to the end)
+//! ```
+
+use crate::key::KeyHash;
+
+/// Version of the whole on-disk format (tables and entry layout). Bump it on any change.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+const MAGIC: &[u8; 4] = b"FMZ1";
+pub(crate) const HEADER_LEN: usize = 56;
+
+/// One dependency row: the zone's id (big-endian so a zone's rows are contiguous) and the
+/// hash of the dependency key.
+pub(crate) type DepRow = [u8; 24];
+
+/// Builds a [`DepRow`].
+pub(crate) fn dep_row(zone_id: u64, dep_hash: KeyHash) -> DepRow {
+    let mut row = [0u8; 24];
+    row[..8].copy_from_slice(&zone_id.to_be_bytes());
+    row[8..].copy_from_slice(&dep_hash);
+    row
+}
+
+/// The header fields a writer supplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub fingerprint: u64,
+    pub stored_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub entry_id: u64,
+}
+
+impl Meta {
+    /// Whether the entry is past its deadline at `now_ms`.
+    pub(crate) fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
+    }
+}
+
+/// Encodes an entry.
+pub(crate) fn encode(meta: &Meta, key: &[u8], deps: &[DepRow], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + key.len() + deps.len() * 24 + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0u8; 8]); // checksum, filled below
+    out.extend_from_slice(&meta.fingerprint.to_le_bytes());
+    out.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.entry_id.to_le_bytes());
+    out.extend_from_slice(&(deps.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0u8; 6]);
+    out.extend_from_slice(key);
+    for d in deps {
+        out.extend_from_slice(d);
+    }
+    out.extend_from_slice(payload);
+    let sum = checksum(&out);
+    out[8..16].copy_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Why stored bytes could not be read as an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Malformed {
+    TooShort,
+    BadMagic,
+    BadChecksum,
+}
+
+/// A parsed, bounds-checked view of an entry. The payload is not yet validated by rkyv.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryView<'a> {
+    pub meta: Meta,
+    pub key: &'a [u8],
+    deps: &'a [u8],
+    /// Offset of the payload (the rkyv archive) in the entry bytes; it runs to the end.
+    pub payload_offset: usize,
+}
+
+impl<'a> EntryView<'a> {
+    /// The dependency rows of this entry.
+    pub(crate) fn deps(&self) -> impl Iterator<Item = DepRow> + 'a {
+        self.deps.chunks_exact(24).map(|c| {
+            let mut row = [0u8; 24];
+            row.copy_from_slice(c);
+            row
+        })
+    }
+}
+
+/// The checksum covers everything but itself: bytes 0..8 seed it, bytes 16.. are hashed.
+fn checksum(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes[16..], u64_at(bytes, 0))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Parses an entry, checking structure and (when `verify` is set) the checksum.
+pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malformed> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Malformed::TooShort);
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(Malformed::BadMagic);
+    }
+    let key_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let dep_count = u16::from_le_bytes([bytes[48], bytes[49]]) as usize;
+    let deps_end = HEADER_LEN
+        .checked_add(key_len)
+        .and_then(|k| k.checked_add(dep_count * 24))
+        .ok_or(Malformed::TooShort)?;
+    if deps_end > bytes.len() {
+        return Err(Malformed::TooShort);
+    }
+    if verify && u64_at(bytes, 8) != checksum(bytes) {
+        return Err(Malformed::BadChecksum);
+    }
+    let key_end = HEADER_LEN + key_len;
+    Ok(EntryView {
+        meta: Meta {
+            fingerprint: u64_at(bytes, 16),
+            stored_at_ms: u64_at(bytes, 24),
+            expires_at_ms: u64_at(bytes, 32),
+            entry_id: u64_at(bytes, 40),
+        },
+        key: &bytes[HEADER_LEN..key_end],
+        deps: &bytes[key_end..deps_end],
+        payload_offset: deps_end,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let meta = Meta {
+            fingerprint: 7,
+            stored_at_ms: 10,
+            expires_at_ms: 20,
+            entry_id: 3,
+        };
+        encode(&meta, b"key", &[dep_row(1, [9; 16])], b"payload")
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = sample();
+        let view = decode(&bytes, true).unwrap();
+        assert_eq!(view.meta.fingerprint, 7);
+        assert_eq!(view.meta.expires_at_ms, 20);
+        assert_eq!(view.key, b"key");
+        assert_eq!(view.deps().collect::<Vec<_>>(), vec![dep_row(1, [9; 16])]);
+        assert_eq!(&bytes[view.payload_offset..], b"payload");
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = sample();
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x40;
+            assert!(
+                decode(&damaged, true).is_err(),
+                "flip at {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_is_caught() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len], true).is_err());
+        }
+    }
+}

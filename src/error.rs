@@ -1,0 +1,177 @@
+//! The library's one error type.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Everything that can go wrong inside fresco-memoize itself.
+///
+/// Errors of *your* computation never appear here: [`Memoizer::try_get_or_compute`] hands
+/// your own error type back untouched.
+///
+/// [`Memoizer::try_get_or_compute`]: crate::Memoizer::try_get_or_compute
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The cache file is held by another `Cache` in this process or by another process.
+    AlreadyOpen {
+        /// The file that could not be locked.
+        path: PathBuf,
+    },
+    /// The file exists but is not a fresco-memoize cache (not a redb database, or a redb
+    /// database with someone else's tables). It is never modified or moved.
+    NotACache {
+        /// The offending file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// The file was written by a newer version of fresco-memoize.
+    NewerFormat {
+        /// The offending file.
+        path: PathBuf,
+        /// The format version found in the file.
+        found: u32,
+        /// The newest format version this build understands.
+        supported: u32,
+    },
+    /// The cache file is damaged and [`CacheBuilder::on_corruption`] asked to fail rather
+    /// than to start afresh.
+    ///
+    /// [`CacheBuilder::on_corruption`]: crate::CacheBuilder::on_corruption
+    Corrupted {
+        /// The damaged file.
+        path: PathBuf,
+        /// What redb or the entry checks reported.
+        detail: String,
+    },
+    /// redb reported an error (I/O, a full disk, a damaged page...).
+    Storage {
+        /// The cache file, or `None` for an in-memory cache.
+        path: Option<PathBuf>,
+        /// The underlying error.
+        source: redb::Error,
+    },
+    /// A file-system operation around the cache file failed.
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A key could not be encoded by postcard (for example a map whose length is unknown).
+    KeyEncoding(postcard::Error),
+    /// A value could not be archived by rkyv.
+    ValueEncoding(String),
+    /// A memoizer or zone name is empty or too long.
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A memoizer with this name is already alive in this `Cache`.
+    MemoizerInUse {
+        /// The memoizer's name.
+        name: String,
+    },
+    /// A memoizer joined a zone that has no default key function and gave no `zonekey`.
+    MissingZoneKey {
+        /// The memoizer's name.
+        memoizer: String,
+        /// The zone's name.
+        zone: String,
+    },
+    /// The cache's background writer has stopped (after a panic or a fatal storage error).
+    WriterStopped,
+    /// The write transaction carrying this operation failed; the cause is shared by every
+    /// operation of that batch.
+    WriteFailed(std::sync::Arc<Error>),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::AlreadyOpen { path } => write!(
+                f,
+                "cache file {} is already open in another Cache or process; share one Cache \
+                 (it is cheap to clone) or give each process its own file",
+                path.display()
+            ),
+            Error::NotACache { path, reason } => write!(
+                f,
+                "{} is not a fresco-memoize cache ({reason}); it was left untouched - choose \
+                 another path",
+                path.display()
+            ),
+            Error::NewerFormat {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "cache file {} has format version {found}, newer than this build understands \
+                 ({supported}); upgrade fresco-memoize or delete the file",
+                path.display()
+            ),
+            Error::Corrupted { path, detail } => write!(
+                f,
+                "cache file {} is damaged ({detail}); delete it, or open with \
+                 OnCorruption::Recreate to start afresh automatically",
+                path.display()
+            ),
+            Error::Storage {
+                path: Some(path),
+                source,
+            } => {
+                write!(
+                    f,
+                    "storage error on cache file {}: {source}",
+                    path.display()
+                )
+            }
+            Error::Storage { path: None, source } => {
+                write!(f, "storage error in the in-memory cache: {source}")
+            }
+            Error::Io { path, source } => write!(f, "I/O error on {}: {source}", path.display()),
+            Error::KeyEncoding(e) => write!(
+                f,
+                "the memoizer key could not be encoded ({e}); use a keyfunc that maps it to \
+                 plain data"
+            ),
+            Error::ValueEncoding(e) => write!(f, "the value could not be archived by rkyv ({e})"),
+            Error::InvalidName { name, reason } => write!(f, "invalid name {name:?}: {reason}"),
+            Error::MemoizerInUse { name } => write!(
+                f,
+                "a memoizer named {name:?} is already alive in this Cache; clone that one \
+                 instead of building it twice"
+            ),
+            Error::MissingZoneKey { memoizer, zone } => write!(
+                f,
+                "memoizer {memoizer:?} joins zone {zone:?}, which has no default key function; \
+                 pass a zone key function for it"
+            ),
+            Error::WriteFailed(cause) => {
+                write!(f, "the cache write failed and was rolled back: {cause}")
+            }
+            Error::WriterStopped => write!(
+                f,
+                "the cache's background writer has stopped; reopen the Cache"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Storage { source, .. } => Some(source),
+            Error::Io { source, .. } => Some(source),
+            Error::KeyEncoding(e) => Some(e),
+            Error::WriteFailed(cause) => Some(&**cause),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

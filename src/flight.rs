@@ -1,0 +1,127 @@
+//! Single-flight: concurrent misses on one key run the computation once.
+//!
+//! The first caller becomes the leader; later callers wait on its flight. When the leader
+//! finishes - with a value, an error or a panic - its [`Leader`] guard is dropped, which
+//! removes the flight and wakes the waiters. Waiters then look the key up again: they
+//! find the stored value, or (if the leader failed) one of them becomes the next leader.
+//! No lock is held while the computation runs, and different keys never share a flight.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::ThreadId;
+
+use crate::key::{HashMapByKey, KeyHash};
+
+pub(crate) struct Flight {
+    leader: ThreadId,
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Flight {
+    /// Blocks until the leader is done.
+    pub(crate) fn wait(&self) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Flights {
+    map: Mutex<HashMapByKey<Arc<Flight>>>,
+}
+
+pub(crate) enum Role<'a> {
+    Leader(Leader<'a>),
+    Waiter(Arc<Flight>),
+    /// The current thread already leads this key (the computation recursed into itself):
+    /// waiting would deadlock, so the caller computes without caching.
+    Reentrant,
+}
+
+/// Held by the computing caller; dropping it releases the waiters.
+pub(crate) struct Leader<'a> {
+    flights: &'a Flights,
+    hash: KeyHash,
+    flight: Arc<Flight>,
+}
+
+impl Flights {
+    pub(crate) fn join(&self, hash: KeyHash) -> Role<'_> {
+        let me = std::thread::current().id();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get(&hash) {
+            return if f.leader == me {
+                Role::Reentrant
+            } else {
+                Role::Waiter(f.clone())
+            };
+        }
+        let flight = Arc::new(Flight {
+            leader: me,
+            done: Mutex::new(false),
+            cv: Condvar::new(),
+        });
+        map.insert(hash, flight.clone());
+        Role::Leader(Leader {
+            flights: self,
+            hash,
+            flight,
+        })
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&self.hash)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(&self.hash);
+        }
+        drop(map);
+        *self.flight.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.flight.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_drop_releases_waiters_even_on_panic() {
+        let flights = Arc::new(Flights::default());
+        let f2 = flights.clone();
+        let h = std::thread::spawn(move || {
+            let _leader = match f2.join([1; 16]) {
+                Role::Leader(l) => l,
+                _ => panic!("expected to lead"),
+            };
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            panic!("compute failed");
+        });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        if let Role::Waiter(f) = flights.join([1; 16]) {
+            f.wait();
+        }
+        assert!(h.join().is_err());
+        assert_eq!(flights.in_flight(), 0);
+        assert!(matches!(flights.join([1; 16]), Role::Leader(_)));
+    }
+
+    #[test]
+    fn same_thread_is_reentrant() {
+        let flights = Flights::default();
+        let _l = flights.join([2; 16]);
+        assert!(matches!(flights.join([2; 16]), Role::Reentrant));
+        assert!(matches!(flights.join([3; 16]), Role::Leader(_)));
+    }
+}

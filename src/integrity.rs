@@ -1,0 +1,132 @@
+//! The invariant checker: a full scan comparing entries with the dependency index.
+
+use std::collections::BTreeSet;
+
+use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
+
+use crate::entry;
+use crate::error::Result;
+use crate::storage::tables::{
+    DEPS, EntriesDef, MEMOIZER_NAMES, MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name, entry_ref,
+};
+use crate::storage::{Storage, guarded};
+
+/// What [`Cache::check_integrity`](crate::Cache::check_integrity) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IntegrityReport {
+    /// Memoizers registered in the file.
+    pub memoizers: u64,
+    /// Entries across all memoizers.
+    pub entries: u64,
+    /// Rows in the dependency index.
+    pub dep_rows: u64,
+    /// Every violated invariant, described. Empty when the file is sound.
+    pub problems: Vec<String>,
+}
+
+impl IntegrityReport {
+    /// Whether no invariant is violated.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub(crate) fn check(storage: &Storage) -> Result<IntegrityReport> {
+    guarded(|| scan(storage.db())).map_err(|e| storage.error(e))
+}
+
+fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
+    let txn = db.begin_read()?;
+    let mut report = IntegrityReport::default();
+    let names = txn.open_table(MEMOIZER_NAMES)?;
+    let records = txn.open_table(MEMOIZERS)?;
+    let mut ids = BTreeSet::new();
+    for item in records.iter()? {
+        let (name, value) = item?;
+        report.memoizers += 1;
+        match MemoRecord::decode(value.value()) {
+            None => report
+                .problems
+                .push(format!("memoizer {:?}: unreadable record", name.value())),
+            Some(record) => {
+                ids.insert(record.id);
+                let back = names.get(record.id)?.map(|n| n.value().to_string());
+                if back.as_deref() != Some(name.value()) {
+                    report.problems.push(format!(
+                        "memoizer {:?}: id {} maps back to {back:?}",
+                        name.value(),
+                        record.id
+                    ));
+                }
+            }
+        }
+    }
+    let mut expected = BTreeSet::new();
+    for &id in &ids {
+        let name = entries_name(id);
+        let table = match txn.open_table(EntriesDef::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for item in table.iter()? {
+            let (hash, value) = item?;
+            report.entries += 1;
+            match entry::decode(value.value(), true) {
+                Err(e) => report
+                    .problems
+                    .push(format!("memoizer {id}: malformed entry ({e:?})")),
+                Ok(view) => {
+                    for row in view.deps() {
+                        expected.insert((row, entry_ref(id, hash.value())));
+                    }
+                }
+            }
+        }
+    }
+    for table in txn.list_tables()? {
+        let name = table.name().to_string();
+        if let Some(id) = name.strip_prefix("fresco/entries/")
+            && !id.parse::<u64>().is_ok_and(|id| ids.contains(&id))
+        {
+            report
+                .problems
+                .push(format!("table {name} belongs to no registered memoizer"));
+        }
+    }
+    let mut actual = BTreeSet::new();
+    let deps = txn.open_multimap_table(DEPS)?;
+    for item in deps.iter()? {
+        let (row, values) = item?;
+        for v in values {
+            report.dep_rows += 1;
+            actual.insert((*row.value(), *v?.value()));
+        }
+    }
+    for missing in expected.difference(&actual) {
+        report.problems.push(format!(
+            "entry {:02x?} lacks its index row",
+            &missing.1[..24]
+        ));
+    }
+    for dangling in actual.difference(&expected) {
+        report.problems.push(format!(
+            "index row points at missing entry {:02x?}",
+            &dangling.1[..24]
+        ));
+    }
+    let members = txn.open_multimap_table(ZONE_MEMBERS)?;
+    for item in members.iter()? {
+        let (zone, values) = item?;
+        for v in values {
+            let id = v?.value();
+            if !ids.contains(&id) {
+                report
+                    .problems
+                    .push(format!("zone {} lists unknown memoizer {id}", zone.value()));
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,111 @@
+//! Keys: canonical bytes (postcard) and the fixed-width hash tables are keyed by.
+//!
+//! Tables are keyed by `xxh3_128(encoded key)`; the encoded key itself is kept inside each
+//! entry and compared on every hit, so a hash collision costs a miss, never a wrong value.
+
+use serde::Serialize;
+
+/// The 16-byte hash a table row is keyed by.
+pub(crate) type KeyHash = [u8; 16];
+
+/// Room for typical keys without touching the allocator on the hit path.
+const INLINE: usize = 96;
+
+/// Encoded key bytes: inline when short, on the heap otherwise.
+pub(crate) enum KeyBytes {
+    Inline { buf: [u8; INLINE], len: u8 },
+    Heap(Vec<u8>),
+}
+
+impl KeyBytes {
+    /// Encodes `key` with postcard.
+    pub(crate) fn encode<T: Serialize + ?Sized>(key: &T) -> Result<KeyBytes, postcard::Error> {
+        let mut buf = [0u8; INLINE];
+        match postcard::to_slice(key, &mut buf) {
+            Ok(used) => {
+                let len = used.len() as u8;
+                Ok(KeyBytes::Inline { buf, len })
+            }
+            Err(postcard::Error::SerializeBufferFull) => {
+                postcard::to_allocvec(key).map(KeyBytes::Heap)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline { buf, len } => &buf[..*len as usize],
+            KeyBytes::Heap(v) => v,
+        }
+    }
+}
+
+/// How a memoizer turns encoded key bytes into a row key. Replaceable (hidden builder
+/// option) so tests can force collisions.
+pub(crate) type KeyHasher = fn(&[u8]) -> KeyHash;
+
+/// The default row-key hash.
+pub(crate) fn xxh3_key_hash(bytes: &[u8]) -> KeyHash {
+    xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
+}
+
+/// An encoded key and its row hash.
+pub(crate) struct EncodedKey {
+    pub(crate) bytes: KeyBytes,
+    pub(crate) hash: KeyHash,
+}
+
+/// A `BuildHasher` for maps keyed by [`KeyHash`]: the key is already a good hash, so the
+/// map takes its first eight bytes instead of hashing it again.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PrehashedBuild;
+
+#[derive(Default)]
+pub(crate) struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only [u8; 16] keys reach here (a length prefix may come first); fold everything.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+impl std::hash::BuildHasher for PrehashedBuild {
+    type Hasher = Prehashed;
+    fn build_hasher(&self) -> Prehashed {
+        Prehashed(0)
+    }
+}
+
+/// A `HashMap` keyed by row hash.
+pub(crate) type HashMapByKey<V> = std::collections::HashMap<KeyHash, V, PrehashedBuild>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_keys_spill_to_heap_with_same_bytes() {
+        let long = "x".repeat(500);
+        let k = KeyBytes::encode(&long).unwrap();
+        assert!(matches!(k, KeyBytes::Heap(_)));
+        assert_eq!(
+            k.as_slice(),
+            postcard::to_allocvec(&long).unwrap().as_slice()
+        );
+        let short = KeyBytes::encode(&(1u64, "a")).unwrap();
+        assert!(matches!(short, KeyBytes::Inline { .. }));
+        assert_eq!(
+            short.as_slice(),
+            postcard::to_allocvec(&(1u64, "a")).unwrap().as_slice()
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! Persistent memoization: compute a function's result once, keep it in an embedded
+//! [redb](https://docs.rs/redb) file, and hand it back in well under a microsecond - also
+//! after a restart, from many threads at once.
+//!
+//! # Tour
+//!
+//! - A [`Cache`] is one redb file (or an in-memory database) shared by many memoizers.
+//! - A [`Memoizer`] memoizes one function: [`Memoizer::get_or_compute`] returns the stored
+//!   value or computes, stores and returns it. Its [`MemoizerBuilder`] sets
+//!   [`expires`](MemoizerBuilder::expires), [`max_hits`](MemoizerBuilder::max_hits), a
+//!   [`keyfunc`](MemoizerBuilder::keyfunc), a [`version`](MemoizerBuilder::version) and the
+//!   [`Store`]: in memory, a bounded LRU, a table in the file, or both tiered.
+//! - Values are [rkyv](https://docs.rs/rkyv) archives: [`Memoizer::get_archived`] reads a
+//!   stored value in place ([`ArchivedHit`]), always validated first. Every value type
+//!   implements [`Value`]: derive `rkyv::Archive`, `rkyv::Serialize`, `rkyv::Deserialize`
+//!   and [`Fingerprint`], so that a changed definition reads as a miss, never a misread.
+//! - A [`Zone`] groups memoizers: [`Zone::invalidate_all`] clears them all, and
+//!   [`Zone::invalidate`] removes exactly the entries that depend on one key, through an
+//!   index kept in the file.
+//! - Failures of the cache itself never cost you your value: see [`Cache::health`].
+//!
+//! ```
+//! use fresco_memoize::{Cache, Fingerprint};
+//! use std::time::Duration;
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint, Debug, PartialEq)]
+//! struct Synopsis { title: String, words: u32 }
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let cache = Cache::open(dir.path().join("books.memo"))?;
+//! let synopsis = cache
+//!     .memoizer::<u64, Synopsis>("books.synopsis")
+//!     .expires(Duration::from_secs(10))
+//!     .build()?;
+//! let s = synopsis.get_or_compute(&7, |id| Synopsis { title: format!("book {id}"), words: 900 });
+//! assert_eq!(s.words, 900);
+//! let hit = synopsis.get_archived(&7)?.expect("just stored");
+//! assert_eq!(hit.title, "book 7");
+//! # Ok::<(), fresco_memoize::Error>(())
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate self as fresco_memoize;
+
+mod cache;
+mod clock;
+mod entry;
+mod error;
+mod fingerprint;
+mod flight;
+mod hit;
+mod integrity;
+mod key;
+mod memoizer;
+mod memory;
+mod report;
+mod stats;
+mod storage;
+mod value;
+mod zone;
+
+pub use cache::{Cache, CacheBuilder, OnCorruption};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use fingerprint::Fingerprint;
+#[doc(hidden)]
+pub use fingerprint::{mix as __mix, name_hash as __name_hash};
+#[cfg(feature = "macros")]
+pub use fresco_memoize_macros::Fingerprint;
+pub use hit::ArchivedHit;
+pub use integrity::IntegrityReport;
+pub use memoizer::{Memoizer, MemoizerBuilder, Store};
+pub use report::{ErrorHook, Health};
+pub use stats::Stats;
+pub use value::Value;
+pub use zone::Zone;
+
+#[doc(hidden)]
+pub use rkyv as __rkyv;

@@ -1,0 +1,722 @@
+//! `Memoizer`: one memoized function - its key encoding, policies and store.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cache::CacheInner;
+use crate::entry::{self, DepRow, Meta};
+use crate::error::{Error, Result};
+use crate::flight::{Flights, Role};
+use crate::hit::ArchivedHit;
+use crate::key::{EncodedKey, HashMapByKey, KeyBytes, KeyHash, KeyHasher, xxh3_key_hash};
+use crate::memory::{MemEntry, MemStore};
+use crate::stats::{Counters, Stats};
+use crate::storage::{SnapSlot, ops};
+use crate::{Value, fingerprint};
+
+/// Where a memoizer keeps its values.
+///
+/// ```
+/// use fresco_memoize::{Cache, Store};
+///
+/// let cache = Cache::in_memory()?;
+/// let lru = cache.memoizer::<u32, u32>("lru").store(Store::Lru(1_000)).build()?;
+/// assert_eq!(lru.get_or_compute(&2, |n| n * 10), 20);
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Store {
+    /// In this process only, unbounded (the original's default dict). Default for
+    /// [`Cache::in_memory`](crate::Cache::in_memory).
+    Memory,
+    /// In this process only, at most this many entries, least recently used evicted first
+    /// (the original's `LRUCacheDict`).
+    Lru(usize),
+    /// A table in the cache's redb file (the original's `FileCacher`). Default for
+    /// [`Cache::open`](crate::Cache::open).
+    Persistent,
+    /// A bounded in-memory LRU of this many entries in front of the persistent table.
+    /// Invalidation, zones and expiry apply to both tiers.
+    Tiered(usize),
+}
+
+/// The persistent half of a memoizer.
+pub(crate) struct Persistent {
+    pub id: u64,
+    pub slot: Arc<SnapSlot>,
+}
+
+/// The type-erased state of one memoizer, shared by its clones.
+pub(crate) struct MemoCore {
+    pub name: String,
+    pub fingerprint: u64,
+    pub expires: Option<Duration>,
+    pub max_hits: Option<u32>,
+    pub verify: bool,
+    pub hasher: KeyHasher,
+    pub memory: Option<Mutex<MemStore>>,
+    pub persistent: Option<Persistent>,
+    /// Bumped by every invalidation; a computation that started under an older epoch
+    /// does not store its result (it may be stale).
+    pub epoch: AtomicU64,
+    pub flights: Flights,
+    /// `max_hits` accounting: hash -> (entry id, times served).
+    pub served: Mutex<HashMapByKey<(u64, u32)>>,
+    pub stats: Counters,
+    pub cache: Arc<CacheInner>,
+}
+
+type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
+
+/// A memoized function's cache: look values up by argument, compute on a miss.
+///
+/// Cheap to clone; clones share everything. Built with [`Cache::memoizer`].
+///
+/// ```
+/// use fresco_memoize::Cache;
+///
+/// let cache = Cache::in_memory()?;
+/// let lengths = cache.memoizer::<str, usize>("lengths").build()?;
+/// assert_eq!(lengths.get_or_compute("hello", |s| s.len()), 5);
+/// assert_eq!(lengths.get_or_compute("hello", |_| unreachable!()), 5);
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+///
+/// [`Cache::memoizer`]: crate::Cache::memoizer
+pub struct Memoizer<K: ?Sized, V> {
+    pub(crate) core: Arc<MemoCore>,
+    encode: Arc<KeyEncoder<K>>,
+    pub(crate) deps: Arc<crate::zone::DepsFn<K>>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<K: ?Sized, V> Clone for Memoizer<K, V> {
+    fn clone(&self) -> Self {
+        Memoizer {
+            core: self.core.clone(),
+            encode: self.encode.clone(),
+            deps: self.deps.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memoizer")
+            .field("name", &self.core.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
+fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+    if (payload.as_ptr() as usize) % align == 0 {
+        f(payload)
+    } else {
+        let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+        copy.extend_from_slice(payload);
+        f(&copy)
+    }
+}
+
+impl MemoCore {
+    fn now_ms(&self) -> u64 {
+        self.cache.clock.now_ms()
+    }
+
+    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up.
+    fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
+        let Some(limit) = self.max_hits else {
+            return true;
+        };
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = served.entry(*hash).or_insert((entry_id, 0));
+        if slot.0 != entry_id {
+            *slot = (entry_id, 0);
+        }
+        if slot.1 >= limit {
+            Counters::add(&self.stats.expirations, 1);
+            return false;
+        }
+        slot.1 += 1;
+        true
+    }
+
+    fn report(&self, error: Error) {
+        Counters::add(&self.stats.errors, 1);
+        self.cache.storage.reporter.report(&error);
+    }
+
+    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look further".
+    fn memory_entry(&self, ek: &EncodedKey, now: u64) -> Option<Arc<MemEntry>> {
+        let mem = self.memory.as_ref()?;
+        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = mem.get(&ek.hash)?;
+        if &*entry.key != ek.bytes.as_slice() {
+            Counters::add(&self.stats.stale, 1);
+            return None;
+        }
+        if entry.meta.expired(now) {
+            mem.remove(&ek.hash);
+            Counters::add(&self.stats.expirations, 1);
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Checks stored bytes belong to this key, type and version and are still live.
+    /// Returns the payload offset and the header.
+    fn admit(&self, ek: &EncodedKey, bytes: &[u8], now: u64) -> Option<(usize, Meta)> {
+        let Ok(view) = entry::decode(bytes, self.verify) else {
+            Counters::add(&self.stats.stale, 1);
+            return None;
+        };
+        if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.fingerprint {
+            Counters::add(&self.stats.stale, 1);
+            return None;
+        }
+        if view.meta.expired(now) {
+            Counters::add(&self.stats.expirations, 1);
+            return None;
+        }
+        Some((view.payload_offset, view.meta))
+    }
+
+    /// Copies a persistent hit into the in-memory tier (tiered stores only).
+    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta) {
+        let Some(mem) = &self.memory else { return };
+        let Ok(view) = entry::decode(bytes, false) else {
+            return;
+        };
+        let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len() - offset);
+        payload.extend_from_slice(&bytes[offset..]);
+        let entry = Arc::new(MemEntry {
+            meta,
+            key: ek.bytes.as_slice().into(),
+            deps: view.deps().collect(),
+            payload,
+        });
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            let evicted = mem.insert(ek.hash, entry);
+            Counters::add(&self.stats.evictions, evicted.len() as u64);
+        }
+    }
+
+    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
+    fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
+        let now = self.now_ms();
+        let meta = Meta {
+            fingerprint: self.fingerprint,
+            stored_at_ms: now,
+            expires_at_ms: self
+                .expires
+                .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
+            entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut stored = false;
+        if let Some(mem) = &self.memory {
+            let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+            payload.extend_from_slice(archive);
+            let entry = Arc::new(MemEntry {
+                meta,
+                key: ek.bytes.as_slice().into(),
+                deps: deps.clone().into_boxed_slice(),
+                payload,
+            });
+            let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                let evicted = mem.insert(ek.hash, entry);
+                Counters::add(&self.stats.evictions, evicted.len() as u64);
+                stored = true;
+            }
+        }
+        if let Some(p) = &self.persistent {
+            let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
+            let cache = &self.cache;
+            stored = cache.storage.add_pending(
+                (p.id, ek.hash),
+                meta.entry_id,
+                bytes.clone(),
+                || self.epoch.load(Ordering::SeqCst) == epoch,
+                || {
+                    cache
+                        .writer
+                        .put(p.id, ek.hash, bytes.clone(), meta.entry_id)
+                },
+            );
+        }
+        if stored {
+            Counters::add(&self.stats.inserts, 1);
+        }
+    }
+
+    /// Removes one key from every tier; returns whether anything was removed.
+    fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
+        let ticket = self.persistent.as_ref().map(|p| {
+            let id = p.id;
+            self.cache.storage.with_pending_lock(|| {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.cache
+                    .writer
+                    .submit(move |txn| ops::remove(txn, id, &hash))
+            })
+        });
+        if ticket.is_none() {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut removed = self.memory.as_ref().is_some_and(|m| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hash)
+                .is_some()
+        });
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hash);
+        if let Some(ticket) = ticket {
+            removed |= ticket.wait()?;
+        }
+        Counters::add(&self.stats.invalidations, removed as u64);
+        Ok(removed)
+    }
+
+    /// Removes every entry of this memoizer; returns how many there were.
+    pub(crate) fn invalidate_all(&self) -> Result<u64> {
+        let ticket = self.persistent.as_ref().map(|_| {
+            let name = self.name.clone();
+            self.cache.storage.with_pending_lock(|| {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                self.cache
+                    .writer
+                    .submit(move |txn| match ops::memoizer_record(txn, &name)? {
+                        Some(record) => ops::clear(txn, &record),
+                        None => Ok(0),
+                    })
+            })
+        });
+        if ticket.is_none() {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        let in_memory = self.memory.as_ref().map_or(0, |m| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
+        });
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let removed = match ticket {
+            Some(ticket) => ticket.wait()?,
+            None => in_memory,
+        };
+        Counters::add(&self.stats.invalidations, removed);
+        Ok(removed)
+    }
+
+    /// Drops in-memory entries (both tiers' memory side) that a zone invalidation removed
+    /// from disk, or that depend on `row`.
+    pub(crate) fn forget_in_memory(&self, row: &DepRow, hashes: &[KeyHash]) -> u64 {
+        let Some(mem) = &self.memory else { return 0 };
+        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed = mem.remove_dep(row);
+        for h in hashes {
+            if mem.remove(h).is_some() && !removed.contains(h) {
+                removed.push(*h);
+            }
+        }
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        for h in &removed {
+            served.remove(h);
+        }
+        removed.len() as u64
+    }
+
+    /// Clears only the in-memory side (used when a zone cleared the persistent side).
+    pub(crate) fn clear_in_memory(&self) -> u64 {
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.memory.as_ref().map_or(0, |m| {
+            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
+        })
+    }
+}
+
+impl<K: ?Sized, V: Value> Memoizer<K, V> {
+    pub(crate) fn from_parts(
+        core: Arc<MemoCore>,
+        encode: Arc<KeyEncoder<K>>,
+        deps: Arc<crate::zone::DepsFn<K>>,
+    ) -> Self {
+        Memoizer {
+            core,
+            encode,
+            deps,
+            _value: PhantomData,
+        }
+    }
+
+    /// This memoizer's name (its table name in the cache file).
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    fn encode(&self, key: &K) -> Result<EncodedKey> {
+        let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
+        let hash = (self.core.hasher)(bytes.as_slice());
+        Ok(EncodedKey { bytes, hash })
+    }
+
+    /// Looks `ek` up in every tier and deserializes a live hit.
+    fn lookup(&self, ek: &EncodedKey) -> Option<V> {
+        let core = &*self.core;
+        let now = core.now_ms();
+        let align = std::mem::align_of::<V::Archived>();
+        if let Some(entry) = core.memory_entry(ek, now) {
+            if !core.take_hit(&ek.hash, entry.meta.entry_id) {
+                return None;
+            }
+            let value = V::__access(&entry.payload).and_then(V::__deserialize).ok();
+            if value.is_some() {
+                Counters::add(&core.stats.hits, 1);
+            }
+            return value;
+        }
+        let p = core.persistent.as_ref()?;
+        let stored = match core.cache.storage.get(&p.slot, &ek.hash, false) {
+            Ok(found) => found?,
+            Err(e) => {
+                core.report(e);
+                return None;
+            }
+        };
+        let bytes = stored.bytes();
+        let (offset, meta) = core.admit(ek, bytes, now)?;
+        let value = with_aligned(&bytes[offset..], align, |payload| {
+            V::__access(payload).and_then(V::__deserialize).ok()
+        });
+        let Some(value) = value else {
+            Counters::add(&core.stats.stale, 1);
+            return None;
+        };
+        if !core.take_hit(&ek.hash, meta.entry_id) {
+            return None;
+        }
+        Counters::add(&core.stats.hits, 1);
+        core.promote(ek, bytes, offset, meta);
+        Some(value)
+    }
+
+    /// Returns the cached value for `key`, or computes it with `compute`, stores it and
+    /// returns it.
+    ///
+    /// Concurrent calls for the same missing key compute once (single-flight); the others
+    /// wait and then read the stored value. If the cache itself fails (a full disk, a
+    /// damaged file), the value is still computed and returned, and the failure is
+    /// reported through [`Cache::health`](crate::Cache::health) and [`Stats::errors`].
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let double = cache.memoizer::<u64, u64>("double").build()?;
+    /// assert_eq!(double.get_or_compute(&21, |n| n * 2), 42);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn get_or_compute(&self, key: &K, compute: impl FnOnce(&K) -> V) -> V {
+        match self.try_get_or_compute(key, |k| Ok::<V, std::convert::Infallible>(compute(k))) {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`get_or_compute`](Self::get_or_compute) for a computation that can fail.
+    /// An `Err` is returned to the caller untouched and nothing is cached; waiting
+    /// callers then retry, and one of them computes again.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let parse = cache.memoizer::<str, i64>("parse").build()?;
+    /// assert!(parse.try_get_or_compute("x", |s| s.parse::<i64>()).is_err());
+    /// assert_eq!(parse.try_get_or_compute("7", |s| s.parse::<i64>()), Ok(7));
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn try_get_or_compute<E>(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<V, E> {
+        let core = &*self.core;
+        let ek = match self.encode(key) {
+            Ok(ek) => ek,
+            Err(e) => {
+                core.report(e);
+                Counters::add(&core.stats.misses, 1);
+                return compute(key);
+            }
+        };
+        loop {
+            if let Some(v) = self.lookup(&ek) {
+                return Ok(v);
+            }
+            let leader = match core.flights.join(ek.hash) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(flight) => {
+                    flight.wait();
+                    continue;
+                }
+                Role::Reentrant => {
+                    Counters::add(&core.stats.misses, 1);
+                    return compute(key);
+                }
+            };
+            // Another leader may have stored the value between our lookup and our join.
+            if let Some(v) = self.lookup(&ek) {
+                return Ok(v);
+            }
+            let epoch = core.epoch.load(Ordering::SeqCst);
+            Counters::add(&core.stats.misses, 1);
+            let value = compute(key)?;
+            match value.__archive() {
+                Ok(archive) => core.store(&ek, &archive, (self.deps)(key), epoch),
+                Err(e) => core.report(Error::ValueEncoding(e.to_string())),
+            }
+            drop(leader);
+            return Ok(value);
+        }
+    }
+
+    /// The cached value for `key` read in place, without computing anything.
+    ///
+    /// `Ok(None)` on a miss (absent, expired, used up by `max_hits`, or written for
+    /// another type). A hit counts towards `max_hits` like any other.
+    pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
+        let core = &*self.core;
+        let ek = self.encode(key)?;
+        let now = core.now_ms();
+        if let Some(entry) = core.memory_entry(&ek, now) {
+            let id = entry.meta.entry_id;
+            let Some(hit) = ArchivedHit::from_memory(entry) else {
+                return Ok(None);
+            };
+            if !core.take_hit(&ek.hash, id) {
+                return Ok(None);
+            }
+            Counters::add(&core.stats.hits, 1);
+            return Ok(Some(hit));
+        }
+        let Some(p) = &core.persistent else {
+            return Ok(None);
+        };
+        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash, true)? else {
+            return Ok(None);
+        };
+        let Some((offset, meta)) = core.admit(&ek, stored.bytes(), now) else {
+            return Ok(None);
+        };
+        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
+            Counters::add(&core.stats.stale, 1);
+            return Ok(None);
+        };
+        if !core.take_hit(&ek.hash, meta.entry_id) {
+            return Ok(None);
+        }
+        Counters::add(&core.stats.hits, 1);
+        Ok(Some(hit))
+    }
+
+    /// Removes the entry for `key` (after the key function). Returns whether one existed.
+    /// When it returns, no later call sees the old value.
+    pub fn invalidate_key(&self, key: &K) -> Result<bool> {
+        let ek = self.encode(key)?;
+        self.core.invalidate_hash(ek.hash)
+    }
+
+    /// Removes every entry of this memoizer - and nothing of any other memoizer - without
+    /// scanning the file. Returns how many entries were removed.
+    pub fn invalidate_all(&self) -> Result<u64> {
+        self.core.invalidate_all()
+    }
+
+    /// Counters since this memoizer was built, and the current entry count (O(1)).
+    pub fn stats(&self) -> Stats {
+        let core = &*self.core;
+        let entries = match &core.persistent {
+            Some(p) => core.cache.storage.count_entries(p.id).ok(),
+            None => core
+                .memory
+                .as_ref()
+                .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len() as u64),
+        };
+        core.stats.snapshot(entries)
+    }
+}
+
+/// Configures a [`Memoizer`]. Start it with [`Cache::memoizer`](crate::Cache::memoizer).
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct MemoizerBuilder<K: ?Sized, V> {
+    cache: Arc<CacheInner>,
+    name: String,
+    store: Option<Store>,
+    expires: Option<Duration>,
+    max_hits: Option<u32>,
+    version: String,
+    verify: bool,
+    hasher: KeyHasher,
+    encode: Arc<KeyEncoder<K>>,
+    pub(crate) zones: Vec<crate::zone::Membership<K>>,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
+    pub(crate) fn new(cache: Arc<CacheInner>, name: &str) -> Self {
+        MemoizerBuilder {
+            cache,
+            name: name.to_string(),
+            store: None,
+            expires: None,
+            max_hits: None,
+            version: String::new(),
+            verify: true,
+            hasher: xxh3_key_hash,
+            encode: Arc::new(|k: &K| KeyBytes::encode(k)),
+            zones: Vec::new(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
+    /// Where values live. Default: [`Store::Persistent`] for a file-backed cache,
+    /// [`Store::Memory`] for [`Cache::in_memory`](crate::Cache::in_memory).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Time to live, counted from when a value is stored (hits do not extend it). The
+    /// deadline is stored with the entry, so it holds across restarts. Default: never.
+    pub fn expires(mut self, ttl: Duration) -> Self {
+        self.expires = Some(ttl);
+        self
+    }
+
+    /// Serve a stored value at most `n` times; the call after the `n`th hit recomputes.
+    /// Exact under concurrency. Counts live in memory: after a restart each stored value
+    /// may be served up to `n` more times. Default: unlimited.
+    pub fn max_hits(mut self, n: u32) -> Self {
+        self.max_hits = Some(n);
+        self
+    }
+
+    /// Maps the arguments to the key actually stored (the original's `keyfunc`). Arguments
+    /// with equal keys share one entry.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let m = cache.memoizer::<str, usize>("ci").keyfunc(|s: &str| s.to_lowercase()).build()?;
+    /// m.get_or_compute("Foo", |s| s.len());
+    /// assert_eq!(m.get_or_compute("foo", |_| 99), 3);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn keyfunc<T: Serialize>(mut self, f: impl Fn(&K) -> T + Send + Sync + 'static) -> Self {
+        self.encode = Arc::new(move |k: &K| KeyBytes::encode(&f(k)));
+        self
+    }
+
+    /// A version folded into every entry's fingerprint: change it to invalidate every
+    /// value stored under the old one (on the next build). Default: empty.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Whether persistent hits verify the entry checksum (xxh3, ~30 GB/s). Without it a
+    /// flipped bit on disk inside a value's bytes could go unnoticed when rkyv still
+    /// validates. Default: on.
+    pub fn verify_checksums(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    #[doc(hidden)]
+    /// Replaces the row hash. Tests use it to force collisions.
+    pub fn __key_hasher(mut self, hasher: fn(&[u8]) -> [u8; 16]) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    /// Builds the memoizer. For a persistent store this registers it in the file; if its
+    /// value type or version changed since the last run, its old entries are dropped.
+    pub fn build(self) -> Result<Memoizer<K, V>> {
+        crate::cache::check_name(&self.name)?;
+        let cache = self.cache.clone();
+        let store = self.store.unwrap_or(if cache.file_backed {
+            Store::Persistent
+        } else {
+            Store::Memory
+        });
+        let fingerprint = fingerprint::value_fingerprint::<V>(&self.version);
+        let mut live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.get(&self.name).is_some_and(|w| w.strong_count() > 0) {
+            return Err(Error::MemoizerInUse { name: self.name });
+        }
+        let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
+        let has_deps = zones.iter().any(|z| z.key.is_some());
+        let persistent = match store {
+            Store::Persistent | Store::Tiered(_) => {
+                let name = self.name.clone();
+                let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
+                let record = cache.writer.run(move |txn| {
+                    let record = ops::register_memoizer(txn, &name, fingerprint, has_deps)?;
+                    for zone_id in zone_ids {
+                        ops::add_zone_member(txn, zone_id, record.id)?;
+                    }
+                    Ok(record)
+                })?;
+                Some(Persistent {
+                    id: record.id,
+                    slot: cache.storage.slot(record.id),
+                })
+            }
+            Store::Memory | Store::Lru(_) => None,
+        };
+        let memory = match store {
+            Store::Memory => Some(MemStore::new(None)),
+            Store::Lru(n) | Store::Tiered(n) => Some(MemStore::new(Some(n))),
+            Store::Persistent => None,
+        };
+        let core = Arc::new(MemoCore {
+            name: self.name.clone(),
+            fingerprint,
+            expires: self.expires,
+            max_hits: self.max_hits,
+            verify: self.verify,
+            hasher: self.hasher,
+            memory: memory.map(Mutex::new),
+            persistent,
+            epoch: AtomicU64::new(0),
+            flights: Flights::default(),
+            served: Mutex::new(HashMapByKey::default()),
+            stats: Counters::default(),
+            cache: cache.clone(),
+        });
+        live.insert(self.name.clone(), Arc::downgrade(&core));
+        drop(live);
+        for z in &zones {
+            z.zone.attach(&core);
+        }
+        let deps = crate::zone::deps_fn(zones);
+        Ok(Memoizer::from_parts(core, self.encode, deps))
+    }
+}

@@ -1,0 +1,290 @@
+//! Operations inside one write transaction. Every function keeps the dependency index
+//! exact: an entry's dependency rows are written and removed together with the entry.
+
+use redb::{
+    MultimapTableHandle, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, TableHandle, WriteTransaction,
+};
+
+use super::tables::{
+    DEPS, EntriesDef, KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMOIZER_NAMES,
+    MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name, entry_ref,
+    split_entry_ref,
+};
+use crate::entry::{self, DepRow, FORMAT_VERSION};
+use crate::key::KeyHash;
+
+type R<T> = Result<T, redb::Error>;
+
+/// What [`init`] found in the file.
+pub(crate) enum InitOutcome {
+    Ready,
+    Foreign(String),
+    Newer(u32),
+}
+
+/// Creates our tables in a fresh file, or checks an existing file is ours and not newer.
+pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
+    {
+        let read = db.begin_read()?;
+        match read.open_table(META) {
+            Ok(meta) => {
+                let version = meta
+                    .get(KEY_FORMAT_VERSION)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                if version > FORMAT_VERSION as u64 {
+                    return Ok(InitOutcome::Newer(version as u32));
+                }
+                if version == FORMAT_VERSION as u64 {
+                    return Ok(InitOutcome::Ready);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                let foreign: Vec<String> = read
+                    .list_tables()?
+                    .map(|t| t.name().to_string())
+                    .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
+                    .filter(|n| !n.starts_with(PREFIX))
+                    .collect();
+                if !foreign.is_empty() {
+                    return Ok(InitOutcome::Foreign(format!(
+                        "a redb database with other tables: {}",
+                        foreign.join(", ")
+                    )));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(KEY_FORMAT_VERSION, FORMAT_VERSION as u64)?;
+        txn.open_table(MEMOIZERS)?;
+        txn.open_table(MEMOIZER_NAMES)?;
+        txn.open_table(ZONES)?;
+        txn.open_multimap_table(ZONE_MEMBERS)?;
+        txn.open_multimap_table(DEPS)?;
+    }
+    txn.commit()?;
+    Ok(InitOutcome::Ready)
+}
+
+fn next_id(txn: &WriteTransaction, counter: &str) -> R<u64> {
+    let mut meta = txn.open_table(META)?;
+    let id = meta.get(counter)?.map(|v| v.value()).unwrap_or(1);
+    meta.insert(counter, id + 1)?;
+    Ok(id)
+}
+
+/// Looks up a memoizer's record, creating it if missing. If the stored fingerprint differs
+/// (the value type or version changed), the memoizer's old entries are removed first.
+pub(crate) fn register_memoizer(
+    txn: &WriteTransaction,
+    name: &str,
+    fingerprint: u64,
+    has_deps: bool,
+) -> R<MemoRecord> {
+    let existing = {
+        let table = txn.open_table(MEMOIZERS)?;
+        let found = table.get(name)?.and_then(|v| MemoRecord::decode(v.value()));
+        found
+    };
+    let record = match existing {
+        Some(old) if old.fingerprint == fingerprint && (old.has_deps || !has_deps) => {
+            return Ok(old);
+        }
+        Some(old) => {
+            if old.fingerprint != fingerprint {
+                clear(txn, &old)?;
+            }
+            MemoRecord {
+                id: old.id,
+                fingerprint,
+                has_deps: has_deps || old.has_deps,
+            }
+        }
+        None => {
+            let id = next_id(txn, KEY_NEXT_MEMOIZER)?;
+            txn.open_table(MEMOIZER_NAMES)?.insert(id, name)?;
+            MemoRecord {
+                id,
+                fingerprint,
+                has_deps,
+            }
+        }
+    };
+    txn.open_table(MEMOIZERS)?
+        .insert(name, record.encode().as_slice())?;
+    Ok(record)
+}
+
+/// Reads a memoizer's record.
+pub(crate) fn memoizer_record(txn: &WriteTransaction, name: &str) -> R<Option<MemoRecord>> {
+    let table = txn.open_table(MEMOIZERS)?;
+    let found = table.get(name)?.and_then(|v| MemoRecord::decode(v.value()));
+    Ok(found)
+}
+
+fn memoizer_record_by_id(txn: &WriteTransaction, id: u64) -> R<Option<MemoRecord>> {
+    let name = {
+        let names = txn.open_table(MEMOIZER_NAMES)?;
+        let found = names.get(id)?.map(|v| v.value().to_string());
+        found
+    };
+    match name {
+        Some(name) => memoizer_record(txn, &name),
+        None => Ok(None),
+    }
+}
+
+/// Returns a zone's id, creating it if missing.
+pub(crate) fn register_zone(txn: &WriteTransaction, name: &str) -> R<u64> {
+    let existing = txn.open_table(ZONES)?.get(name)?.map(|v| v.value());
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = next_id(txn, KEY_NEXT_ZONE)?;
+    txn.open_table(ZONES)?.insert(name, id)?;
+    Ok(id)
+}
+
+/// Records that memoizer `memo_id` belongs to zone `zone_id`.
+pub(crate) fn add_zone_member(txn: &WriteTransaction, zone_id: u64, memo_id: u64) -> R<()> {
+    txn.open_multimap_table(ZONE_MEMBERS)?
+        .insert(zone_id, memo_id)?;
+    Ok(())
+}
+
+fn remove_dep_rows(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
+    // A damaged entry that no longer parses cannot name its rows; the invariant checker
+    // reports any row left behind, and such entries only arise from outside damage.
+    let Ok(view) = entry::decode(bytes, false) else {
+        return Ok(());
+    };
+    let mut deps = txn.open_multimap_table(DEPS)?;
+    let target = entry_ref(memo_id, hash);
+    for row in view.deps() {
+        deps.remove(&row, &target)?;
+    }
+    Ok(())
+}
+
+/// Stores an entry, replacing (and un-indexing) any previous entry under the same hash.
+pub(crate) fn put(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
+    let name = entries_name(memo_id);
+    let def = EntriesDef::new(&name);
+    let mut table = txn.open_table(def)?;
+    let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
+    drop(table);
+    if let Some(old) = old {
+        remove_dep_rows(txn, memo_id, hash, &old)?;
+    }
+    let view = entry::decode(bytes, false).map_err(|e| {
+        redb::Error::Io(std::io::Error::other(format!(
+            "refusing malformed entry: {e:?}"
+        )))
+    })?;
+    let mut deps = txn.open_multimap_table(DEPS)?;
+    let target = entry_ref(memo_id, hash);
+    for row in view.deps() {
+        deps.insert(&row, &target)?;
+    }
+    Ok(())
+}
+
+/// Removes one entry and its dependency rows. Returns whether it existed.
+pub(crate) fn remove(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash) -> R<bool> {
+    let name = entries_name(memo_id);
+    let def = EntriesDef::new(&name);
+    let mut table = txn.open_table(def)?;
+    let old = table.remove(hash)?.map(|g| g.value().to_vec());
+    drop(table);
+    match old {
+        Some(old) => {
+            remove_dep_rows(txn, memo_id, hash, &old)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Removes every entry of a memoizer. Cost: O(1) table drop, plus O(entries) only when
+/// the memoizer's entries may carry dependency rows that must leave the index too.
+pub(crate) fn clear(txn: &WriteTransaction, record: &MemoRecord) -> R<u64> {
+    let name = entries_name(record.id);
+    let def = EntriesDef::new(&name);
+    let count = {
+        let table = txn.open_table(def)?;
+        let count = table.len()?;
+        if record.has_deps && count > 0 {
+            let mut deps = txn.open_multimap_table(DEPS)?;
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let target = entry_ref(record.id, k.value());
+                if let Ok(view) = entry::decode(v.value(), false) {
+                    for row in view.deps() {
+                        deps.remove(&row, &target)?;
+                    }
+                }
+            }
+        }
+        count
+    };
+    txn.delete_table(def)?;
+    Ok(count)
+}
+
+/// Removes every entry whose dependency rows include `row`, in every member memoizer.
+/// Returns the number of entries removed and the (memoizer id, hash) pairs.
+pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64, KeyHash)>> {
+    let targets: Vec<[u8; 32]> = {
+        let mut deps = txn.open_multimap_table(DEPS)?;
+        let removed = deps.remove_all(row)?;
+        let mut out = Vec::new();
+        for v in removed {
+            out.push(*v?.value());
+        }
+        out
+    };
+    let mut removed = Vec::with_capacity(targets.len());
+    for target in targets {
+        let (memo_id, hash) = split_entry_ref(&target);
+        if remove(txn, memo_id, &hash)? {
+            removed.push((memo_id, hash));
+        }
+    }
+    Ok(removed)
+}
+
+/// Clears every memoizer recorded as a member of zone `zone_id`, including members this
+/// run has not built. Returns the number of entries removed.
+pub(crate) fn clear_zone(txn: &WriteTransaction, zone_id: u64) -> R<(u64, Vec<u64>)> {
+    let members: Vec<u64> = {
+        let table = txn.open_multimap_table(ZONE_MEMBERS)?;
+        let mut out = Vec::new();
+        for v in table.get(zone_id)? {
+            out.push(v?.value());
+        }
+        out
+    };
+    let mut total = 0;
+    for &id in &members {
+        if let Some(record) = memoizer_record_by_id(txn, id)? {
+            total += clear(txn, &record)?;
+        }
+    }
+    Ok((total, members))
+}
+
+/// Counts the entries of one memoizer (O(1): redb keeps table lengths).
+pub(crate) fn count_entries(db: &redb::Database, memo_id: u64) -> R<u64> {
+    let read = db.begin_read()?;
+    let name = entries_name(memo_id);
+    match read.open_table(EntriesDef::new(&name)) {
+        Ok(t) => Ok(t.len()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}

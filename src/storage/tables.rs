@@ -1,0 +1,86 @@
+//! Table definitions: the names and types below are part of the on-disk format.
+
+use redb::{MultimapTableDefinition, TableDefinition};
+
+/// Format version, id counters. Its presence marks a file as ours.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("fresco/meta");
+/// Memoizer name -> record (id u64 LE, fingerprint u64 LE, flags u64 LE).
+pub(crate) const MEMOIZERS: TableDefinition<&str, &[u8]> = TableDefinition::new("fresco/memoizers");
+/// Memoizer id -> name.
+pub(crate) const MEMOIZER_NAMES: TableDefinition<u64, &str> =
+    TableDefinition::new("fresco/memoizer_names");
+/// Zone name -> zone id.
+pub(crate) const ZONES: TableDefinition<&str, u64> = TableDefinition::new("fresco/zones");
+/// Zone id -> ids of its member memoizers.
+pub(crate) const ZONE_MEMBERS: MultimapTableDefinition<u64, u64> =
+    MultimapTableDefinition::new("fresco/zone_members");
+/// Dependency row (zone id BE ++ dep hash) -> entry ref (memoizer id BE ++ key hash).
+pub(crate) const DEPS: MultimapTableDefinition<&[u8; 24], &[u8; 32]> =
+    MultimapTableDefinition::new("fresco/deps");
+
+pub(crate) const KEY_FORMAT_VERSION: &str = "format_version";
+pub(crate) const KEY_NEXT_MEMOIZER: &str = "next_memoizer_id";
+pub(crate) const KEY_NEXT_ZONE: &str = "next_zone_id";
+
+/// Prefix shared by every table this library creates.
+pub(crate) const PREFIX: &str = "fresco/";
+
+/// The entries table of one memoizer, keyed by row hash.
+pub(crate) type EntriesDef<'a> = TableDefinition<'a, &'static [u8; 16], &'static [u8]>;
+
+/// Name of the entries table of memoizer `id`.
+pub(crate) fn entries_name(id: u64) -> String {
+    format!("fresco/entries/{id}")
+}
+
+/// An entry reference as stored in [`DEPS`]: memoizer id (BE) and key hash, padded.
+pub(crate) fn entry_ref(memo_id: u64, hash: &[u8; 16]) -> [u8; 32] {
+    let mut r = [0u8; 32];
+    r[..8].copy_from_slice(&memo_id.to_be_bytes());
+    r[8..24].copy_from_slice(hash);
+    r
+}
+
+/// Splits an entry reference.
+pub(crate) fn split_entry_ref(r: &[u8; 32]) -> (u64, [u8; 16]) {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&r[..8]);
+    let mut hash = [0u8; 16];
+    hash.copy_from_slice(&r[8..24]);
+    (u64::from_be_bytes(id), hash)
+}
+
+/// A memoizer's registry record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoRecord {
+    pub id: u64,
+    pub fingerprint: u64,
+    /// Set once any entry of this memoizer may carry dependency rows.
+    pub has_deps: bool,
+}
+
+impl MemoRecord {
+    pub(crate) fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.id.to_le_bytes());
+        out[8..16].copy_from_slice(&self.fingerprint.to_le_bytes());
+        out[16..24].copy_from_slice(&(self.has_deps as u64).to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<MemoRecord> {
+        if bytes.len() != 24 {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(MemoRecord {
+            id: word(0),
+            fingerprint: word(8),
+            has_deps: word(16) != 0,
+        })
+    }
+}
