@@ -161,6 +161,29 @@ impl Cache {
         self.inner.storage.reporter.health()
     }
 
+    /// Removes every entry past its deadline now, in every memoizer of the file (through
+    /// the expiry index: the cost grows with the expired entries, not the cache) and in
+    /// the in-memory stores of this run. Returns how many entries were removed.
+    pub fn purge_expired(&self) -> Result<u64> {
+        let now = self.inner.clock.now_ms();
+        let removed = self
+            .inner
+            .writer
+            .run(move |txn| ops::purge_expired(txn, now, usize::MAX))?;
+        let live: Vec<_> = {
+            let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+            live.values().filter_map(Weak::upgrade).collect()
+        };
+        let mut in_memory_only = 0;
+        for core in live {
+            let n = core.purge_expired_in_memory(now, &removed);
+            if core.persistent.is_none() {
+                in_memory_only += n;
+            }
+        }
+        Ok(removed.len() as u64 + in_memory_only)
+    }
+
     /// Scans the whole file and checks every invariant: entries parse, their dependency
     /// rows and the dependency index match exactly, zone memberships point at known
     /// memoizers. Slow (reads everything); meant for tests, fuzzing and `check`.

@@ -7,7 +7,8 @@ use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 use crate::entry;
 use crate::error::Result;
 use crate::storage::tables::{
-    DEPS, EntriesDef, MEMOIZER_NAMES, MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name, entry_ref,
+    DEPS, EXPIRY, EntriesDef, MEMOIZER_NAMES, MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name,
+    entry_ref, expiry_key,
 };
 use crate::storage::{Storage, guarded};
 
@@ -21,6 +22,8 @@ pub struct IntegrityReport {
     pub entries: u64,
     /// Rows in the dependency index.
     pub dep_rows: u64,
+    /// Rows in the expiry index.
+    pub expiry_rows: u64,
     /// Every violated invariant, described. Empty when the file is sound.
     pub problems: Vec<String>,
 }
@@ -63,6 +66,7 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
         }
     }
     let mut expected = BTreeSet::new();
+    let mut expected_expiry = BTreeSet::new();
     for &id in &ids {
         let name = entries_name(id);
         let table = match txn.open_table(EntriesDef::new(&name)) {
@@ -80,6 +84,13 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
                 Ok(view) => {
                     for row in view.deps() {
                         expected.insert((row, entry_ref(id, hash.value())));
+                    }
+                    if view.meta.expires_at_ms != 0 {
+                        expected_expiry.insert(expiry_key(
+                            view.meta.expires_at_ms,
+                            id,
+                            hash.value(),
+                        ));
                     }
                 }
             }
@@ -114,6 +125,22 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
         report.problems.push(format!(
             "index row points at missing entry {:02x?}",
             &dangling.1[..24]
+        ));
+    }
+    let mut actual_expiry = BTreeSet::new();
+    for item in txn.open_table(EXPIRY)?.iter()? {
+        report.expiry_rows += 1;
+        actual_expiry.insert(*item?.0.value());
+    }
+    for missing in expected_expiry.difference(&actual_expiry) {
+        report
+            .problems
+            .push(format!("entry {:02x?} lacks its expiry row", &missing[8..]));
+    }
+    for dangling in actual_expiry.difference(&expected_expiry) {
+        report.problems.push(format!(
+            "expiry row points at missing entry {:02x?}",
+            &dangling[8..]
         ));
     }
     let members = txn.open_multimap_table(ZONE_MEMBERS)?;

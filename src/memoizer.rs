@@ -339,6 +339,19 @@ impl MemoCore {
         removed.len() as u64
     }
 
+    /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
+    pub(crate) fn purge_expired_in_memory(&self, now: u64, removed: &[(u64, KeyHash)]) -> u64 {
+        let Some(mem) = &self.memory else { return 0 };
+        let id = self.persistent.as_ref().map(|p| p.id);
+        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = mem.remove_expired(now);
+        for (_, h) in removed.iter().filter(|(m, _)| Some(*m) == id) {
+            n += mem.remove(h).is_some() as u64;
+        }
+        Counters::add(&self.stats.expirations, n);
+        n
+    }
+
     /// Clears only the in-memory side (used when a zone cleared the persistent side).
     pub(crate) fn clear_in_memory(&self) -> u64 {
         self.served
@@ -672,13 +685,13 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             return Err(Error::MemoizerInUse { name: self.name });
         }
         let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
-        let has_deps = zones.iter().any(|z| z.key.is_some());
+        let indexed = self.expires.is_some() || zones.iter().any(|z| z.key.is_some());
         let persistent = match store {
             Store::Persistent | Store::Tiered(_) => {
                 let name = self.name.clone();
                 let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
                 let record = cache.writer.run(move |txn| {
-                    let record = ops::register_memoizer(txn, &name, fingerprint, has_deps)?;
+                    let record = ops::register_memoizer(txn, &name, fingerprint, indexed)?;
                     for zone_id in zone_ids {
                         ops::add_zone_member(txn, zone_id, record.id)?;
                     }

@@ -164,6 +164,20 @@ impl MemStore {
         hit
     }
 
+    /// Removes every entry past its deadline; returns how many.
+    pub(crate) fn remove_expired(&mut self, now_ms: u64) -> u64 {
+        let due: Vec<KeyHash> = self
+            .index
+            .iter()
+            .filter(|(_, i)| self.nodes[**i].entry.meta.expired(now_ms))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &due {
+            self.remove(h);
+        }
+        due.len() as u64
+    }
+
     /// Checks the list and the index agree. For tests and fuzzing.
     #[cfg(test)]
     pub(crate) fn validate(&self) -> Result<(), String> {

@@ -7,9 +7,9 @@ use redb::{
 };
 
 use super::tables::{
-    DEPS, EntriesDef, KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMOIZER_NAMES,
-    MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name, entry_ref,
-    split_entry_ref,
+    DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMOIZER_NAMES,
+    MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name, entry_ref, expiry_key,
+    split_entry_ref, split_expiry_key,
 };
 use crate::entry::{self, DepRow, FORMAT_VERSION};
 use crate::key::KeyHash;
@@ -66,6 +66,7 @@ pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
         txn.open_table(ZONES)?;
         txn.open_multimap_table(ZONE_MEMBERS)?;
         txn.open_multimap_table(DEPS)?;
+        txn.open_table(EXPIRY)?;
     }
     txn.commit()?;
     Ok(InitOutcome::Ready)
@@ -84,7 +85,7 @@ pub(crate) fn register_memoizer(
     txn: &WriteTransaction,
     name: &str,
     fingerprint: u64,
-    has_deps: bool,
+    indexed: bool,
 ) -> R<MemoRecord> {
     let existing = {
         let table = txn.open_table(MEMOIZERS)?;
@@ -92,7 +93,7 @@ pub(crate) fn register_memoizer(
         found
     };
     let record = match existing {
-        Some(old) if old.fingerprint == fingerprint && (old.has_deps || !has_deps) => {
+        Some(old) if old.fingerprint == fingerprint && (old.indexed || !indexed) => {
             return Ok(old);
         }
         Some(old) => {
@@ -102,7 +103,7 @@ pub(crate) fn register_memoizer(
             MemoRecord {
                 id: old.id,
                 fingerprint,
-                has_deps: has_deps || old.has_deps,
+                indexed: indexed || old.indexed,
             }
         }
         None => {
@@ -111,7 +112,7 @@ pub(crate) fn register_memoizer(
             MemoRecord {
                 id,
                 fingerprint,
-                has_deps,
+                indexed,
             }
         }
     };
@@ -157,16 +158,39 @@ pub(crate) fn add_zone_member(txn: &WriteTransaction, zone_id: u64, memo_id: u64
     Ok(())
 }
 
-fn remove_dep_rows(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
+/// Adds (`add = true`) or removes the index rows of one entry: its dependency rows and
+/// its expiry row.
+fn index_rows(
+    txn: &WriteTransaction,
+    memo_id: u64,
+    hash: &KeyHash,
+    bytes: &[u8],
+    add: bool,
+) -> R<()> {
     // A damaged entry that no longer parses cannot name its rows; the invariant checker
     // reports any row left behind, and such entries only arise from outside damage.
     let Ok(view) = entry::decode(bytes, false) else {
         return Ok(());
     };
-    let mut deps = txn.open_multimap_table(DEPS)?;
     let target = entry_ref(memo_id, hash);
-    for row in view.deps() {
-        deps.remove(&row, &target)?;
+    if view.deps().next().is_some() {
+        let mut deps = txn.open_multimap_table(DEPS)?;
+        for row in view.deps() {
+            if add {
+                deps.insert(&row, &target)?;
+            } else {
+                deps.remove(&row, &target)?;
+            }
+        }
+    }
+    if view.meta.expires_at_ms != 0 {
+        let mut expiry = txn.open_table(EXPIRY)?;
+        let key = expiry_key(view.meta.expires_at_ms, memo_id, hash);
+        if add {
+            expiry.insert(&key, ())?;
+        } else {
+            expiry.remove(&key)?;
+        }
     }
     Ok(())
 }
@@ -179,19 +203,9 @@ pub(crate) fn put(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash, bytes: &
     let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
     drop(table);
     if let Some(old) = old {
-        remove_dep_rows(txn, memo_id, hash, &old)?;
+        index_rows(txn, memo_id, hash, &old, false)?;
     }
-    let view = entry::decode(bytes, false).map_err(|e| {
-        redb::Error::Io(std::io::Error::other(format!(
-            "refusing malformed entry: {e:?}"
-        )))
-    })?;
-    let mut deps = txn.open_multimap_table(DEPS)?;
-    let target = entry_ref(memo_id, hash);
-    for row in view.deps() {
-        deps.insert(&row, &target)?;
-    }
-    Ok(())
+    index_rows(txn, memo_id, hash, bytes, true)
 }
 
 /// Removes one entry and its dependency rows. Returns whether it existed.
@@ -203,7 +217,7 @@ pub(crate) fn remove(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash) -> R<
     drop(table);
     match old {
         Some(old) => {
-            remove_dep_rows(txn, memo_id, hash, &old)?;
+            index_rows(txn, memo_id, hash, &old, false)?;
             Ok(true)
         }
         None => Ok(false),
@@ -218,16 +232,10 @@ pub(crate) fn clear(txn: &WriteTransaction, record: &MemoRecord) -> R<u64> {
     let count = {
         let table = txn.open_table(def)?;
         let count = table.len()?;
-        if record.has_deps && count > 0 {
-            let mut deps = txn.open_multimap_table(DEPS)?;
+        if record.indexed && count > 0 {
             for item in table.iter()? {
                 let (k, v) = item?;
-                let target = entry_ref(record.id, k.value());
-                if let Ok(view) = entry::decode(v.value(), false) {
-                    for row in view.deps() {
-                        deps.remove(&row, &target)?;
-                    }
-                }
+                index_rows(txn, record.id, k.value(), v.value(), false)?;
             }
         }
         count
@@ -276,6 +284,35 @@ pub(crate) fn clear_zone(txn: &WriteTransaction, zone_id: u64) -> R<(u64, Vec<u6
         }
     }
     Ok((total, members))
+}
+
+/// Removes up to `limit` entries whose deadline is at or before `now_ms`, oldest first.
+/// Returns the (memoizer id, hash) of each removed entry.
+pub(crate) fn purge_expired(
+    txn: &WriteTransaction,
+    now_ms: u64,
+    limit: usize,
+) -> R<Vec<(u64, KeyHash)>> {
+    let due: Vec<[u8; 32]> = {
+        let expiry = txn.open_table(EXPIRY)?;
+        let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
+        let mut out = Vec::new();
+        for item in expiry.range::<&[u8; 32]>(..=&end)?.take(limit) {
+            out.push(*item?.0.value());
+        }
+        out
+    };
+    let mut removed = Vec::with_capacity(due.len());
+    for key in due {
+        let (_, memo_id, hash) = split_expiry_key(&key);
+        if remove(txn, memo_id, &hash)? {
+            removed.push((memo_id, hash));
+        } else {
+            // Only outside damage leaves a row without its entry; drop it.
+            txn.open_table(EXPIRY)?.remove(&key)?;
+        }
+    }
+    Ok(removed)
 }
 
 /// Counts the entries of one memoizer (O(1): redb keeps table lengths).

@@ -18,6 +18,30 @@ pub(crate) const ZONE_MEMBERS: MultimapTableDefinition<u64, u64> =
 pub(crate) const DEPS: MultimapTableDefinition<&[u8; 24], &[u8; 32]> =
     MultimapTableDefinition::new("fresco/deps");
 
+/// Expiry index: deadline (unix ms, BE) ++ memoizer id (BE) ++ key hash -> (). Ordered by
+/// deadline, so expired entries are found by one range read.
+pub(crate) const EXPIRY: TableDefinition<&[u8; 32], ()> = TableDefinition::new("fresco/expiry");
+
+/// Builds an [`EXPIRY`] key.
+pub(crate) fn expiry_key(expires_at_ms: u64, memo_id: u64, hash: &[u8; 16]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    k[8..16].copy_from_slice(&memo_id.to_be_bytes());
+    k[16..].copy_from_slice(hash);
+    k
+}
+
+/// Splits an [`EXPIRY`] key into (deadline, memoizer id, hash).
+pub(crate) fn split_expiry_key(k: &[u8; 32]) -> (u64, u64, [u8; 16]) {
+    let mut d = [0u8; 8];
+    d.copy_from_slice(&k[..8]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&k[8..16]);
+    let mut hash = [0u8; 16];
+    hash.copy_from_slice(&k[16..]);
+    (u64::from_be_bytes(d), u64::from_be_bytes(id), hash)
+}
+
 pub(crate) const KEY_FORMAT_VERSION: &str = "format_version";
 pub(crate) const KEY_NEXT_MEMOIZER: &str = "next_memoizer_id";
 pub(crate) const KEY_NEXT_ZONE: &str = "next_zone_id";
@@ -55,8 +79,9 @@ pub(crate) fn split_entry_ref(r: &[u8; 32]) -> (u64, [u8; 16]) {
 pub(crate) struct MemoRecord {
     pub id: u64,
     pub fingerprint: u64,
-    /// Set once any entry of this memoizer may carry dependency rows.
-    pub has_deps: bool,
+    /// Set once any entry of this memoizer may carry dependency rows or a deadline, i.e.
+    /// rows in [`DEPS`] or [`EXPIRY`] that clearing it must remove too.
+    pub indexed: bool,
 }
 
 impl MemoRecord {
@@ -64,7 +89,7 @@ impl MemoRecord {
         let mut out = [0u8; 24];
         out[..8].copy_from_slice(&self.id.to_le_bytes());
         out[8..16].copy_from_slice(&self.fingerprint.to_le_bytes());
-        out[16..24].copy_from_slice(&(self.has_deps as u64).to_le_bytes());
+        out[16..24].copy_from_slice(&(self.indexed as u64).to_le_bytes());
         out
     }
 
@@ -80,7 +105,7 @@ impl MemoRecord {
         Some(MemoRecord {
             id: word(0),
             fingerprint: word(8),
-            has_deps: word(16) != 0,
+            indexed: word(16) != 0,
         })
     }
 }
