@@ -116,7 +116,7 @@ impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
 
 /// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
 fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    if (payload.as_ptr() as usize) % align == 0 {
+    if (payload.as_ptr() as usize).is_multiple_of(align) {
         f(payload)
     } else {
         let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
@@ -130,7 +130,10 @@ impl MemoCore {
         self.cache.clock.now_ms()
     }
 
-    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up.
+    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up,
+    /// or if it is not the value this process stored last under `hash` (a read that raced
+    /// with a newer store: the caller looks again instead of serving an old value, whose
+    /// hits were already counted).
     fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
         let Some(limit) = self.max_hits else {
             return true;
@@ -138,7 +141,7 @@ impl MemoCore {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         let slot = served.entry(*hash).or_insert((entry_id, 0));
         if slot.0 != entry_id {
-            *slot = (entry_id, 0);
+            return false;
         }
         if slot.1 >= limit {
             Counters::add(&self.stats.expirations, 1);
@@ -146,6 +149,15 @@ impl MemoCore {
         }
         slot.1 += 1;
         true
+    }
+
+    /// Starts the hit count of a value about to be stored; done before the value becomes
+    /// visible so no reader can count a hit against the previous value's budget.
+    fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
+        if self.max_hits.is_some() {
+            let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            served.insert(*hash, (entry_id, 0));
+        }
     }
 
     fn report(&self, error: Error) {
@@ -221,6 +233,7 @@ impl MemoCore {
                 .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
             entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
         };
+        self.reset_hits(&ek.hash, meta.entry_id);
         let mut stored = false;
         if let Some(mem) = &self.memory {
             let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());

@@ -206,3 +206,43 @@ impl MemStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64) -> Arc<MemEntry> {
+        Arc::new(MemEntry {
+            meta: Meta {
+                fingerprint: 0,
+                stored_at_ms: 0,
+                expires_at_ms: id,
+                entry_id: id,
+            },
+            key: Box::new([id as u8]),
+            deps: Box::new([]),
+            payload: AlignedVec::new(),
+        })
+    }
+
+    #[test]
+    fn lru_keeps_list_and_index_in_step() {
+        let mut store = MemStore::new(Some(4));
+        for i in 0..50u64 {
+            let hash = [(i % 7) as u8; 16];
+            store.insert(hash, entry(i));
+            store.validate().unwrap();
+            if i % 3 == 0 {
+                store.get(&[(i % 5) as u8; 16]);
+                store.validate().unwrap();
+            }
+            if i % 11 == 0 {
+                store.remove(&[(i % 7) as u8; 16]);
+                store.validate().unwrap();
+            }
+        }
+        assert!(store.len() <= 4);
+        store.remove_expired(40);
+        store.validate().unwrap();
+    }
+}

@@ -67,13 +67,15 @@ impl StoredBytes {
 }
 
 type PendingKey = (u64, KeyHash);
+/// Written, not yet committed entries: key -> (write sequence, entry bytes).
+type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>)>;
 
 /// The redb database and everything needed to read it consistently.
 pub(crate) struct Storage {
     db: redb::Database,
     path: Option<PathBuf>,
     generation: AtomicU64,
-    pending: Mutex<HashMap<PendingKey, (u64, Arc<[u8]>)>>,
+    pending: Mutex<PendingMap>,
     /// Number of rows in `pending`; lets reads skip its lock when nothing is pending.
     pending_len: AtomicUsize,
     slots: Mutex<Vec<Weak<SnapSlot>>>,
@@ -153,7 +155,7 @@ impl Storage {
         }
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<PendingKey, (u64, Arc<[u8]>)>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingMap> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -89,8 +89,7 @@ pub(crate) fn register_memoizer(
 ) -> R<MemoRecord> {
     let existing = {
         let table = txn.open_table(MEMOIZERS)?;
-        let found = table.get(name)?.and_then(|v| MemoRecord::decode(v.value()));
-        found
+        table.get(name)?.and_then(|v| MemoRecord::decode(v.value()))
     };
     let record = match existing {
         Some(old) if old.fingerprint == fingerprint && (old.indexed || !indexed) => {
@@ -131,8 +130,7 @@ pub(crate) fn memoizer_record(txn: &WriteTransaction, name: &str) -> R<Option<Me
 fn memoizer_record_by_id(txn: &WriteTransaction, id: u64) -> R<Option<MemoRecord>> {
     let name = {
         let names = txn.open_table(MEMOIZER_NAMES)?;
-        let found = names.get(id)?.map(|v| v.value().to_string());
-        found
+        names.get(id)?.map(|v| v.value().to_string())
     };
     match name {
         Some(name) => memoizer_record(txn, &name),
