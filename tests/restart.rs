@@ -45,7 +45,7 @@ fn run_child(path: &std::path::Path) -> usize {
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
-        .find_map(|l| l.strip_prefix("COMPUTED="))
+        .find_map(|l| l.split("COMPUTED=").nth(1))
         .unwrap_or_else(|| panic!("no report in {stdout}"))
         .trim()
         .parse()
