@@ -200,8 +200,11 @@ impl MemoCore {
         Some((view.payload_offset, view.meta))
     }
 
-    /// Copies a persistent hit into the in-memory tier (tiered stores only).
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta) {
+    /// Copies a persistent hit into the in-memory tier (tiered stores only). `generation`
+    /// is the storage's commit generation read before the bytes were: if a commit came
+    /// since, an invalidation may have removed them (and purged the memory tier before
+    /// this insert), so they are not promoted.
+    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta, generation: u64) {
         let Some(mem) = &self.memory else { return };
         let Ok(view) = entry::decode(bytes, false) else {
             return;
@@ -216,7 +219,9 @@ impl MemoCore {
         });
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoch.load(Ordering::SeqCst) == epoch {
+        if self.epoch.load(Ordering::SeqCst) == epoch
+            && self.cache.storage.generation() == generation
+        {
             let evicted = mem.insert(ek.hash, entry);
             Counters::add(&self.stats.evictions, evicted.len() as u64);
         }
@@ -285,6 +290,8 @@ impl MemoCore {
         if ticket.is_none() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
+        // The memory tier is purged after the commit (see `promote`).
+        let on_disk = ticket.map(|t| t.wait());
         let mut removed = self.memory.as_ref().is_some_and(|m| {
             m.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -295,8 +302,8 @@ impl MemoCore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&hash);
-        if let Some(ticket) = ticket {
-            removed |= ticket.wait()?;
+        if let Some(on_disk) = on_disk {
+            removed |= on_disk?;
         }
         Counters::add(&self.stats.invalidations, removed as u64);
         Ok(removed)
@@ -319,15 +326,11 @@ impl MemoCore {
         if ticket.is_none() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        let in_memory = self.memory.as_ref().map_or(0, |m| {
-            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
-        });
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let removed = match ticket {
-            Some(ticket) => ticket.wait()?,
+        // The memory tier is purged after the commit (see `promote`).
+        let on_disk = ticket.map(|t| t.wait());
+        let in_memory = self.clear_in_memory();
+        let removed = match on_disk {
+            Some(on_disk) => on_disk?,
             None => in_memory,
         };
         Counters::add(&self.stats.invalidations, removed);
@@ -341,7 +344,7 @@ impl MemoCore {
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = mem.remove_dep(row);
         for h in hashes {
-            if mem.remove(h).is_some() && !removed.contains(h) {
+            if mem.remove(h).is_some() {
                 removed.push(*h);
             }
         }
@@ -418,6 +421,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return value;
         }
         let p = core.persistent.as_ref()?;
+        let generation = core.cache.storage.generation();
         let stored = match core.cache.storage.get(&p.slot, &ek.hash, false) {
             Ok(found) => found?,
             Err(e) => {
@@ -438,7 +442,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return None;
         }
         Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, offset, meta);
+        core.promote(ek, bytes, offset, meta, generation);
         Some(value)
     }
 
@@ -513,7 +517,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             Counters::add(&core.stats.misses, 1);
             let value = compute(key)?;
             match value.__archive() {
-                Ok(archive) => core.store(&ek, &archive, (self.deps)(key), epoch),
+                Ok(archive) => match (self.deps)(key) {
+                    Ok(deps) => core.store(&ek, &archive, deps, epoch),
+                    Err(e) => core.report(e),
+                },
                 Err(e) => core.report(Error::ValueEncoding(e.to_string())),
             }
             drop(leader);
@@ -704,6 +711,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             return Err(Error::MemoizerInUse { name: self.name });
         }
         let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
+        let fingerprint = crate::zone::keyed_fingerprint(fingerprint, &zones);
         let indexed = self.expires.is_some() || zones.iter().any(|z| z.key.is_some());
         let persistent = match store {
             Store::Persistent | Store::Tiered(_) => {
@@ -748,7 +756,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         for z in &zones {
             z.zone.attach(&core);
         }
-        let deps = crate::zone::deps_fn(zones);
+        let deps = crate::zone::deps_fn(&self.name, zones);
         Ok(Memoizer::from_parts(core, self.encode, deps))
     }
 }

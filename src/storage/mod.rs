@@ -146,6 +146,12 @@ impl Storage {
         slot
     }
 
+    /// The commit generation: moves after every commit, before the committed writes leave
+    /// the overlay and before the caller of a synchronous job is answered.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Called by the writer after a commit: readers must take a fresh snapshot.
     fn committed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
