@@ -22,18 +22,34 @@ struct Small {
 const ENTRIES: u64 = 100_000;
 
 fn small(id: u64) -> Small {
-    Small { id, name: format!("entry-{id:>32}"), scores: (0..10).map(|i| i * id as u32).collect() }
+    Small {
+        id,
+        name: format!("entry-{id:>32}"),
+        scores: (0..10).map(|i| i * id as u32).collect(),
+    }
 }
 
 fn bench(c: &mut Criterion) {
-    let mode = if std::mem::align_of::<rkyv::Archived<u64>>() == 1 { "unaligned" } else { "aligned-copy" };
+    let mode = if std::mem::align_of::<rkyv::Archived<u64>>() == 1 {
+        "unaligned"
+    } else {
+        "aligned-copy"
+    };
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path().join("align.memo")).unwrap();
-    let m = cache.memoizer::<u64, Small>("small").store(Store::Persistent).build().unwrap();
+    let m = cache
+        .memoizer::<u64, Small>("small")
+        .store(Store::Persistent)
+        .build()
+        .unwrap();
     for id in 0..ENTRIES {
         m.get_or_compute(&id, |id| small(*id));
     }
-    let big = cache.memoizer::<u64, Vec<u8>>("big").store(Store::Persistent).build().unwrap();
+    let big = cache
+        .memoizer::<u64, Vec<u8>>("big")
+        .store(Store::Persistent)
+        .build()
+        .unwrap();
     for id in 0..64 {
         big.get_or_compute(&id, |id| vec![*id as u8; 64 * 1024]);
     }

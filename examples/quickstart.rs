@@ -23,7 +23,7 @@ fn slow_report(number: u64) -> Report {
     std::thread::sleep(Duration::from_millis(200));
     Report {
         number,
-        divisors: (1..=number).filter(|d| number % d == 0).collect(),
+        divisors: (1..=number).filter(|d| number.is_multiple_of(*d)).collect(),
     }
 }
 
