@@ -32,7 +32,7 @@ use crossbeam::utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::error::{Error, Result};
-use crate::key::KeyHash;
+use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
 use crate::stats::{stripe_count, thread_stripe};
 use tables::{EntriesDef, entries_name};
@@ -89,7 +89,8 @@ impl StoredBytes {
 
 type PendingKey = (u64, KeyHash);
 /// Written, not yet committed entries: key -> (write sequence, entry bytes).
-type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>)>;
+/// Keyed by an already uniform hash, so the map does not hash it again.
+type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>), PrehashedBuild>;
 
 /// The redb database and everything needed to read it consistently.
 pub(crate) struct Storage {
@@ -132,7 +133,7 @@ impl Storage {
             db,
             path,
             generation: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(PendingMap::default()),
             pending_len: AtomicUsize::new(0),
             slots: Mutex::new(Vec::new()),
             reporter,
