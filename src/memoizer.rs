@@ -584,7 +584,13 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub fn stats(&self) -> Stats {
         let core = &*self.core;
         let entries = match &core.persistent {
-            Some(p) => core.cache.storage.count_entries(p.id).ok(),
+            Some(p) => {
+                let id = p.id;
+                core.cache
+                    .writer
+                    .run(move |txn| ops::count_entries(txn, id))
+                    .ok()
+            }
             None => core
                 .memory
                 .as_ref()

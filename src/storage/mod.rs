@@ -270,9 +270,4 @@ impl Storage {
         });
         found.map_err(|e| self.error(e))
     }
-
-    /// Entry count of a memoizer, without a scan.
-    pub(crate) fn count_entries(&self, memo_id: u64) -> Result<u64> {
-        guarded(|| ops::count_entries(&self.db, memo_id)).map_err(|e| self.error(e))
-    }
 }

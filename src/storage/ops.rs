@@ -346,13 +346,9 @@ pub(crate) fn purge_expired(
     Ok(removed)
 }
 
-/// Counts the entries of one memoizer (O(1): redb keeps table lengths).
-pub(crate) fn count_entries(db: &redb::Database, memo_id: u64) -> R<u64> {
-    let read = db.begin_read()?;
+/// Counts the entries of one memoizer (O(1): redb keeps table lengths). Run in the
+/// writer's transaction, so it includes every store queued before it.
+pub(crate) fn count_entries(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
     let name = entries_name(memo_id);
-    match read.open_table(EntriesDef::new(&name)) {
-        Ok(t) => Ok(t.len()?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    Ok(txn.open_table(EntriesDef::new(&name))?.len()?)
 }
