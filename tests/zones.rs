@@ -672,3 +672,44 @@ fn no_stale_value_survives_concurrent_invalidations() {
         assert_sound(&cache);
     }
 }
+
+/// A dependency key that cannot be encoded.
+struct Unencodable;
+
+impl Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("not encodable"))
+    }
+}
+
+/// An entry whose dependency keys cannot all be recorded would escape invalidation, so it
+/// is not stored at all; the caller still gets the value and the failure is reported.
+#[test]
+fn an_entry_whose_dependencies_cannot_be_recorded_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder()
+        .on_error(|_| {})
+        .open(dir.path().join("z.memo"))
+        .unwrap();
+    let zone = cache.zone("Z").unwrap();
+    let bad = cache
+        .memoizer::<u64, String>("bad")
+        .zone_key(&zone, |_: &u64| Unencodable)
+        .build()
+        .unwrap();
+    let many = cache
+        .memoizer::<u64, String>("many")
+        .zone_keys(&zone, |&k: &u64| 0..k)
+        .build()
+        .unwrap();
+    for store in [&bad, &many] {
+        let key = 70_000;
+        assert_eq!(store.get_or_compute(&key, |_| "v".into()), "v");
+        assert!(!cached(store, &key), "{}", store.name());
+        assert_eq!(store.stats().errors, 1, "{}", store.name());
+    }
+    many.get_or_compute(&3, |_| "v".into());
+    assert_eq!(zone.invalidate(&2u64).unwrap(), 1);
+    assert_sound(&cache);
+    assert!(cache.health().errors >= 2);
+}
