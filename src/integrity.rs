@@ -36,7 +36,7 @@ impl IntegrityReport {
 }
 
 pub(crate) fn check(storage: &Storage) -> Result<IntegrityReport> {
-    guarded(|| scan(storage.db())).map_err(|e| storage.error(e))
+    guarded(|| scan(&*storage.db()?)).map_err(|e| storage.error(e))
 }
 
 fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {

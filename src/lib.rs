@@ -78,3 +78,10 @@ pub use zone::Zone;
 
 #[doc(hidden)]
 pub use rkyv as __rkyv;
+
+/// Fault injection for tests and fuzzing (hidden; `fault-injection` feature).
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod __faults {
+    pub use crate::storage::faults::{FaultKind, FaultyBackend};
+}

@@ -1,6 +1,17 @@
 //! The single background writer: batches jobs into one redb transaction, commits
 //! non-durably, and makes everything durable every `durable_interval`, on flush and on
 //! shutdown.
+//!
+//! Durability rules:
+//! - A batch that carries a synchronous job (`Run`: an invalidation, a registration, a
+//!   purge) commits durably: once an invalidation has returned, no crash and no rollback
+//!   can bring the old entry back. Only stored values (`Put`) ride on non-durable commits,
+//!   and losing one of those costs a recomputation, never a wrong value.
+//! - A failed batch is reported (every `Run` in it gets the error, its puts are dropped),
+//!   and the database is reopened before the next batch ([`Storage::recover`]): redb
+//!   refuses writes after a failed commit until then, and its recovery rolls the file back
+//!   to the last durable commit. Damage (`Corrupted`, or a panic inside redb) instead
+//!   moves the file aside under `OnCorruption::Recreate`.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -21,7 +32,7 @@ const MAX_BATCH: usize = 4096;
 type AnyBox = Box<dyn Any + Send>;
 type RunFn = Box<dyn FnOnce(&WriteTransaction) -> Result<AnyBox, redb::Error> + Send>;
 
-enum Job {
+pub(super) enum Job {
     Put {
         key: PendingKey,
         bytes: Arc<[u8]>,
@@ -32,6 +43,8 @@ enum Job {
         reply: Sender<Result<AnyBox>>,
     },
     Flush(Sender<Result<()>>),
+    /// A reader met damage: look at `Storage::suspect` now.
+    Wake,
     Shutdown,
 }
 
@@ -61,6 +74,10 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn spawn(storage: Arc<Storage>, durable_interval: Duration) -> Result<Writer> {
         let (tx, rx) = channel::unbounded();
+        let wake = tx.clone();
+        storage.set_wake(move || {
+            let _ = wake.send(Job::Wake);
+        });
         let handle = std::thread::Builder::new()
             .name("fresco-memoize-writer".into())
             .spawn(move || run(&storage, &rx, durable_interval))
@@ -146,6 +163,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         while let Some(job) = next {
             match job {
                 Job::Shutdown => shutdown = true,
+                Job::Wake => {}
                 job => batch.push(job),
             }
             next = if shutdown || batch.len() >= MAX_BATCH {
@@ -154,16 +172,24 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                 rx.try_recv().ok()
             };
         }
-        let flush_requested = batch.iter().any(|j| matches!(j, Job::Flush(_)));
-        let durable = shutdown || flush_requested || last_durable.elapsed() >= durable_interval;
+        if storage.suspected() {
+            storage.recover(false);
+        } else if storage.take_reopen_request() {
+            storage.ensure_open();
+        }
+        let synchronous = batch
+            .iter()
+            .any(|j| matches!(j, Job::Flush(_) | Job::Run { .. }));
+        let durable = shutdown || synchronous || last_durable.elapsed() >= durable_interval;
         if !batch.is_empty() || (durable && dirty) {
-            if commit_batch(storage, batch, durable) {
-                if durable {
+            match commit_batch(storage, batch, durable) {
+                Ok(()) if durable => {
                     dirty = false;
                     last_durable = Instant::now();
-                } else {
-                    dirty = true;
                 }
+                Ok(()) => dirty = true,
+                // The reopened database holds only what was durable.
+                Err(()) => dirty = false,
             }
         }
         if shutdown {
@@ -177,12 +203,14 @@ enum Reply {
     Flush(Sender<Result<()>>),
 }
 
-/// Applies `batch` in one transaction. Returns whether it committed.
-fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
+/// Applies `batch` in one transaction. On failure, reports it, answers every job with
+/// the error and reopens the database for the next batch.
+fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(), ()> {
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
+    let open = storage.ensure_open();
     let outcome = guarded(|| {
-        let mut txn = storage.db().begin_write()?;
+        let mut txn = storage.db()?.begin_write()?;
         let level = if durable {
             Durability::Immediate
         } else {
@@ -204,7 +232,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
                     }
                 }
                 Job::Flush(reply) => replies.push(Reply::Flush(reply)),
-                Job::Shutdown => {}
+                Job::Wake | Job::Shutdown => {}
             }
         }
         txn.commit()?;
@@ -217,10 +245,16 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
     // Committed puts are now in the snapshot; failed ones are dropped (a later call
     // recomputes). Either way they leave the overlay.
     storage.settle_pending(&settled);
-    let failure = outcome.err().map(|e| Arc::new(storage.error(e)));
-    if let Some(e) = &failure {
-        storage.reporter.report(e);
-    }
+    let failure = outcome.err().map(|e| {
+        let damaged = super::is_corruption(&e);
+        let error = Arc::new(storage.error(e));
+        // A closed database (not reopened after a failure) was reported when it closed.
+        if open {
+            storage.reporter.report(&error);
+            storage.recover(damaged);
+        }
+        error
+    });
     for reply in replies {
         let err = || {
             Error::WriteFailed(
@@ -241,5 +275,5 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
             }
         }
     }
-    committed
+    if committed { Ok(()) } else { Err(()) }
 }
