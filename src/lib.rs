@@ -43,6 +43,10 @@
 
 extern crate self as fresco_memoize;
 
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[path = "entry_hooks.rs"]
+pub mod __entry;
 mod cache;
 mod clock;
 mod entry;

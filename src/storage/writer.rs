@@ -209,6 +209,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let open = storage.ensure_open();
+    let mut jobs = batch.into_iter();
     let outcome = guarded(|| {
         let mut txn = storage.db()?.begin_write()?;
         let level = if durable {
@@ -218,7 +219,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         };
         txn.set_durability(level)
             .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
-        for job in batch {
+        for job in jobs.by_ref() {
             match job {
                 Job::Put { key, bytes, seq } => {
                     settled.push((key, seq));
@@ -238,6 +239,17 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         txn.commit()?;
         Ok(())
     });
+    // Jobs the failed transaction never reached still get their answer, and their puts
+    // still leave the overlay (a put left there would be served even after an
+    // invalidation).
+    for job in jobs {
+        match job {
+            Job::Put { key, seq, .. } => settled.push((key, seq)),
+            Job::Run { reply, .. } => replies.push(Reply::Run(reply, None)),
+            Job::Flush(reply) => replies.push(Reply::Flush(reply)),
+            Job::Wake | Job::Shutdown => {}
+        }
+    }
     let committed = outcome.is_ok();
     if committed {
         storage.committed();
