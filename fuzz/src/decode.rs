@@ -155,6 +155,7 @@ pub fn run(data: &[u8]) {
     }
 
     let cache = Cache::builder()
+        .page_cache_bytes(1 << 20)
         .on_error(|_| {})
         .__open_backend(disk.clone())
         .expect("the cache opens");

@@ -77,6 +77,7 @@ fn open(disk: &FaultyBackend, clock: &ManualClock) -> fresco_memoize::Result<Han
     let cache = Cache::builder()
         .clock(clock.clone())
         .durable_interval(Duration::from_millis(5))
+        .page_cache_bytes(1 << 20)
         .on_error(|_| {})
         .__open_backend(disk.clone())?;
     let zone = cache.zone("Z")?.key(|k: &u64| k % 4);
