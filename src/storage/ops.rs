@@ -200,8 +200,11 @@ fn index_rows(
 /// open that table in the same transaction.
 pub(crate) struct Puts<'t> {
     txn: &'t WriteTransaction,
-    open: Option<(u64, redb::Table<'t, &'static [u8; 16], &'static [u8]>)>,
+    /// The open entries table, and whose it is.
+    open: Option<(u64, EntriesTableMut<'t>)>,
 }
+
+type EntriesTableMut<'t> = redb::Table<'t, &'static [u8; 16], &'static [u8]>;
 
 impl<'t> Puts<'t> {
     pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
