@@ -44,6 +44,23 @@ impl MemEntry {
         entry::meta(&self.bytes)
     }
 
+    /// The deadline (unix ms, 0 = never): one header field, read alone on the hit path.
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.field(entry::EXPIRES_AT)
+    }
+
+    /// The entry id (for `max_hits`).
+    pub(crate) fn entry_id(&self) -> u64 {
+        self.field(entry::ENTRY_ID)
+    }
+
+    fn field(&self, at: usize) -> u64 {
+        self.bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+
     /// The encoded key.
     pub(crate) fn key(&self) -> &[u8] {
         &self.bytes[entry::HEADER_LEN..self.key_end as usize]
