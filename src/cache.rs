@@ -57,10 +57,20 @@ impl CacheInner {
         if let Some(z) = zones.get(name) {
             return Ok(z.clone());
         }
-        let owned = name.to_string();
-        let id = self
-            .writer
-            .run(move |txn| ops::register_zone(txn, &owned))?;
+        // Known from an earlier run (every start after the first): a read suffices.
+        let known = self
+            .storage
+            .read(|txn| ops::zone_id(txn, name))
+            .ok()
+            .flatten();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let owned = name.to_string();
+                self.writer
+                    .run(move |txn| ops::register_zone(txn, &owned))?
+            }
+        };
         let zone = Arc::new(ZoneInner::new(name, id, self));
         zones.insert(name.to_string(), zone.clone());
         Ok(zone)

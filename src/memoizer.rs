@@ -744,13 +744,23 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             Store::Persistent | Store::Tiered(_) => {
                 let name = self.name.clone();
                 let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
-                let record = cache.writer.run(move |txn| {
-                    let record = ops::register_memoizer(txn, &name, fingerprint, indexed)?;
-                    for zone_id in zone_ids {
-                        ops::add_zone_member(txn, zone_id, record.id)?;
-                    }
-                    Ok(record)
-                })?;
+                // Rebuilt as registered before (every start of a program after the first):
+                // a read suffices, with no commit to wait for.
+                let known = cache
+                    .storage
+                    .read(|txn| ops::registered(txn, &name, fingerprint, indexed, &zone_ids))
+                    .ok()
+                    .flatten();
+                let record = match known {
+                    Some(record) => record,
+                    None => cache.writer.run(move |txn| {
+                        let record = ops::register_memoizer(txn, &name, fingerprint, indexed)?;
+                        for zone_id in zone_ids {
+                            ops::add_zone_member(txn, zone_id, record.id)?;
+                        }
+                        Ok(record)
+                    })?,
+                };
                 Some(Persistent {
                     id: record.id,
                     slot: cache.storage.slot(record.id),
