@@ -52,6 +52,8 @@ mod flight;
 mod hit;
 mod integrity;
 mod key;
+#[doc(hidden)]
+pub mod macro_support;
 mod memoizer;
 mod memory;
 mod report;
@@ -67,7 +69,7 @@ pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use fingerprint::{mix as __mix, name_hash as __name_hash};
 #[cfg(feature = "macros")]
-pub use fresco_memoize_macros::Fingerprint;
+pub use fresco_memoize_macros::{Fingerprint, memoize};
 pub use hit::ArchivedHit;
 pub use integrity::IntegrityReport;
 pub use memoizer::{Memoizer, MemoizerBuilder, Store};
