@@ -130,6 +130,14 @@ pub fn builder_keyed<K: ?Sized + 'static, V: Value, T: Serialize>(
     )
 }
 
+/// Checks a single-argument key or zone key function's signature here, so that a
+/// mismatch is reported against the user's closure and this stable bound.
+pub fn key_fn<K: ?Sized, T: Serialize>(
+    f: impl Fn(&K) -> T + Send + Sync + 'static,
+) -> impl Fn(&K) -> T + Send + Sync + 'static {
+    f
+}
+
 /// The error of a memoized method of a generic type (one slot cannot serve them all).
 pub fn generic_method(name: &str) -> Error {
     Error::InvalidName {

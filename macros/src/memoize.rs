@@ -436,7 +436,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
     let start = match (&o.keyfunc, single) {
         (None, _) => quote!(__cache.memoizer::<#key_ty, #value>(&__name)),
         (Some(kf), true) => quote_spanned!(kf.span()=>
-            #fp::macro_support::builder_keyed::<#key_ty, #value, _>(__cache, &__name, #kf)
+            #fp::macro_support::builder_keyed::<#key_ty, #value, _>(
+                __cache, &__name, ::fresco_memoize::macro_support::key_fn::<#key_ty, _>(#kf))
         ),
         (Some(kf), false) => {
             let call = call_on_owned(kf, &args);
@@ -471,7 +472,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
         let zref = quote_spanned!(zone.span()=> &(#zone));
         setters.push(match (&z.key, single) {
             (None, _) => quote!(.zone(#zref)),
-            (Some(ZoneKey::One(k)), true) => quote_spanned!(k.span()=> .zone_key(#zref, #k)),
+            (Some(ZoneKey::One(k)), true) => quote_spanned!(k.span()=>
+                .zone_key(#zref, ::fresco_memoize::macro_support::key_fn::<#key_ty, _>(#k))
+            ),
             (Some(ZoneKey::Many(k)), true) => quote_spanned!(k.span()=> .zone_keys(#zref, #k)),
             (Some(ZoneKey::One(k)), false) => {
                 let call = call_on_owned(k, &args);
