@@ -382,7 +382,10 @@ fn call_on_owned(f: &Expr, args: &[Arg]) -> TokenStream {
         let deref = &a.deref;
         quote!(::core::borrow::Borrow::<#deref>::borrow(&__k.#idx))
     });
-    quote!((#f)(#(#parts),*))
+    quote!({
+        let __f = #f;
+        __f(#(#parts),*)
+    })
 }
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream> {
@@ -503,15 +506,24 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
     } else {
         let lent: Vec<_> = (0..args.len()).map(|i| lend(&args, i)).collect();
         let key = match &o.keyfunc {
-            Some(kf) => quote_spanned!(kf.span()=> #fp::macro_support::key(&(#kf)(#(#lent),*))),
+            Some(kf) => quote_spanned!(kf.span()=> {
+                let __f = #kf;
+                #fp::macro_support::key(&__f(#(#lent),*))
+            }),
             None => quote!(#fp::macro_support::key(&(#(#lent,)*))),
         };
         let adds = o.zones.iter().filter_map(|z| {
             let zone = &z.zone;
             let zref = quote_spanned!(zone.span()=> &(#zone));
             match z.key.as_ref()? {
-                ZoneKey::One(k) => Some(quote!(__d.add(#zref, &(#k)(#(#lent),*));)),
-                ZoneKey::Many(k) => Some(quote!(__d.add_all(#zref, (#k)(#(#lent),*));)),
+                ZoneKey::One(k) => Some(quote!({
+                    let __f = #k;
+                    __d.add(#zref, &__f(#(#lent),*));
+                })),
+                ZoneKey::Many(k) => Some(quote!({
+                    let __f = #k;
+                    __d.add_all(#zref, __f(#(#lent),*));
+                })),
             }
         });
         (
@@ -571,7 +583,6 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
     let function = quote! {
         #(#attrs)*
         #vis #sig {
-            #[allow(unused_parens, clippy::redundant_closure_call)]
             let __fresco_compute = move |(#(#pats,)*): (#(#tys,)*)| -> #ret #body;
             match #get {
                 ::core::result::Result::Ok(__m) => #call(
@@ -689,7 +700,6 @@ fn store_expr(e: &Expr, fp: &TokenStream) -> TokenStream {
 }
 
 /// The path of the main crate in generated code.
-#[allow(non_snake_case)]
 fn fresco_memoize_path() -> TokenStream {
     quote!(::fresco_memoize)
 }
