@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -41,10 +41,15 @@ pub(crate) struct CacheInner {
     pub live: Mutex<HashMap<String, Weak<MemoCore>>>,
     zones: Mutex<HashMap<String, Arc<ZoneInner>>>,
     pub next_entry_id: AtomicU64,
+    /// The expiry sweeper, if enabled (set once, right after the cache is built).
+    pub sweeper: OnceLock<crate::sweeper::Sweeper>,
 }
 
 impl Drop for CacheInner {
     fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.get() {
+            sweeper.stop();
+        }
         // Commits whatever is pending durably; redb persists the rest on close.
         self.writer.shutdown();
     }
@@ -101,6 +106,16 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 #[derive(Clone)]
 pub struct Cache {
     pub(crate) inner: Arc<CacheInner>,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // If this is the last handle, let a sweep under way finish and stop the sweeper,
+        // so the file closes here and now rather than on the sweeper's thread.
+        if let Some(sweeper) = self.inner.sweeper.get() {
+            sweeper.release(&self.inner);
+        }
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -164,24 +179,12 @@ impl Cache {
     /// Removes every entry past its deadline now, in every memoizer of the file (through
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
+    ///
+    /// Removal goes in batches of a few hundred entries per write transaction, so other
+    /// writes wait at most one batch and hits never wait. The background sweeper (see
+    /// [`CacheBuilder::sweep_interval`]) does the same on its own.
     pub fn purge_expired(&self) -> Result<u64> {
-        let now = self.inner.clock.now_ms();
-        let removed = self
-            .inner
-            .writer
-            .run(move |txn| ops::purge_expired(txn, now, usize::MAX))?;
-        let live: Vec<_> = {
-            let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-            live.values().filter_map(Weak::upgrade).collect()
-        };
-        let mut in_memory_only = 0;
-        for core in live {
-            let n = core.purge_expired_in_memory(now, &removed);
-            if core.persistent.is_none() {
-                in_memory_only += n;
-            }
-        }
-        Ok(removed.len() as u64 + in_memory_only)
+        crate::sweeper::purge(&self.inner, crate::sweeper::BATCH, false)
     }
 
     /// Scans the whole file and checks every invariant: entries parse, their dependency
@@ -213,6 +216,7 @@ pub struct CacheBuilder {
     on_corruption: OnCorruption,
     hook: Option<ErrorHook>,
     page_cache_bytes: usize,
+    sweep_interval: Option<Duration>,
 }
 
 impl Default for CacheBuilder {
@@ -230,6 +234,7 @@ impl CacheBuilder {
             on_corruption: OnCorruption::Recreate,
             hook: None,
             page_cache_bytes: 256 << 20,
+            sweep_interval: Some(Duration::from_secs(60)),
         }
     }
 
@@ -266,6 +271,28 @@ impl CacheBuilder {
         self
     }
 
+    /// How often a background thread removes expired entries (and their index rows),
+    /// or `None` for no thread: expired entries then stay in the file, unserved, until
+    /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
+    ///
+    /// A sweep removes at most a few hundred entries per write transaction, so it never
+    /// holds up hits (which never wait for writes) nor other writes for long; a sweep
+    /// with nothing expired only reads the expiry index. The thread stops when the cache
+    /// is dropped.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    /// use std::time::Duration;
+    ///
+    /// let cache = Cache::builder().sweep_interval(Some(Duration::from_secs(5))).in_memory()?;
+    /// let quiet = Cache::builder().sweep_interval(None).in_memory()?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
     /// Opens (or creates) the cache file at `path`, creating missing parent directories.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Cache> {
         let path = path.as_ref().to_path_buf();
@@ -290,7 +317,14 @@ impl CacheBuilder {
             }
             other => other?,
         };
-        start(db, Some(path), reporter, self.clock, self.durable_interval)
+        start(
+            db,
+            Some(path),
+            reporter,
+            self.clock,
+            self.durable_interval,
+            self.sweep_interval,
+        )
     }
 
     /// A cache that keeps nothing on disk.
@@ -304,7 +338,14 @@ impl CacheBuilder {
             })?;
         guarded(|| ops::init(&db).map(|_| ()))
             .map_err(|source| Error::Storage { path: None, source })?;
-        start(db, None, reporter, self.clock, self.durable_interval)
+        start(
+            db,
+            None,
+            reporter,
+            self.clock,
+            self.durable_interval,
+            self.sweep_interval,
+        )
     }
 }
 
@@ -314,6 +355,7 @@ fn start(
     reporter: Arc<Reporter>,
     clock: Arc<dyn Clock>,
     durable_interval: Duration,
+    sweep_interval: Option<Duration>,
 ) -> Result<Cache> {
     let file_backed = path.is_some();
     let storage = Arc::new(Storage::new(db, path, reporter));
@@ -321,17 +363,21 @@ fn start(
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    Ok(Cache {
-        inner: Arc::new(CacheInner {
-            storage,
-            writer,
-            clock,
-            file_backed,
-            live: Mutex::new(HashMap::new()),
-            zones: Mutex::new(HashMap::new()),
-            next_entry_id: AtomicU64::new(seed),
-        }),
-    })
+    let inner = Arc::new(CacheInner {
+        storage,
+        writer,
+        clock,
+        file_backed,
+        live: Mutex::new(HashMap::new()),
+        zones: Mutex::new(HashMap::new()),
+        next_entry_id: AtomicU64::new(seed),
+        sweeper: OnceLock::new(),
+    });
+    if let Some(every) = sweep_interval {
+        let sweeper = crate::sweeper::Sweeper::spawn(Arc::downgrade(&inner), every)?;
+        let _ = inner.sweeper.set(sweeper);
+    }
+    Ok(Cache { inner })
 }
 
 fn corrupted(path: &Path, detail: impl Into<String>) -> Error {

@@ -59,6 +59,7 @@ mod memory;
 mod report;
 mod stats;
 mod storage;
+mod sweeper;
 mod value;
 mod zone;
 

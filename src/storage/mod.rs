@@ -261,6 +261,11 @@ impl Storage {
         found.map_err(|e| self.error(e))
     }
 
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&self.db, now_ms)).map_err(|e| self.error(e))
+    }
+
     /// Entry count of a memoizer, without a scan.
     pub(crate) fn count_entries(&self, memo_id: u64) -> Result<u64> {
         guarded(|| ops::count_entries(&self.db, memo_id)).map_err(|e| self.error(e))
