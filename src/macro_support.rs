@@ -34,24 +34,28 @@ pub fn key<T: Serialize + ?Sized>(key: &T) -> Key {
     Key(KeyRepr::Bytes(KeyBytes::encode(key)))
 }
 
-/// The dependency rows of one call.
-#[derive(Default)]
-pub struct Deps(Vec<DepRow>);
+/// The dependency rows of one call, or why they could not be derived (then the value
+/// is returned but not stored, as with the builder's zone keys).
+pub struct Deps(Result<Vec<DepRow>>);
+
+impl Default for Deps {
+    fn default() -> Self {
+        Deps(Ok(Vec::new()))
+    }
+}
 
 impl Deps {
     /// No rows yet.
     pub fn new() -> Self {
-        Deps(Vec::new())
+        Deps::default()
     }
 
     /// Adds the row of dependency key `dep` in `zone`.
     pub fn add<T: Serialize + ?Sized>(&mut self, zone: &Zone, dep: &T) {
-        // A key that cannot be encoded cannot be invalidated either (as in the builder).
-        if let Ok(bytes) = KeyBytes::encode(dep) {
-            let row = dep_row(zone.inner.id, xxh3_key_hash(bytes.as_slice()));
-            if !self.0.contains(&row) {
-                self.0.push(row);
-            }
+        let Ok(rows) = &mut self.0 else { return };
+        match KeyBytes::encode(dep) {
+            Ok(bytes) => rows.push(dep_row(zone.inner.id, xxh3_key_hash(bytes.as_slice()))),
+            Err(e) => self.0 = Err(Error::KeyEncoding(e)),
         }
     }
 
@@ -60,6 +64,20 @@ impl Deps {
         for dep in deps {
             self.add(zone, &dep);
         }
+    }
+
+    /// The rows, sorted and without duplicates, within what an entry can carry.
+    fn finish(self, memoizer: &str) -> Result<Vec<DepRow>> {
+        let mut rows = self.0?;
+        rows.sort_unstable();
+        rows.dedup();
+        if rows.len() > u16::MAX as usize {
+            return Err(Error::TooManyDependencies {
+                memoizer: memoizer.to_string(),
+                count: rows.len(),
+            });
+        }
+        Ok(rows)
     }
 }
 
@@ -206,7 +224,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 EncodedKey { bytes, hash }
             }),
         };
-        self.run(args, ek, |a| deps(a).0, compute)
+        self.run(args, ek, |a| deps(a).finish(self.name()), compute)
     }
 
     /// `#[memoize]`: the key of a single argument, through this memoizer's keyfunc.

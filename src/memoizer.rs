@@ -116,7 +116,7 @@ impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
 
 /// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
 fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    if (payload.as_ptr() as usize) % align == 0 {
+    if (payload.as_ptr() as usize).is_multiple_of(align) {
         f(payload)
     } else {
         let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
@@ -130,7 +130,10 @@ impl MemoCore {
         self.cache.clock.now_ms()
     }
 
-    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up.
+    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up,
+    /// or if it is not the value this process stored last under `hash` (a read that raced
+    /// with a newer store: the caller looks again instead of serving an old value, whose
+    /// hits were already counted).
     fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
         let Some(limit) = self.max_hits else {
             return true;
@@ -138,7 +141,7 @@ impl MemoCore {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         let slot = served.entry(*hash).or_insert((entry_id, 0));
         if slot.0 != entry_id {
-            *slot = (entry_id, 0);
+            return false;
         }
         if slot.1 >= limit {
             Counters::add(&self.stats.expirations, 1);
@@ -146,6 +149,15 @@ impl MemoCore {
         }
         slot.1 += 1;
         true
+    }
+
+    /// Starts the hit count of a value about to be stored; done before the value becomes
+    /// visible so no reader can count a hit against the previous value's budget.
+    fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
+        if self.max_hits.is_some() {
+            let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            served.insert(*hash, (entry_id, 0));
+        }
     }
 
     fn report(&self, error: Error) {
@@ -188,8 +200,11 @@ impl MemoCore {
         Some((view.payload_offset, view.meta))
     }
 
-    /// Copies a persistent hit into the in-memory tier (tiered stores only).
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta) {
+    /// Copies a persistent hit into the in-memory tier (tiered stores only). `generation`
+    /// is the storage's commit generation read before the bytes were: if a commit came
+    /// since, an invalidation may have removed them (and purged the memory tier before
+    /// this insert), so they are not promoted.
+    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta, generation: u64) {
         let Some(mem) = &self.memory else { return };
         let Ok(view) = entry::decode(bytes, false) else {
             return;
@@ -204,7 +219,9 @@ impl MemoCore {
         });
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoch.load(Ordering::SeqCst) == epoch {
+        if self.epoch.load(Ordering::SeqCst) == epoch
+            && self.cache.storage.generation() == generation
+        {
             let evicted = mem.insert(ek.hash, entry);
             Counters::add(&self.stats.evictions, evicted.len() as u64);
         }
@@ -221,6 +238,7 @@ impl MemoCore {
                 .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
             entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
         };
+        self.reset_hits(&ek.hash, meta.entry_id);
         let mut stored = false;
         if let Some(mem) = &self.memory {
             let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
@@ -272,6 +290,8 @@ impl MemoCore {
         if ticket.is_none() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
+        // The memory tier is purged after the commit (see `promote`).
+        let on_disk = ticket.map(|t| t.wait());
         let mut removed = self.memory.as_ref().is_some_and(|m| {
             m.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -282,8 +302,8 @@ impl MemoCore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&hash);
-        if let Some(ticket) = ticket {
-            removed |= ticket.wait()?;
+        if let Some(on_disk) = on_disk {
+            removed |= on_disk?;
         }
         Counters::add(&self.stats.invalidations, removed as u64);
         Ok(removed)
@@ -306,15 +326,11 @@ impl MemoCore {
         if ticket.is_none() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        let in_memory = self.memory.as_ref().map_or(0, |m| {
-            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
-        });
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let removed = match ticket {
-            Some(ticket) => ticket.wait()?,
+        // The memory tier is purged after the commit (see `promote`).
+        let on_disk = ticket.map(|t| t.wait());
+        let in_memory = self.clear_in_memory();
+        let removed = match on_disk {
+            Some(on_disk) => on_disk?,
             None => in_memory,
         };
         Counters::add(&self.stats.invalidations, removed);
@@ -328,7 +344,7 @@ impl MemoCore {
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = mem.remove_dep(row);
         for h in hashes {
-            if mem.remove(h).is_some() && !removed.contains(h) {
+            if mem.remove(h).is_some() {
                 removed.push(*h);
             }
         }
@@ -405,6 +421,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return value;
         }
         let p = core.persistent.as_ref()?;
+        let generation = core.cache.storage.generation();
         let stored = match core.cache.storage.get(&p.slot, &ek.hash, false) {
             Ok(found) => found?,
             Err(e) => {
@@ -425,7 +442,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return None;
         }
         Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, offset, meta);
+        core.promote(ek, bytes, offset, meta, generation);
         Some(value)
     }
 
@@ -472,13 +489,13 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     }
 
     /// The memoized call itself, for any form of the arguments: `ek` is their encoded
-    /// key, `deps` their dependency rows (asked for only on a miss), and `args` reach
-    /// `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    /// key, `deps` their dependency rows (asked for only on a miss; an error means the
+    /// value must not be stored), and `args` reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
     pub(crate) fn run<A, E>(
         &self,
         args: A,
         ek: Result<EncodedKey>,
-        deps: impl FnOnce(&A) -> Vec<DepRow>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
         let core = &*self.core;
@@ -514,7 +531,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             let deps = deps(&args);
             let value = compute(args)?;
             match value.__archive() {
-                Ok(archive) => core.store(&ek, &archive, deps, epoch),
+                Ok(archive) => match deps {
+                    Ok(deps) => core.store(&ek, &archive, deps, epoch),
+                    Err(e) => core.report(e),
+                },
                 Err(e) => core.report(Error::ValueEncoding(e.to_string())),
             }
             drop(leader);
@@ -578,7 +598,13 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub fn stats(&self) -> Stats {
         let core = &*self.core;
         let entries = match &core.persistent {
-            Some(p) => core.cache.storage.count_entries(p.id).ok(),
+            Some(p) => {
+                let id = p.id;
+                core.cache
+                    .writer
+                    .run(move |txn| ops::count_entries(txn, id))
+                    .ok()
+            }
             None => core
                 .memory
                 .as_ref()
@@ -711,6 +737,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             return Err(Error::MemoizerInUse { name: self.name });
         }
         let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
+        let fingerprint = crate::zone::keyed_fingerprint(fingerprint, &zones);
         let indexed = self.expires.is_some() || zones.iter().any(|z| z.key.is_some());
         let persistent = match store {
             Store::Persistent | Store::Tiered(_) => {
@@ -755,7 +782,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         for z in &zones {
             z.zone.attach(&core);
         }
-        let deps = crate::zone::deps_fn(zones);
+        let deps = crate::zone::deps_fn(&self.name, zones);
         Ok(Memoizer::from_parts(core, self.encode, deps))
     }
 }

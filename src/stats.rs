@@ -56,6 +56,7 @@ pub struct Stats {
     pub stale: u64,
     /// Cache failures swallowed (the value was still returned; see [`Cache::health`](crate::Cache::health)).
     pub errors: u64,
-    /// Entries currently stored (persistent: read in O(1) from the table; memory: the map).
+    /// Entries currently stored: for a persistent memoizer read in O(1) from its table,
+    /// after the stores queued before the call have committed; otherwise the map size.
     pub entries: Option<u64>,
 }

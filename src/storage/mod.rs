@@ -67,13 +67,15 @@ impl StoredBytes {
 }
 
 type PendingKey = (u64, KeyHash);
+/// Written, not yet committed entries: key -> (write sequence, entry bytes).
+type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>)>;
 
 /// The redb database and everything needed to read it consistently.
 pub(crate) struct Storage {
     db: redb::Database,
     path: Option<PathBuf>,
     generation: AtomicU64,
-    pending: Mutex<HashMap<PendingKey, (u64, Arc<[u8]>)>>,
+    pending: Mutex<PendingMap>,
     /// Number of rows in `pending`; lets reads skip its lock when nothing is pending.
     pending_len: AtomicUsize,
     slots: Mutex<Vec<Weak<SnapSlot>>>,
@@ -144,6 +146,12 @@ impl Storage {
         slot
     }
 
+    /// The commit generation: moves after every commit, before the committed writes leave
+    /// the overlay and before the caller of a synchronous job is answered.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Called by the writer after a commit: readers must take a fresh snapshot.
     fn committed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
@@ -153,7 +161,7 @@ impl Storage {
         }
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<PendingKey, (u64, Arc<[u8]>)>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingMap> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -264,10 +272,5 @@ impl Storage {
     /// Whether some entry is past its deadline at `now_ms` (a read, no write).
     pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
         guarded(|| ops::has_expired(&self.db, now_ms)).map_err(|e| self.error(e))
-    }
-
-    /// Entry count of a memoizer, without a scan.
-    pub(crate) fn count_entries(&self, memo_id: u64) -> Result<u64> {
-        guarded(|| ops::count_entries(&self.db, memo_id)).map_err(|e| self.error(e))
     }
 }

@@ -156,14 +156,11 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         }
         let flush_requested = batch.iter().any(|j| matches!(j, Job::Flush(_)));
         let durable = shutdown || flush_requested || last_durable.elapsed() >= durable_interval;
-        if !batch.is_empty() || (durable && dirty) {
-            if commit_batch(storage, batch, durable) {
-                if durable {
-                    dirty = false;
-                    last_durable = Instant::now();
-                } else {
-                    dirty = true;
-                }
+        let work = !batch.is_empty() || (durable && dirty);
+        if work && commit_batch(storage, batch, durable) {
+            dirty = !durable;
+            if durable {
+                last_durable = Instant::now();
             }
         }
         if shutdown {
