@@ -307,7 +307,7 @@ impl CacheBuilder {
             })?;
         }
         let reporter = Arc::new(Reporter::new(self.hook));
-        let db = match open_file(&path, self.page_cache_bytes) {
+        let db = match open_file(&path, self.page_cache_bytes, true) {
             Err(Error::Corrupted { detail, .. })
                 if self.on_corruption == OnCorruption::Recreate =>
             {
@@ -317,10 +317,40 @@ impl CacheBuilder {
                     detail: format!("{detail}; moved to {} and started afresh", aside.display()),
                 });
                 reporter.set_moved_aside(aside);
-                open_file(&path, self.page_cache_bytes)?
+                open_file(&path, self.page_cache_bytes, true)?
             }
             other => other?,
         };
+        start(
+            db,
+            Some(path),
+            reporter,
+            self.clock,
+            self.durable_interval,
+            self.sweep_interval,
+        )
+    }
+
+    /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
+    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says. A missing
+    /// file is [`Error::Io`] (not found); a damaged one [`Error::Corrupted`]. For tools
+    /// that look into a cache, like the `fresco-memoize` command.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, Error};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// assert!(matches!(Cache::builder().open_existing(&path), Err(Error::Io { .. })));
+    /// assert!(!path.exists());
+    /// drop(Cache::open(&path)?);
+    /// let cache = Cache::builder().open_existing(&path)?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
+        let path = path.as_ref().to_path_buf();
+        let reporter = Arc::new(Reporter::new(self.hook));
+        let db = open_file(&path, self.page_cache_bytes, false)?;
         start(
             db,
             Some(path),
@@ -391,8 +421,13 @@ fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Opens the redb file and checks it is ours. Damage becomes [`Error::Corrupted`].
-fn open_file(path: &Path, page_cache_bytes: usize) -> Result<redb::Database> {
+/// Opens the redb file (creating it if `create`) and checks it is ours. Damage becomes
+/// [`Error::Corrupted`].
+pub(crate) fn open_file(
+    path: &Path,
+    page_cache_bytes: usize,
+    create: bool,
+) -> Result<redb::Database> {
     if let Some(bytes) = leading_bytes(path)
         && !bytes.is_empty()
         && bytes != REDB_MAGIC[..bytes.len()]
@@ -403,9 +438,13 @@ fn open_file(path: &Path, page_cache_bytes: usize) -> Result<redb::Database> {
         });
     }
     let opened = std::panic::catch_unwind(|| {
-        redb::Builder::new()
-            .set_cache_size(page_cache_bytes)
-            .create(path)
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(page_cache_bytes);
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
     });
     let db = match opened {
         Err(_) => return Err(corrupted(path, "redb panicked while opening it")),

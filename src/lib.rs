@@ -50,6 +50,7 @@ mod error;
 mod fingerprint;
 mod flight;
 mod hit;
+mod inspect;
 mod integrity;
 mod key;
 #[doc(hidden)]
@@ -72,6 +73,7 @@ pub use fingerprint::{mix as __mix, name_hash as __name_hash};
 #[cfg(feature = "macros")]
 pub use fresco_memoize_macros::{Fingerprint, memoize};
 pub use hit::ArchivedHit;
+pub use inspect::{CacheInfo, CompactReport, FileCheck, MemoizerInfo, ZoneInfo};
 pub use integrity::IntegrityReport;
 pub use memoizer::{Memoizer, MemoizerBuilder, Store};
 pub use report::{ErrorHook, Health};

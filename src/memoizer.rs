@@ -277,7 +277,7 @@ impl MemoCore {
     }
 
     /// Removes one key from every tier; returns whether anything was removed.
-    fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
+    pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
         let ticket = self.persistent.as_ref().map(|p| {
             let id = p.id;
             self.cache.storage.with_pending_lock(|| {
