@@ -161,10 +161,11 @@ impl Zone {
     }
 
     /// Removes every entry, in every member memoizer (persistent and in-memory, built in
-    /// this run or not), whose dependency keys include `dep`, and nothing else, in one
-    /// write transaction: a reader sees all of the removal or none of it. The cost grows
-    /// with the removed entries, not with the cache. Returns how many entries were
-    /// removed (a tiered entry counts once).
+    /// this run or not), whose dependency keys include `dep`, and nothing else. The cache
+    /// file's entries go in one write transaction (a reader of the file sees all of the
+    /// removal or none of it); the in-memory stores of this run are purged as soon as it
+    /// has committed, before this returns. The cost grows with the removed entries, not
+    /// with the cache. Returns how many entries were removed (a tiered entry counts once).
     ///
     /// `dep` must encode like the key functions' results (postcard): `42u64` matches a
     /// key function returning `u64`, `"x"` one returning `String`.

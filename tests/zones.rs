@@ -619,3 +619,97 @@ fn index_and_scan_agree() {
     assert_eq!(tags.__invalidate_by_scan("tag4").unwrap(), 0);
     assert_eq!(assert_sound(&cache), 30);
 }
+
+/// Readers keep asking while the zone invalidates over and over; each value records the
+/// invalidation round its computation started in. A call that starts after round `k`
+/// returned must never get a value from before round `k` - neither stored by a compute
+/// that raced the invalidation nor copied into a tiered store's memory by a read that
+/// raced it.
+#[test]
+fn no_stale_value_survives_concurrent_invalidations() {
+    use std::sync::atomic::AtomicU64;
+    const ROUNDS: u64 = 300;
+    for store in ALL_STORES {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path().join("stress.memo")).unwrap();
+        let zone = cache.zone("All").unwrap();
+        let m = cache
+            .memoizer::<u64, u64>("m")
+            .store(store)
+            .zone_key(&zone, |_: &u64| "everything")
+            .build()
+            .unwrap();
+        let round = Arc::new(AtomicU64::new(0));
+        let completed = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|r| {
+                let (m, round, completed) = (m.clone(), round.clone(), completed.clone());
+                thread::spawn(move || {
+                    let mut calls = 0u64;
+                    while completed.load(Ordering::SeqCst) < ROUNDS {
+                        let floor = completed.load(Ordering::SeqCst);
+                        let key = (calls + r) % 4;
+                        let got = m.get_or_compute(&key, |_| round.load(Ordering::SeqCst));
+                        assert!(
+                            got >= floor,
+                            "{store:?}: a value of round {got} after round {floor} completed"
+                        );
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        for k in 1..=ROUNDS {
+            round.store(k, Ordering::SeqCst);
+            zone.invalidate("everything").unwrap();
+            completed.store(k, Ordering::SeqCst);
+            thread::yield_now();
+        }
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        assert_sound(&cache);
+    }
+}
+
+/// A dependency key that cannot be encoded.
+struct Unencodable;
+
+impl Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("not encodable"))
+    }
+}
+
+/// An entry whose dependency keys cannot all be recorded would escape invalidation, so it
+/// is not stored at all; the caller still gets the value and the failure is reported.
+#[test]
+fn an_entry_whose_dependencies_cannot_be_recorded_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder()
+        .on_error(|_| {})
+        .open(dir.path().join("z.memo"))
+        .unwrap();
+    let zone = cache.zone("Z").unwrap();
+    let bad = cache
+        .memoizer::<u64, String>("bad")
+        .zone_key(&zone, |_: &u64| Unencodable)
+        .build()
+        .unwrap();
+    let many = cache
+        .memoizer::<u64, String>("many")
+        .zone_keys(&zone, |&k: &u64| 0..k)
+        .build()
+        .unwrap();
+    for store in [&bad, &many] {
+        let key = 70_000;
+        assert_eq!(store.get_or_compute(&key, |_| "v".into()), "v");
+        assert!(!cached(store, &key), "{}", store.name());
+        assert_eq!(store.stats().errors, 1, "{}", store.name());
+    }
+    many.get_or_compute(&3, |_| "v".into());
+    assert_eq!(zone.invalidate(&2u64).unwrap(), 1);
+    assert_sound(&cache);
+    assert!(cache.health().errors >= 2);
+}

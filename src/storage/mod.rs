@@ -50,8 +50,10 @@ pub(crate) struct SnapSlot {
 pub(crate) enum StoredBytes {
     /// Written, not yet committed.
     Pending(Arc<[u8]>),
-    /// Read from a committed snapshot, for immediate use (holds its page, not the snapshot).
-    Committed(redb::AccessGuard<'static, &'static [u8]>),
+    /// Read from a committed snapshot, for immediate use. It pins its read transaction:
+    /// a guard that held only its page could outlive the snapshot, and a later commit
+    /// that frees and rewrites that page makes redb panic.
+    Committed(redb::OwnedAccessGuard<&'static [u8]>),
     /// Read from a committed snapshot; pins that snapshot while alive.
     Pinned(redb::OwnedAccessGuard<&'static [u8]>),
 }
@@ -263,7 +265,7 @@ impl Storage {
             Ok(if pin {
                 table.get_owned(hash)?.map(StoredBytes::Pinned)
             } else {
-                table.get(hash)?.map(StoredBytes::Committed)
+                table.get_owned(hash)?.map(StoredBytes::Committed)
             })
         });
         found.map_err(|e| self.error(e))
