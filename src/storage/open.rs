@@ -18,6 +18,8 @@ pub(crate) enum Origin {
         path: PathBuf,
         page_cache_bytes: usize,
         verify_on_open: bool,
+        /// Whether a missing file is created (false for tools that only inspect).
+        create: bool,
     },
     /// A backend shared with the caller (memory, or a fault-injecting wrapper): reopened
     /// over a clone of it; never moved aside.
@@ -40,7 +42,8 @@ impl Origin {
                 path,
                 page_cache_bytes,
                 verify_on_open,
-            } => open_file(path, *page_cache_bytes, *verify_on_open),
+                create,
+            } => open_file(path, *page_cache_bytes, *verify_on_open, *create),
             Origin::Backend(backend) => open_backend(backend.clone()),
         }
     }
@@ -53,8 +56,14 @@ fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Opens the redb file at `path` (creating it if missing) and checks it is ours.
-fn open_file(path: &Path, page_cache_bytes: usize, verify: bool) -> Result<redb::Database> {
+/// Opens the redb file at `path` (creating it if missing and `create`) and checks it is
+/// ours.
+pub(crate) fn open_file(
+    path: &Path,
+    page_cache_bytes: usize,
+    verify: bool,
+    create: bool,
+) -> Result<redb::Database> {
     if let Some(bytes) = leading_bytes(path)
         && !bytes.is_empty()
         && bytes != REDB_MAGIC[..bytes.len()]
@@ -65,10 +74,15 @@ fn open_file(path: &Path, page_cache_bytes: usize, verify: bool) -> Result<redb:
         });
     }
     let opened = std::panic::catch_unwind(|| {
-        redb::Builder::new()
+        let mut builder = redb::Builder::new();
+        builder
             .set_cache_size(page_cache_bytes)
-            .set_check_integrity_on_open(verify)
-            .create(path)
+            .set_check_integrity_on_open(verify);
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
     });
     let db = match opened {
         Err(_) => return Err(corrupted(path, "redb panicked while opening it")),

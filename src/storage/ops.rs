@@ -352,3 +352,13 @@ pub(crate) fn count_entries(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
     let name = entries_name(memo_id);
     Ok(txn.open_table(EntriesDef::new(&name))?.len()?)
 }
+
+/// Whether any entry's deadline is at or before `now_ms`: one read of the expiry index,
+/// so an idle sweeper never opens a write transaction.
+pub(crate) fn has_expired(db: &redb::Database, now_ms: u64) -> R<bool> {
+    let read = db.begin_read()?;
+    let expiry = read.open_table(EXPIRY)?;
+    let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
+    let mut due = expiry.range::<&[u8; 32]>(..=&end)?;
+    Ok(due.next().transpose()?.is_some())
+}
