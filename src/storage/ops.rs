@@ -294,6 +294,17 @@ pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64
         }
         out
     };
+    remove_refs(txn, &targets, Some(row))
+}
+
+/// Removes the entries `targets` (entry refs, sorted) and their index rows, except
+/// `skip`, a dependency row the caller already removed for all of them. Each table is
+/// opened once. Returns the (memoizer id, hash) of each entry that existed.
+fn remove_refs(
+    txn: &WriteTransaction,
+    targets: &[[u8; 32]],
+    skip: Option<&DepRow>,
+) -> R<Vec<(u64, KeyHash)>> {
     let mut removed = Vec::with_capacity(targets.len());
     let mut indexes = Indexes::new(txn);
     // Entry refs sort by memoizer id first: one run per memoizer table.
@@ -304,8 +315,7 @@ pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64
         for target in run {
             let (_, hash) = split_entry_ref(target);
             if let Some(old) = table.remove(&hash)? {
-                // `row` already left the index for all of them.
-                indexes.update(memo_id, &hash, old.value(), false, Some(row))?;
+                indexes.update(memo_id, &hash, old.value(), false, skip)?;
                 removed.push((memo_id, hash));
             }
         }
@@ -343,27 +353,19 @@ pub(crate) fn invalidate_dep_by_scan(
     zone_id: u64,
     row: &DepRow,
 ) -> R<Vec<(u64, KeyHash)>> {
-    let mut removed = Vec::new();
+    let mut targets = Vec::new();
     for memo_id in zone_members(txn, zone_id)? {
         let name = entries_name(memo_id);
-        let hits: Vec<KeyHash> = {
-            let table = txn.open_table(EntriesDef::new(&name))?;
-            let mut hits = Vec::new();
-            for item in table.iter()? {
-                let (hash, bytes) = item?;
-                if entry::decode(bytes.value(), false).is_ok_and(|v| v.deps().any(|d| d == *row)) {
-                    hits.push(*hash.value());
-                }
-            }
-            hits
-        };
-        for hash in hits {
-            if remove(txn, memo_id, &hash)? {
-                removed.push((memo_id, hash));
+        let table = txn.open_table(EntriesDef::new(&name))?;
+        for item in table.iter()? {
+            let (hash, bytes) = item?;
+            if entry::decode(bytes.value(), false).is_ok_and(|v| v.deps().any(|d| d == *row)) {
+                targets.push(entry_ref(memo_id, hash.value()));
             }
         }
     }
-    Ok(removed)
+    targets.sort_unstable();
+    remove_refs(txn, &targets, None)
 }
 
 /// Removes up to `limit` entries whose deadline is at or before `now_ms`, oldest first.
