@@ -231,17 +231,46 @@ fn index_rows(
     Indexes::new(txn).update(memo_id, hash, bytes, add, None)
 }
 
-/// Stores an entry, replacing (and un-indexing) any previous entry under the same hash.
-pub(crate) fn put(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
-    let name = entries_name(memo_id);
-    let def = EntriesDef::new(&name);
-    let mut table = txn.open_table(def)?;
-    let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
-    drop(table);
-    if let Some(old) = old {
-        index_rows(txn, memo_id, hash, &old, false)?;
+/// Stores entries, each replacing (and un-indexing) any previous entry under the same
+/// hash. Keeps the entries table of the last memoizer
+/// open in between: opening and closing a table (a lookup and an update of the table
+/// tree) costs more than the insert itself. [`Puts::close`] it before anything else may
+/// open that table in the same transaction.
+pub(crate) struct Puts<'t> {
+    txn: &'t WriteTransaction,
+    /// The open entries table, and whose it is.
+    open: Option<(u64, EntriesTableMut<'t>)>,
+}
+
+type EntriesTableMut<'t> = redb::Table<'t, &'static [u8; 16], &'static [u8]>;
+
+impl<'t> Puts<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
+        Puts { txn, open: None }
     }
-    index_rows(txn, memo_id, hash, bytes, true)
+
+    /// Stores one entry.
+    pub(crate) fn put(&mut self, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
+        let table = match &mut self.open {
+            Some((id, table)) if *id == memo_id => table,
+            open => {
+                *open = None; // closes the previous table first
+                let name = entries_name(memo_id);
+                let table = self.txn.open_table(EntriesDef::new(&name))?;
+                &mut open.insert((memo_id, table)).1
+            }
+        };
+        let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
+        if let Some(old) = old {
+            index_rows(self.txn, memo_id, hash, &old, false)?;
+        }
+        index_rows(self.txn, memo_id, hash, bytes, true)
+    }
+
+    /// Closes the open table, if any.
+    pub(crate) fn close(&mut self) {
+        self.open = None;
+    }
 }
 
 /// Removes one entry and its dependency rows. Returns whether it existed.
