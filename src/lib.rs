@@ -61,6 +61,7 @@ mod memory;
 mod report;
 mod stats;
 mod storage;
+mod sync;
 mod value;
 mod zone;
 
