@@ -186,10 +186,14 @@ impl Cache {
 
     /// Scans the whole file and checks every invariant: entries parse, their dependency
     /// rows and the dependency index match exactly, zone memberships point at known
-    /// memoizers. Slow (reads everything); meant for tests, fuzzing and `check`.
+    /// memoizers; and for every in-memory store of this run, that its recency list, key
+    /// map and dependency index agree. Slow (reads everything); meant for tests, fuzzing
+    /// and `check`.
     pub fn check_integrity(&self) -> Result<integrity::IntegrityReport> {
         self.flush()?;
-        integrity::check(&self.inner.storage)
+        let mut report = integrity::check(&self.inner.storage)?;
+        report.problems.extend(integrity::check_memory(&self.inner));
+        Ok(report)
     }
 }
 

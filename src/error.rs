@@ -74,12 +74,28 @@ pub enum Error {
         /// The memoizer's name.
         name: String,
     },
-    /// A memoizer joined a zone that has no default key function and gave no `zonekey`.
+    /// A memoizer joined a zone whose default key function takes another argument type,
+    /// and gave no key function of its own (`zone_key`).
     MissingZoneKey {
         /// The memoizer's name.
         memoizer: String,
         /// The zone's name.
         zone: String,
+    },
+    /// A memoizer joined a zone of another `Cache`.
+    ForeignZone {
+        /// The memoizer's name.
+        memoizer: String,
+        /// The zone's name.
+        zone: String,
+    },
+    /// A zone key function returned more dependency keys for one entry than an entry can
+    /// record (65,535); the value was returned but not stored.
+    TooManyDependencies {
+        /// The memoizer's name.
+        memoizer: String,
+        /// How many distinct dependency keys the entry had.
+        count: usize,
     },
     /// The cache's background writer has stopped (after a panic or a fatal storage error).
     WriterStopped,
@@ -147,8 +163,18 @@ impl fmt::Display for Error {
             ),
             Error::MissingZoneKey { memoizer, zone } => write!(
                 f,
-                "memoizer {memoizer:?} joins zone {zone:?}, which has no default key function; \
-                 pass a zone key function for it"
+                "memoizer {memoizer:?} joins zone {zone:?}, whose default key function takes \
+                 another argument type; give it its own with .zone_key(&zone, |args| key)"
+            ),
+            Error::ForeignZone { memoizer, zone } => write!(
+                f,
+                "memoizer {memoizer:?} joins zone {zone:?} of another Cache; take the zone \
+                 from the Cache the memoizer is built with"
+            ),
+            Error::TooManyDependencies { memoizer, count } => write!(
+                f,
+                "an entry of memoizer {memoizer:?} has {count} dependency keys, more than the \
+                 65535 an entry can record; it was not stored"
             ),
             Error::WriteFailed(cause) => {
                 write!(f, "the cache write failed and was rolled back: {cause}")

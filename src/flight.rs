@@ -6,12 +6,15 @@
 //! find the stored value, or (if the leader failed) one of them becomes the next leader.
 //! No lock is held while the computation runs, and different keys never share a flight.
 //!
+//! [`Flights::landed`] counts finished flights, so a new leader can tell whether anyone
+//! could have stored the value since its own lookup, and skip a second lookup if not.
+//!
 //! Its tests are in `tests/shuttle_flight.rs`: this file compiled against shuttle's
 //! primitives and model-checked (randomized and PCT schedules).
 
 use crate::key::{HashMapByKey, KeyHash};
 // Through `crate::sync` so that tests/shuttle_flight.rs can model-check this very file.
-use crate::sync::{Arc, Condvar, Mutex, ThreadId, current_thread};
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, ThreadId, current_thread};
 
 pub(crate) struct Flight {
     leader: ThreadId,
@@ -32,6 +35,8 @@ impl Flight {
 #[derive(Default)]
 pub(crate) struct Flights {
     map: Mutex<HashMapByKey<Arc<Flight>>>,
+    /// Flights finished so far; bumped under `map`'s lock as a flight leaves it.
+    landed: AtomicU64,
 }
 
 pub(crate) enum Role<'a> {
@@ -50,6 +55,13 @@ pub(crate) struct Leader<'a> {
 }
 
 impl Flights {
+    /// How many flights have finished. Read it before a lookup; if it is unchanged once
+    /// the same caller has become a leader, no flight (and so no store, which only
+    /// leaders make) finished in between, and the lookup's answer still holds.
+    pub(crate) fn landed(&self) -> u64 {
+        self.landed.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn join(&self, hash: KeyHash) -> Role<'_> {
         let me = current_thread();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,6 +95,7 @@ impl Drop for Leader<'_> {
         {
             map.remove(&self.hash);
         }
+        self.flights.landed.fetch_add(1, Ordering::SeqCst);
         drop(map);
         *self.flight.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.flight.cv.notify_all();

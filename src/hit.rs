@@ -47,7 +47,7 @@ impl<V: Value> ArchivedHit<V> {
     pub(crate) fn from_stored(stored: StoredBytes, offset: usize) -> Option<Self> {
         let payload = stored.bytes().get(offset..)?;
         let align = std::mem::align_of::<V::Archived>();
-        if (payload.as_ptr() as usize) % align != 0 {
+        if !(payload.as_ptr() as usize).is_multiple_of(align) {
             let mut copy = AlignedVec::<16>::with_capacity(payload.len());
             copy.extend_from_slice(payload);
             return Self::checked(Backing::Copied(copy), 0);

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 
+use crate::cache::CacheInner;
 use crate::entry;
 use crate::error::Result;
 use crate::storage::tables::{
@@ -33,6 +34,24 @@ impl IntegrityReport {
     pub fn is_ok(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// Checks the in-memory store of every live memoizer; returns the problems found.
+pub(crate) fn check_memory(cache: &CacheInner) -> Vec<String> {
+    let live: Vec<_> = {
+        let live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.values().filter_map(std::sync::Weak::upgrade).collect()
+    };
+    let mut problems = Vec::new();
+    for core in live {
+        if let Some(mem) = &core.memory {
+            let mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = mem.validate() {
+                problems.push(format!("memoizer {:?} in memory: {e}", core.name));
+            }
+        }
+    }
+    problems
 }
 
 pub(crate) fn check(storage: &Storage) -> Result<IntegrityReport> {

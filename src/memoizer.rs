@@ -117,7 +117,7 @@ impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
 
 /// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
 fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    if (payload.as_ptr() as usize) % align == 0 {
+    if (payload.as_ptr() as usize).is_multiple_of(align) {
         f(payload)
     } else {
         let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
@@ -131,7 +131,10 @@ impl MemoCore {
         self.cache.clock.now_ms()
     }
 
-    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up.
+    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up,
+    /// or if it is not the value this process stored last under `hash` (a read that raced
+    /// with a newer store: the caller looks again instead of serving an old value, whose
+    /// hits were already counted).
     fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
         let Some(limit) = self.max_hits else {
             return true;
@@ -139,7 +142,7 @@ impl MemoCore {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         let slot = served.entry(*hash).or_insert((entry_id, 0));
         if slot.0 != entry_id {
-            *slot = (entry_id, 0);
+            return false;
         }
         if slot.1 >= limit {
             Counters::add(&self.stats.expirations, 1);
@@ -149,31 +152,51 @@ impl MemoCore {
         true
     }
 
+    /// Starts the hit count of a value about to be stored; done before the value becomes
+    /// visible so no reader can count a hit against the previous value's budget.
+    fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
+        if self.max_hits.is_some() {
+            let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+            served.insert(*hash, (entry_id, 0));
+        }
+    }
+
     fn report(&self, error: Error) {
         Counters::add(&self.stats.errors, 1);
         self.cache.storage.reporter.report(&error);
     }
 
-    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look further".
-    fn memory_entry(&self, ek: &EncodedKey, now: u64) -> Option<Arc<MemEntry>> {
-        let mem = self.memory.as_ref()?;
+    /// Whether an entry with this header is still live. Reads the clock only for entries
+    /// that have a deadline, so hits without `expires` never pay for it.
+    fn live(&self, meta: &Meta) -> bool {
+        meta.expires_at_ms == 0 || !meta.expired(self.now_ms())
+    }
+
+    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look
+    /// further": the entry expired, and the persistent tier holds the same entry.
+    fn memory_entry(&self, ek: &EncodedKey) -> Result<Option<Arc<MemEntry>>, ()> {
+        let Some(mem) = self.memory.as_ref() else {
+            return Ok(None);
+        };
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = mem.get(&ek.hash)?;
+        let Some(entry) = mem.get(&ek.hash) else {
+            return Ok(None);
+        };
         if &*entry.key != ek.bytes.as_slice() {
             Counters::add(&self.stats.stale, 1);
-            return None;
+            return Ok(None);
         }
-        if entry.meta.expired(now) {
+        if !self.live(&entry.meta) {
             mem.remove(&ek.hash);
             Counters::add(&self.stats.expirations, 1);
-            return None;
+            return Err(());
         }
-        Some(entry)
+        Ok(Some(entry))
     }
 
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
-    fn admit(&self, ek: &EncodedKey, bytes: &[u8], now: u64) -> Option<(usize, Meta)> {
+    fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
         let view = match entry::decode(bytes, self.verify) {
             Ok(view) => view,
             Err(malformed) => {
@@ -196,15 +219,18 @@ impl MemoCore {
             Counters::add(&self.stats.stale, 1);
             return None;
         }
-        if view.meta.expired(now) {
+        if !self.live(&view.meta) {
             Counters::add(&self.stats.expirations, 1);
             return None;
         }
         Some((view.payload_offset, view.meta))
     }
 
-    /// Copies a persistent hit into the in-memory tier (tiered stores only).
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta) {
+    /// Copies a persistent hit into the in-memory tier (tiered stores only). `generation`
+    /// is the storage's commit generation read before the bytes were: if a commit came
+    /// since, an invalidation may have removed them (and purged the memory tier before
+    /// this insert), so they are not promoted.
+    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta, generation: u64) {
         let Some(mem) = &self.memory else { return };
         let Ok(view) = entry::decode(bytes, false) else {
             return;
@@ -219,7 +245,9 @@ impl MemoCore {
         });
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoch.load(Ordering::SeqCst) == epoch {
+        if self.epoch.load(Ordering::SeqCst) == epoch
+            && self.cache.storage.generation() == generation
+        {
             let evicted = mem.insert(ek.hash, entry);
             Counters::add(&self.stats.evictions, evicted.len() as u64);
         }
@@ -236,6 +264,7 @@ impl MemoCore {
                 .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
             entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
         };
+        self.reset_hits(&ek.hash, meta.entry_id);
         let mut stored = false;
         if let Some(mem) = &self.memory {
             let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
@@ -287,6 +316,8 @@ impl MemoCore {
         if ticket.is_none() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
+        // The memory tier is purged after the commit (see `promote`).
+        let on_disk = ticket.map(|t| t.wait());
         let mut removed = self.memory.as_ref().is_some_and(|m| {
             m.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -297,8 +328,8 @@ impl MemoCore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&hash);
-        if let Some(ticket) = ticket {
-            removed |= ticket.wait()?;
+        if let Some(on_disk) = on_disk {
+            removed |= on_disk?;
         }
         Counters::add(&self.stats.invalidations, removed as u64);
         Ok(removed)
@@ -321,15 +352,11 @@ impl MemoCore {
         if ticket.is_none() {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
-        let in_memory = self.memory.as_ref().map_or(0, |m| {
-            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
-        });
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let removed = match ticket {
-            Some(ticket) => ticket.wait()?,
+        // The memory tier is purged after the commit (see `promote`).
+        let on_disk = ticket.map(|t| t.wait());
+        let in_memory = self.clear_in_memory();
+        let removed = match on_disk {
+            Some(on_disk) => on_disk?,
             None => in_memory,
         };
         Counters::add(&self.stats.invalidations, removed);
@@ -343,7 +370,7 @@ impl MemoCore {
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
         let mut removed = mem.remove_dep(row);
         for h in hashes {
-            if mem.remove(h).is_some() && !removed.contains(h) {
+            if mem.remove(h).is_some() {
                 removed.push(*h);
             }
         }
@@ -407,9 +434,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// Looks `ek` up in every tier and deserializes a live hit.
     fn lookup(&self, ek: &EncodedKey) -> Option<V> {
         let core = &*self.core;
-        let now = core.now_ms();
         let align = std::mem::align_of::<V::Archived>();
-        if let Some(entry) = core.memory_entry(ek, now) {
+        if let Some(entry) = core.memory_entry(ek).ok()? {
             if !core.take_hit(&ek.hash, entry.meta.entry_id) {
                 return None;
             }
@@ -420,7 +446,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return value;
         }
         let p = core.persistent.as_ref()?;
-        let stored = match core.cache.storage.get(&p.slot, &ek.hash, false) {
+        let generation = core.cache.storage.generation();
+        let stored = match core.cache.storage.get(&p.slot, &ek.hash) {
             Ok(found) => found?,
             Err(e) => {
                 core.report(e);
@@ -428,7 +455,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
         };
         let bytes = stored.bytes();
-        let (offset, meta) = core.admit(ek, bytes, now)?;
+        let (offset, meta) = core.admit(ek, bytes)?;
         let value = with_aligned(&bytes[offset..], align, |payload| {
             V::__access(payload).and_then(V::__deserialize).ok()
         });
@@ -440,7 +467,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return None;
         }
         Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, offset, meta);
+        core.promote(ek, bytes, offset, meta, generation);
         Some(value)
     }
 
@@ -493,6 +520,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
         };
         loop {
+            let landed = core.flights.landed();
             if let Some(v) = self.lookup(&ek) {
                 return Ok(v);
             }
@@ -507,15 +535,21 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                     return compute(key);
                 }
             };
-            // Another leader may have stored the value between our lookup and our join.
-            if let Some(v) = self.lookup(&ek) {
+            // Another leader may have stored the value between our lookup and our join;
+            // only then is a second look worth its cost (and its counting).
+            if core.flights.landed() != landed
+                && let Some(v) = self.lookup(&ek)
+            {
                 return Ok(v);
             }
             let epoch = core.epoch.load(Ordering::SeqCst);
             Counters::add(&core.stats.misses, 1);
             let value = compute(key)?;
             match value.__archive() {
-                Ok(archive) => core.store(&ek, &archive, (self.deps)(key), epoch),
+                Ok(archive) => match (self.deps)(key) {
+                    Ok(deps) => core.store(&ek, &archive, deps, epoch),
+                    Err(e) => core.report(e),
+                },
                 Err(e) => core.report(Error::ValueEncoding(e.to_string())),
             }
             drop(leader);
@@ -530,8 +564,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
         let core = &*self.core;
         let ek = self.encode(key)?;
-        let now = core.now_ms();
-        if let Some(entry) = core.memory_entry(&ek, now) {
+        let Ok(in_memory) = core.memory_entry(&ek) else {
+            return Ok(None);
+        };
+        if let Some(entry) = in_memory {
             let id = entry.meta.entry_id;
             let Some(hit) = ArchivedHit::from_memory(entry) else {
                 return Ok(None);
@@ -545,10 +581,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let Some(p) = &core.persistent else {
             return Ok(None);
         };
-        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash, true)? else {
+        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash)? else {
             return Ok(None);
         };
-        let Some((offset, meta)) = core.admit(&ek, stored.bytes(), now) else {
+        let Some((offset, meta)) = core.admit(&ek, stored.bytes()) else {
             return Ok(None);
         };
         let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
@@ -575,11 +611,19 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         self.core.invalidate_all()
     }
 
-    /// Counters since this memoizer was built, and the current entry count (O(1)).
+    /// Counters since this memoizer was built, and the current entry count: O(1), read
+    /// from the table's length (after letting writes still queued commit, so the count
+    /// includes the values just stored).
     pub fn stats(&self) -> Stats {
         let core = &*self.core;
         let entries = match &core.persistent {
-            Some(p) => core.cache.storage.count_entries(p.id).ok(),
+            Some(p) => {
+                let id = p.id;
+                core.cache
+                    .writer
+                    .run(move |txn| ops::count_entries(txn, id))
+                    .ok()
+            }
             None => core
                 .memory
                 .as_ref()
@@ -700,6 +744,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             return Err(Error::MemoizerInUse { name: self.name });
         }
         let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
+        let fingerprint = crate::zone::keyed_fingerprint(fingerprint, &zones);
         let indexed = self.expires.is_some() || zones.iter().any(|z| z.key.is_some());
         let persistent = match store {
             Store::Persistent | Store::Tiered(_) => {
@@ -744,7 +789,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         for z in &zones {
             z.zone.attach(&core);
         }
-        let deps = crate::zone::deps_fn(zones);
+        let deps = crate::zone::deps_fn(&self.name, zones);
         Ok(Memoizer::from_parts(core, self.encode, deps))
     }
 }

@@ -1,13 +1,20 @@
 //! In-process stores: unbounded (the original's dict) and bounded LRU (its LRUCacheDict).
 //!
 //! Entries keep their rkyv payload in an aligned buffer, so hits are read in place.
+//!
+//! Entries of zoned memoizers carry dependency rows; the store keeps a dependency index
+//! (row -> hashes of the entries carrying it) in step with every insert, overwrite,
+//! eviction, removal, expiry and clear, so a zone invalidation finds its entries without
+//! looking at the others. Entries without rows (no zone key) never touch the index, and
+//! the hit path never does.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
 
 use crate::entry::{DepRow, Meta};
-use crate::key::{HashMapByKey, KeyHash};
+use crate::key::{HashMapByKey, KeyHash, PrehashedBuild};
 
 /// One in-memory entry.
 pub(crate) struct MemEntry {
@@ -21,10 +28,15 @@ const NIL: usize = usize::MAX;
 
 struct Node {
     hash: KeyHash,
-    entry: Arc<MemEntry>,
+    /// `None` while the slot is free, so a removed entry is dropped at once.
+    entry: Option<Arc<MemEntry>>,
     prev: usize,
     next: usize,
 }
+
+/// Dependency row -> hashes of the entries that carry it. Rows and hashes are already
+/// uniform hashes, so both levels skip rehashing.
+type DepIndex = HashMap<DepRow, HashSet<KeyHash, PrehashedBuild>, PrehashedBuild>;
 
 /// A map of entries with optional LRU bound. Recency is a doubly linked list threaded
 /// through a slab, so a hit moves its node to the front in O(1).
@@ -35,6 +47,7 @@ pub(crate) struct MemStore {
     free: Vec<usize>,
     head: usize,
     tail: usize,
+    deps: DepIndex,
 }
 
 impl MemStore {
@@ -47,6 +60,7 @@ impl MemStore {
             free: Vec::new(),
             head: NIL,
             tail: NIL,
+            deps: DepIndex::default(),
         }
     }
 
@@ -80,6 +94,23 @@ impl MemStore {
         }
     }
 
+    fn index_deps(&mut self, hash: KeyHash, entry: &MemEntry) {
+        for row in entry.deps.iter() {
+            self.deps.entry(*row).or_default().insert(hash);
+        }
+    }
+
+    fn unindex_deps(&mut self, hash: &KeyHash, entry: &MemEntry) {
+        for row in entry.deps.iter() {
+            if let Some(set) = self.deps.get_mut(row) {
+                set.remove(hash);
+                if set.is_empty() {
+                    self.deps.remove(row);
+                }
+            }
+        }
+    }
+
     /// Looks an entry up, marking it most recently used.
     pub(crate) fn get(&mut self, hash: &KeyHash) -> Option<Arc<MemEntry>> {
         let i = *self.index.get(hash)?;
@@ -87,7 +118,7 @@ impl MemStore {
             self.unlink(i);
             self.push_front(i);
         }
-        Some(self.nodes[i].entry.clone())
+        self.nodes[i].entry.clone()
     }
 
     /// Inserts or replaces; returns the entries evicted to make room (not the replaced one).
@@ -97,7 +128,11 @@ impl MemStore {
         entry: Arc<MemEntry>,
     ) -> Vec<(KeyHash, Arc<MemEntry>)> {
         if let Some(&i) = self.index.get(&hash) {
-            self.nodes[i].entry = entry;
+            if let Some(old) = self.nodes[i].entry.take() {
+                self.unindex_deps(&hash, &old);
+            }
+            self.index_deps(hash, &entry);
+            self.nodes[i].entry = Some(entry);
             if self.capacity.is_some() {
                 self.unlink(i);
                 self.push_front(i);
@@ -113,9 +148,10 @@ impl MemStore {
                 }
             }
         }
+        self.index_deps(hash, &entry);
         let node = Node {
             hash,
-            entry,
+            entry: Some(entry),
             prev: NIL,
             next: NIL,
         };
@@ -138,7 +174,9 @@ impl MemStore {
         let i = self.index.remove(hash)?;
         self.unlink(i);
         self.free.push(i);
-        Some(self.nodes[i].entry.clone())
+        let entry = self.nodes[i].entry.take()?;
+        self.unindex_deps(hash, &entry);
+        Some(entry)
     }
 
     /// Removes everything; returns how many entries there were.
@@ -149,19 +187,18 @@ impl MemStore {
     }
 
     /// Removes every entry whose dependency rows contain `row`; returns their hashes.
-    /// O(entries of this store): in-memory stores keep no index (they are small and a
-    /// scan of memory is cheap next to one redb transaction).
+    /// Cost grows with those entries, through the dependency index.
     pub(crate) fn remove_dep(&mut self, row: &DepRow) -> Vec<KeyHash> {
-        let hit: Vec<KeyHash> = self
-            .index
-            .iter()
-            .filter(|(_, i)| self.nodes[**i].entry.deps.contains(row))
-            .map(|(h, _)| *h)
-            .collect();
-        for h in &hit {
-            self.remove(h);
+        let Some(hashes) = self.deps.remove(row) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            if self.remove(&h).is_some() {
+                removed.push(h);
+            }
         }
-        hit
+        removed
     }
 
     /// Removes every entry past its deadline; returns how many.
@@ -169,7 +206,10 @@ impl MemStore {
         let due: Vec<KeyHash> = self
             .index
             .iter()
-            .filter(|(_, i)| self.nodes[**i].entry.meta.expired(now_ms))
+            .filter(|(_, i)| {
+                let entry = self.nodes[**i].entry.as_ref();
+                entry.is_some_and(|e| e.meta.expired(now_ms))
+            })
             .map(|(h, _)| *h)
             .collect();
         for h in &due {
@@ -178,8 +218,9 @@ impl MemStore {
         due.len() as u64
     }
 
-    /// Checks the list and the index agree. For tests and fuzzing.
-    #[cfg(test)]
+    /// Checks the recency list, the key index and the dependency index agree exactly.
+    /// Called by [`Cache::check_integrity`](crate::Cache::check_integrity) for every live
+    /// in-memory store, and by the tests.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let mut seen = 0;
         let mut i = self.head;
@@ -191,9 +232,15 @@ impl MemStore {
             if self.index.get(&self.nodes[i].hash) != Some(&i) {
                 return Err(format!("node {i} is linked but not indexed"));
             }
+            if self.nodes[i].entry.is_none() {
+                return Err(format!("node {i} is linked but empty"));
+            }
             seen += 1;
             prev = i;
             i = self.nodes[i].next;
+            if seen > self.nodes.len() {
+                return Err("the recency list has a cycle".into());
+            }
         }
         if self.tail != prev || seen != self.index.len() {
             return Err(format!("list has {seen} nodes, index {}", self.index.len()));
@@ -203,6 +250,195 @@ impl MemStore {
         {
             return Err(format!("{seen} entries exceed capacity {cap}"));
         }
+        if let Some(&i) = self.free.iter().find(|&&i| self.nodes[i].entry.is_some()) {
+            return Err(format!("free slot {i} still holds an entry"));
+        }
+        let mut expected: HashSet<(DepRow, KeyHash)> = HashSet::new();
+        for (hash, &i) in &self.index {
+            let Some(entry) = &self.nodes[i].entry else {
+                return Err(format!("indexed slot {i} is empty"));
+            };
+            for row in entry.deps.iter() {
+                expected.insert((*row, *hash));
+            }
+        }
+        let mut actual = 0;
+        for (row, hashes) in &self.deps {
+            if hashes.is_empty() {
+                return Err(format!("dependency row {:02x?} has no entries", &row[..8]));
+            }
+            for hash in hashes {
+                actual += 1;
+                if !expected.contains(&(*row, *hash)) {
+                    return Err(format!(
+                        "dependency row {:02x?} points at {:02x?}, which does not carry it",
+                        &row[..8],
+                        &hash[..4]
+                    ));
+                }
+            }
+        }
+        if actual != expected.len() {
+            return Err(format!(
+                "dependency index has {actual} rows, entries carry {}",
+                expected.len()
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64) -> Arc<MemEntry> {
+        with_deps(id, id, &[])
+    }
+
+    fn with_deps(id: u64, expires_at_ms: u64, deps: &[DepRow]) -> Arc<MemEntry> {
+        Arc::new(MemEntry {
+            meta: Meta {
+                fingerprint: 0,
+                stored_at_ms: 0,
+                expires_at_ms,
+                entry_id: id,
+            },
+            key: Box::new([id as u8]),
+            deps: deps.into(),
+            payload: AlignedVec::new(),
+        })
+    }
+
+    #[test]
+    fn lru_keeps_list_and_index_in_step() {
+        let mut store = MemStore::new(Some(4));
+        for i in 0..50u64 {
+            let hash = [(i % 7) as u8; 16];
+            store.insert(hash, entry(i));
+            store.validate().unwrap();
+            if i % 3 == 0 {
+                store.get(&[(i % 5) as u8; 16]);
+                store.validate().unwrap();
+            }
+            if i % 11 == 0 {
+                store.remove(&[(i % 7) as u8; 16]);
+                store.validate().unwrap();
+            }
+        }
+        assert!(store.len() <= 4);
+        store.remove_expired(40);
+        store.validate().unwrap();
+    }
+
+    /// xorshift64*: deterministic, dependency-free randomness for the model test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        }
+    }
+
+    fn row(dep: u64) -> DepRow {
+        crate::entry::dep_row(1 + dep % 2, [dep as u8; 16])
+    }
+
+    /// Random inserts (with 0-3 dependency rows), overwrites, hits, removals, evictions,
+    /// expiry, clears and dependency removals against a plain model of what the store
+    /// holds; the dependency index must match after every step, and `remove_dep` must
+    /// remove exactly the entries a full scan of the model finds.
+    #[test]
+    fn dependency_index_stays_exact_against_a_model() {
+        for capacity in [None, Some(1), Some(5), Some(16)] {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ capacity.unwrap_or(0) as u64);
+            let mut store = MemStore::new(capacity);
+            // hash byte -> (deps, expires_at_ms) of the entry the store should hold, if
+            // it has not been evicted (the model does not track LRU order).
+            let mut model: HashMap<u8, (Vec<DepRow>, u64)> = HashMap::new();
+            for step in 0..3000u64 {
+                let k = rng.below(24) as u8;
+                let hash = [k; 16];
+                match rng.below(10) {
+                    0..=3 => {
+                        let deps: Vec<DepRow> =
+                            (0..rng.below(4)).map(|_| row(rng.below(6))).collect();
+                        let mut unique = deps.clone();
+                        unique.sort();
+                        unique.dedup();
+                        let expires = 1 + rng.below(400);
+                        let evicted = store.insert(hash, with_deps(step, expires, &unique));
+                        for (h, _) in evicted {
+                            assert!(model.remove(&h[0]).is_some(), "evicted an absent entry");
+                        }
+                        model.insert(k, (unique, expires));
+                    }
+                    4 => {
+                        assert_eq!(store.get(&hash).is_some(), model.contains_key(&k));
+                    }
+                    5 => {
+                        assert_eq!(store.remove(&hash).is_some(), model.remove(&k).is_some());
+                    }
+                    6 | 7 => {
+                        let r = row(rng.below(6));
+                        let mut got: Vec<u8> = store.remove_dep(&r).iter().map(|h| h[0]).collect();
+                        let mut want: Vec<u8> = model
+                            .iter()
+                            .filter(|(_, (deps, _))| deps.contains(&r))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        got.sort();
+                        want.sort();
+                        assert_eq!(got, want, "step {step}");
+                        model.retain(|_, (deps, _)| !deps.contains(&r));
+                    }
+                    8 => {
+                        let now = rng.below(400);
+                        let n = store.remove_expired(now);
+                        let before = model.len();
+                        model.retain(|_, (_, at)| now < *at);
+                        assert_eq!(n as usize, before - model.len());
+                    }
+                    _ => {
+                        if rng.below(20) == 0 {
+                            assert_eq!(store.clear(), model.len());
+                            model.clear();
+                        }
+                    }
+                }
+                assert_eq!(store.len(), model.len(), "step {step}");
+                if let Err(e) = store.validate() {
+                    panic!("capacity {capacity:?}, step {step}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn validate_catches_a_dangling_dependency_row() {
+        let mut store = MemStore::new(None);
+        store.insert([1; 16], with_deps(1, 0, &[row(1)]));
+        store.validate().unwrap();
+        store.deps.entry(row(2)).or_default().insert([1; 16]);
+        assert!(store.validate().is_err());
+        store.deps.remove(&row(2));
+        store.deps.get_mut(&row(1)).unwrap().clear();
+        assert!(store.validate().is_err());
+    }
+
+    #[test]
+    fn removed_entries_are_released() {
+        let mut store = MemStore::new(None);
+        let e = with_deps(1, 0, &[row(1)]);
+        store.insert([1; 16], e.clone());
+        assert_eq!(store.remove_dep(&row(1)), vec![[1; 16]]);
+        assert_eq!(
+            Arc::strong_count(&e),
+            1,
+            "a free slot still holds the entry"
+        );
     }
 }

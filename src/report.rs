@@ -37,7 +37,7 @@ impl Reporter {
         match &self.hook {
             Some(hook) => hook(error),
             // Print the first few and then every thousandth, so a full disk cannot flood stderr.
-            None if n < 10 || n % 1000 == 0 => eprintln!("fresco-memoize: {error}"),
+            None if n < 10 || n.is_multiple_of(1000) => eprintln!("fresco-memoize: {error}"),
             None => {}
         }
     }

@@ -6,8 +6,17 @@
 //! to the entries. A dependency invalidation is therefore one `remove_all` on the index
 //! plus one removal per affected entry, in one write transaction; zone membership lives
 //! in `fresco/zone_members`, so both work for memoizers this run has not built.
+//!
+//! Ordering with in-flight work (see also `MemoCore::store`):
+//! 1. Under the storage's pending lock, every live member's epoch is bumped and the job
+//!    is queued: a computation that started earlier either queued its store before the
+//!    job (the job removes it) or sees the new epoch and stores nothing.
+//! 2. After the job has committed, the in-memory sides are purged. A tiered read that
+//!    fetched a removed entry before the commit either promoted it already (purged here)
+//!    or sees the commit generation move and does not promote it.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -17,14 +26,19 @@ use crate::Value;
 use crate::cache::CacheInner;
 use crate::entry::{DepRow, dep_row};
 use crate::error::{Error, Result};
-use crate::key::{KeyBytes, xxh3_key_hash};
+use crate::key::{KeyBytes, KeyHash, xxh3_key_hash};
 use crate::memoizer::{MemoCore, MemoizerBuilder};
+use crate::stats::Counters;
 use crate::storage::ops;
 
 /// Maps a memoizer's arguments to its dependency keys, encoded.
-pub(crate) type KeysFn<K> = dyn Fn(&K) -> Vec<KeyBytes> + Send + Sync;
-/// Maps a memoizer's arguments to the dependency rows of its entry.
-pub(crate) type DepsFn<K> = dyn Fn(&K) -> Vec<DepRow> + Send + Sync;
+pub(crate) type KeysFn<K> = dyn Fn(&K) -> Result<Vec<KeyBytes>, postcard::Error> + Send + Sync;
+/// Maps a memoizer's arguments to the dependency rows of its entry. An error means the
+/// entry must not be stored: it could not be found again by its dependencies.
+pub(crate) type DepsFn<K> = dyn Fn(&K) -> Result<Vec<DepRow>> + Send + Sync;
+
+/// Most dependency rows one entry can carry (the entry header counts them in a `u16`).
+const MAX_DEPS: usize = u16::MAX as usize;
 
 pub(crate) struct ZoneInner {
     pub name: String,
@@ -49,7 +63,12 @@ impl ZoneInner {
     pub(crate) fn attach(&self, core: &Arc<MemoCore>) {
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         members.retain(|w| w.strong_count() > 0);
-        members.push(Arc::downgrade(core));
+        if !members
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(core)))
+        {
+            members.push(Arc::downgrade(core));
+        }
     }
 
     fn live_members(&self) -> Vec<Arc<MemoCore>> {
@@ -59,6 +78,13 @@ impl ZoneInner {
 }
 
 /// A named group of memoizers (the original's `Zone`).
+///
+/// A memoizer joins zones when it is built ([`MemoizerBuilder::zone`],
+/// [`MemoizerBuilder::zone_key`], [`MemoizerBuilder::zone_keys`]). A zone's *key function*
+/// maps a member's arguments to dependency keys; [`Zone::invalidate`] then removes exactly
+/// the entries depending on one key, and [`Zone::invalidate_all`] clears every member.
+/// Memberships and the dependency index live in the cache file, so both also reach
+/// entries written by earlier runs, of memoizers this run has not built.
 ///
 /// ```
 /// use fresco_memoize::Cache;
@@ -75,6 +101,10 @@ impl ZoneInner {
 /// assert_eq!(bio.get_or_compute(&7, |_| unreachable!()), "wrote more");
 /// # Ok::<(), fresco_memoize::Error>(())
 /// ```
+///
+/// Changing *which* zones key a memoizer drops its stored entries on the next build (they
+/// would lack the new dependency rows). Changing the body of a key function cannot be
+/// detected: bump the memoizer's [`version`](MemoizerBuilder::version) when you do.
 #[derive(Clone)]
 pub struct Zone {
     pub(crate) inner: Arc<ZoneInner>,
@@ -88,12 +118,14 @@ impl std::fmt::Debug for Zone {
     }
 }
 
-fn encode_all<T: Serialize>(keys: impl IntoIterator<Item = T>) -> Vec<KeyBytes> {
-    // A dependency key that cannot be encoded cannot be invalidated either; skip it.
-    keys.into_iter()
-        .filter_map(|k| KeyBytes::encode(&k).ok())
-        .collect()
+fn encode_all<T: Serialize>(
+    keys: impl IntoIterator<Item = T>,
+) -> Result<Vec<KeyBytes>, postcard::Error> {
+    keys.into_iter().map(|k| KeyBytes::encode(&k)).collect()
 }
+
+/// Which (memoizer id, hash) pairs a disk job removed.
+type Removed = Vec<(u64, KeyHash)>;
 
 impl Zone {
     /// The zone's name.
@@ -102,8 +134,10 @@ impl Zone {
     }
 
     /// Sets the zone's default key function: the dependency key of a member's entry,
-    /// derived from the member's arguments of type `A`. Members with other argument
-    /// types must give their own (see [`MemoizerBuilder::zone_key`]).
+    /// derived from the member's arguments of type `A` (the original's
+    /// `Zone('Authors', lambda self: self.id)`). Members with other argument types must
+    /// give their own (see [`MemoizerBuilder::zone_key`]). Applies to members built
+    /// afterwards.
     pub fn key<A: ?Sized + 'static, T: Serialize>(
         self,
         f: impl Fn(&A) -> T + Send + Sync + 'static,
@@ -127,44 +161,81 @@ impl Zone {
     }
 
     /// Removes every entry, in every member memoizer (persistent and in-memory, built in
-    /// this run or not), whose dependency keys include `dep`, in one write transaction.
-    /// Returns how many entries were removed.
+    /// this run or not), whose dependency keys include `dep`, and nothing else. The cache
+    /// file's entries go in one write transaction (a reader of the file sees all of the
+    /// removal or none of it); the in-memory stores of this run are purged as soon as it
+    /// has committed, before this returns. The cost grows with the removed entries, not
+    /// with the cache. Returns how many entries were removed (a tiered entry counts once).
     ///
-    /// `dep` must have the type the key functions return (it is compared by its encoding).
+    /// `dep` must encode like the key functions' results (postcard): `42u64` matches a
+    /// key function returning `u64`, `"x"` one returning `String`.
+    ///
+    /// A computation of a member that started before this call stores nothing when it
+    /// finishes (its result may be stale); its caller still gets the value.
     pub fn invalidate<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
-        let cache = self.cache()?;
+        let row = self.row(dep)?;
+        self.remove_dependents(row, move |txn| ops::invalidate_dep(txn, &row))
+    }
+
+    /// The same as [`invalidate`](Self::invalidate), done the way an index-less cache
+    /// must: by reading every entry of every member. For benchmarks and tests only.
+    #[doc(hidden)]
+    pub fn __invalidate_by_scan<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
+        let row = self.row(dep)?;
+        let zone_id = self.inner.id;
+        self.remove_dependents(row, move |txn| {
+            ops::invalidate_dep_by_scan(txn, zone_id, &row)
+        })
+    }
+
+    fn row<D: Serialize + ?Sized>(&self, dep: &D) -> Result<DepRow> {
         let bytes = KeyBytes::encode(dep).map_err(Error::KeyEncoding)?;
-        let row = dep_row(self.inner.id, xxh3_key_hash(bytes.as_slice()));
+        Ok(dep_row(self.inner.id, xxh3_key_hash(bytes.as_slice())))
+    }
+
+    /// Runs a dependency removal on disk, then purges the in-memory sides.
+    fn remove_dependents(
+        &self,
+        row: DepRow,
+        job: impl FnOnce(&redb::WriteTransaction) -> Result<Removed, redb::Error> + Send + 'static,
+    ) -> Result<u64> {
+        let cache = self.cache()?;
         let members = self.inner.live_members();
         let ticket = cache.storage.with_pending_lock(|| {
             for m in &members {
                 m.epoch.fetch_add(1, Ordering::SeqCst);
             }
-            cache
-                .writer
-                .submit(move |txn| ops::invalidate_dep(txn, &row))
+            cache.writer.submit(job)
         });
-        let mut removed = 0;
-        for m in members.iter().filter(|m| m.persistent.is_none()) {
-            removed += m.forget_in_memory(&row, &[]);
+        let on_disk = ticket.wait();
+        let disk: &[(u64, KeyHash)] = on_disk.as_deref().unwrap_or(&[]);
+        let mut by_memoizer: HashMap<u64, Vec<KeyHash>> = HashMap::new();
+        for (id, hash) in disk {
+            by_memoizer.entry(*id).or_default().push(*hash);
         }
-        let on_disk = ticket.wait()?;
-        removed += on_disk.len() as u64;
-        for m in members.iter().filter(|m| m.persistent.is_some()) {
-            let id = m.persistent.as_ref().map_or(0, |p| p.id);
-            let hashes: Vec<_> = on_disk
-                .iter()
-                .filter(|(mid, _)| *mid == id)
-                .map(|(_, h)| *h)
-                .collect();
-            m.forget_in_memory(&row, &hashes);
-            crate::stats::Counters::add(&m.stats.invalidations, hashes.len() as u64);
+        let mut removed = disk.len() as u64;
+        for core in with_affected(&cache, members, by_memoizer.keys()) {
+            let id = core.persistent.as_ref().map(|p| p.id);
+            let hashes = id.and_then(|id| by_memoizer.get(&id));
+            let hashes = hashes.map_or(&[][..], Vec::as_slice);
+            let in_memory = core.forget_in_memory(&row, hashes);
+            let n = if id.is_some() {
+                hashes.len() as u64
+            } else {
+                in_memory
+            };
+            if id.is_none() {
+                removed += n;
+            }
+            Counters::add(&core.stats.invalidations, n);
         }
+        on_disk?;
         Ok(removed)
     }
 
     /// Clears every member memoizer, including members recorded in the file that this
-    /// run has not built. Returns how many entries were removed.
+    /// run has not built (membership is remembered in the file, also after a memoizer
+    /// stops joining the zone). Returns how many entries were removed.
     pub fn invalidate_all(&self) -> Result<u64> {
         let cache = self.cache()?;
         let zone_id = self.inner.id;
@@ -177,20 +248,58 @@ impl Zone {
                 .writer
                 .submit(move |txn| ops::clear_zone(txn, zone_id))
         });
-        let mut removed = 0;
-        for m in &members {
-            let n = m.clear_in_memory();
-            if m.persistent.is_none() {
-                removed += n;
-            }
+        let on_disk = ticket.wait();
+        let cleared: HashMap<u64, u64> = on_disk
+            .as_ref()
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default();
+        let mut removed: u64 = cleared.values().sum();
+        for core in with_affected(&cache, members, cleared.keys()) {
+            let in_memory = core.clear_in_memory();
+            let n = match &core.persistent {
+                Some(p) => cleared.get(&p.id).copied().unwrap_or(0),
+                None => {
+                    removed += in_memory;
+                    in_memory
+                }
+            };
+            Counters::add(&core.stats.invalidations, n);
         }
-        let (on_disk, _) = ticket.wait()?;
-        Ok(removed + on_disk)
+        on_disk?;
+        Ok(removed)
     }
 
     fn cache(&self) -> Result<Arc<CacheInner>> {
         self.inner.cache.upgrade().ok_or(Error::WriterStopped)
     }
+}
+
+/// `members`, plus every other live memoizer whose persistent id is in `ids` (a memoizer
+/// recorded as a member by an earlier run that this run built without the zone).
+fn with_affected<'a>(
+    cache: &CacheInner,
+    mut members: Vec<Arc<MemoCore>>,
+    ids: impl Iterator<Item = &'a u64>,
+) -> Vec<Arc<MemoCore>> {
+    let known = |members: &[Arc<MemoCore>], id: u64| {
+        members
+            .iter()
+            .any(|m| m.persistent.as_ref().is_some_and(|p| p.id == id))
+    };
+    let strangers: Vec<u64> = ids.copied().filter(|&id| !known(&members, id)).collect();
+    if !strangers.is_empty() {
+        let live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
+        for core in live.values().filter_map(Weak::upgrade) {
+            if core
+                .persistent
+                .as_ref()
+                .is_some_and(|p| strangers.contains(&p.id))
+            {
+                members.push(core);
+            }
+        }
+    }
+    members
 }
 
 /// A memoizer's request to join a zone, with an optional own key function.
@@ -218,7 +327,22 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         self
     }
 
-    /// Joins `zone` with this memoizer's own key function (the original's `zonekey=`).
+    /// Joins `zone` with this memoizer's own key function (the original's `zonekey=`),
+    /// which overrides the zone's default.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let authors = cache.zone("Authors")?.key(|author_id: &u64| *author_id);
+    /// // Keyed by (book id, author id); depends on the author.
+    /// let cover = cache
+    ///     .memoizer::<(u64, u64), String>("cover")
+    ///     .zone_key(&authors, |&(_book, author): &(u64, u64)| author)
+    ///     .build()?;
+    /// cover.get_or_compute(&(1, 42), |_| "blue".into());
+    /// assert_eq!(authors.invalidate(&42u64)?, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
     pub fn zone_key<T: Serialize>(
         self,
         zone: &Zone,
@@ -242,8 +366,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     }
 }
 
-/// Checks every membership's key function fits `K`; adds the `"default"` zone when the
-/// memoizer joined none.
+/// Checks every membership belongs to this cache and has a key function fitting `K`;
+/// adds the `"default"` zone when the memoizer joined none.
 pub(crate) fn resolve<K: ?Sized + 'static>(
     cache: &Arc<CacheInner>,
     memoizer: &str,
@@ -256,6 +380,12 @@ pub(crate) fn resolve<K: ?Sized + 'static>(
     memberships
         .into_iter()
         .map(|m| {
+            if !std::ptr::eq(m.zone.cache.as_ptr(), Arc::as_ptr(cache)) {
+                return Err(Error::ForeignZone {
+                    memoizer: memoizer.to_string(),
+                    zone: m.zone.name.clone(),
+                });
+            }
             let key = match m.key {
                 Some(own) => Some(own),
                 None => {
@@ -284,22 +414,48 @@ pub(crate) fn resolve<K: ?Sized + 'static>(
         .collect()
 }
 
+/// Folds the ids of the zones that key a memoizer into its fingerprint, so entries
+/// written under other zone keys (lacking the dependency rows this build would write)
+/// are dropped when it registers instead of escaping invalidation.
+pub(crate) fn keyed_fingerprint<K: ?Sized>(fingerprint: u64, zones: &[Resolved<K>]) -> u64 {
+    let mut ids: Vec<u64> = zones
+        .iter()
+        .filter(|z| z.key.is_some())
+        .map(|z| z.zone.id)
+        .collect();
+    if ids.is_empty() {
+        return fingerprint;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    crate::fingerprint::mix(fingerprint, &ids)
+}
+
 /// The function computing an entry's dependency rows.
-pub(crate) fn deps_fn<K: ?Sized + 'static>(zones: Vec<Resolved<K>>) -> Arc<DepsFn<K>> {
+pub(crate) fn deps_fn<K: ?Sized + 'static>(
+    memoizer: &str,
+    zones: Vec<Resolved<K>>,
+) -> Arc<DepsFn<K>> {
     let keyed: Vec<(u64, Arc<KeysFn<K>>)> = zones
         .into_iter()
         .filter_map(|z| z.key.map(|k| (z.zone.id, k)))
         .collect();
+    let memoizer = memoizer.to_string();
     Arc::new(move |k: &K| {
         let mut rows = Vec::new();
         for (zone_id, f) in &keyed {
-            for bytes in f(k) {
-                let row = dep_row(*zone_id, xxh3_key_hash(bytes.as_slice()));
-                if !rows.contains(&row) {
-                    rows.push(row);
-                }
+            for bytes in f(k).map_err(Error::KeyEncoding)? {
+                rows.push(dep_row(*zone_id, xxh3_key_hash(bytes.as_slice())));
             }
         }
-        rows
+        rows.sort_unstable();
+        rows.dedup();
+        if rows.len() > MAX_DEPS {
+            return Err(Error::TooManyDependencies {
+                memoizer: memoizer.clone(),
+                count: rows.len(),
+            });
+        }
+        Ok(rows)
     })
 }

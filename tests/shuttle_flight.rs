@@ -28,6 +28,7 @@ mod key {
 
 /// What `src/flight.rs` imports as `crate::sync`: shuttle's primitives.
 mod sync {
+    pub use shuttle::sync::atomic::{AtomicU64, Ordering};
     pub use shuttle::sync::{Arc, Condvar, Mutex};
     pub use shuttle::thread::ThreadId;
 
@@ -43,7 +44,8 @@ use flight::{Flights, Role};
 
 const ITERATIONS: usize = 2_000;
 
-/// A memoized function over `Flights`, shaped like `Memoizer::try_get_or_compute`.
+/// A memoized function over `Flights`, shaped like `Memoizer::try_get_or_compute`
+/// (including its `landed` shortcut: a new leader looks again only if a flight landed).
 #[derive(Default)]
 struct Memo {
     flights: Flights,
@@ -60,6 +62,7 @@ impl Memo {
 
     fn get_or_compute(&self, key: key::KeyHash, compute: impl FnOnce() -> u64) -> u64 {
         loop {
+            let landed = self.flights.landed();
             if let Some(v) = self.lookup(key) {
                 return v;
             }
@@ -71,7 +74,10 @@ impl Memo {
                 }
                 Role::Reentrant => return compute(),
             };
-            if let Some(v) = self.lookup(key) {
+            // Only if a flight landed since the first look can the value be there now.
+            if self.flights.landed() != landed
+                && let Some(v) = self.lookup(key)
+            {
                 return v;
             }
             self.computed.fetch_add(1, Ordering::SeqCst);
@@ -168,6 +174,30 @@ fn a_panicking_leader_releases_its_waiters() {
     };
     shuttle::check_random(body, ITERATIONS);
     shuttle::check_pct(body, ITERATIONS, 3);
+}
+
+#[test]
+fn landed_counts_every_finished_flight() {
+    shuttle::check_random(
+        || {
+            let flights = Arc::new(Flights::default());
+            let threads: Vec<_> = (0..3u8)
+                .map(|i| {
+                    let flights = flights.clone();
+                    thread::spawn(move || {
+                        if let Role::Leader(leader) = flights.join([i; 16]) {
+                            drop(leader);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(flights.landed(), 3);
+        },
+        200,
+    );
 }
 
 #[test]

@@ -287,12 +287,12 @@ pub fn run(data: &[u8]) {
             8 => clock.advance(Duration::from_millis(u64::from(input.byte()) * 20)),
             9 => {
                 let n = u64::from(input.byte() % 8);
-                let kind = if k % 2 == 0 {
+                let kind = if k.is_multiple_of(2) {
                     FaultKind::DiskFull
                 } else {
                     FaultKind::Eio
                 };
-                if m % 2 == 0 {
+                if m.is_multiple_of(2) {
                     disk.fail_writes_after(n, kind);
                 } else {
                     disk.fail_syncs_after(n, kind);

@@ -96,8 +96,7 @@ pub(crate) fn register_memoizer(
 ) -> R<MemoRecord> {
     let existing = {
         let table = txn.open_table(MEMOIZERS)?;
-        let found = table.get(name)?.and_then(|v| MemoRecord::decode(v.value()));
-        found
+        table.get(name)?.and_then(|v| MemoRecord::decode(v.value()))
     };
     let record = match existing {
         Some(old) if old.fingerprint == fingerprint && (old.indexed || !indexed) => {
@@ -138,8 +137,7 @@ pub(crate) fn memoizer_record(txn: &WriteTransaction, name: &str) -> R<Option<Me
 fn memoizer_record_by_id(txn: &WriteTransaction, id: u64) -> R<Option<MemoRecord>> {
     let name = {
         let names = txn.open_table(MEMOIZER_NAMES)?;
-        let found = names.get(id)?.map(|v| v.value().to_string());
-        found
+        names.get(id)?.map(|v| v.value().to_string())
     };
     match name {
         Some(name) => memoizer_record(txn, &name),
@@ -273,24 +271,57 @@ pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64
     Ok(removed)
 }
 
+/// The memoizers recorded as members of zone `zone_id` (by this run or an earlier one).
+fn zone_members(txn: &WriteTransaction, zone_id: u64) -> R<Vec<u64>> {
+    let table = txn.open_multimap_table(ZONE_MEMBERS)?;
+    let mut out = Vec::new();
+    for v in table.get(zone_id)? {
+        out.push(v?.value());
+    }
+    Ok(out)
+}
+
 /// Clears every memoizer recorded as a member of zone `zone_id`, including members this
-/// run has not built. Returns the number of entries removed.
-pub(crate) fn clear_zone(txn: &WriteTransaction, zone_id: u64) -> R<(u64, Vec<u64>)> {
-    let members: Vec<u64> = {
-        let table = txn.open_multimap_table(ZONE_MEMBERS)?;
-        let mut out = Vec::new();
-        for v in table.get(zone_id)? {
-            out.push(v?.value());
-        }
-        out
-    };
-    let mut total = 0;
-    for &id in &members {
+/// run has not built. Returns (memoizer id, entries removed) for each member.
+pub(crate) fn clear_zone(txn: &WriteTransaction, zone_id: u64) -> R<Vec<(u64, u64)>> {
+    let mut cleared = Vec::new();
+    for id in zone_members(txn, zone_id)? {
         if let Some(record) = memoizer_record_by_id(txn, id)? {
-            total += clear(txn, &record)?;
+            cleared.push((id, clear(txn, &record)?));
         }
     }
-    Ok((total, members))
+    Ok(cleared)
+}
+
+/// What [`invalidate_dep`] does, done without the index: reads every entry of every
+/// member of the zone and removes those carrying `row`. The baseline the benchmarks
+/// compare against (what a cache without dependency index must do).
+pub(crate) fn invalidate_dep_by_scan(
+    txn: &WriteTransaction,
+    zone_id: u64,
+    row: &DepRow,
+) -> R<Vec<(u64, KeyHash)>> {
+    let mut removed = Vec::new();
+    for memo_id in zone_members(txn, zone_id)? {
+        let name = entries_name(memo_id);
+        let hits: Vec<KeyHash> = {
+            let table = txn.open_table(EntriesDef::new(&name))?;
+            let mut hits = Vec::new();
+            for item in table.iter()? {
+                let (hash, bytes) = item?;
+                if entry::decode(bytes.value(), false).is_ok_and(|v| v.deps().any(|d| d == *row)) {
+                    hits.push(*hash.value());
+                }
+            }
+            hits
+        };
+        for hash in hits {
+            if remove(txn, memo_id, &hash)? {
+                removed.push((memo_id, hash));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes up to `limit` entries whose deadline is at or before `now_ms`, oldest first.
@@ -322,13 +353,9 @@ pub(crate) fn purge_expired(
     Ok(removed)
 }
 
-/// Counts the entries of one memoizer (O(1): redb keeps table lengths).
-pub(crate) fn count_entries(db: &redb::Database, memo_id: u64) -> R<u64> {
-    let read = db.begin_read()?;
+/// Counts the entries of one memoizer (O(1): redb keeps table lengths). Run in the
+/// writer's transaction, so it includes every store queued before it.
+pub(crate) fn count_entries(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
     let name = entries_name(memo_id);
-    match read.open_table(EntriesDef::new(&name)) {
-        Ok(t) => Ok(t.len()?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    Ok(txn.open_table(EntriesDef::new(&name))?.len()?)
 }
