@@ -483,3 +483,55 @@ fn a_file_of_a_newer_format_is_refused_and_left_alone() {
         e => panic!("expected NewerFormat, got {e}"),
     });
 }
+
+#[test]
+fn damage_to_the_registry_itself_leaves_the_cache_running_without_its_file() {
+    // Zero the pages naming the tables (the table tree, and with it the registry):
+    // nothing can be carried into a fresh file, so the cache gives the file up until it
+    // is reopened - and keeps returning values.
+    let dir = tempfile::tempdir().unwrap();
+    let path = populated(dir.path(), "registry");
+    let builder = Cache::builder().page_cache_bytes(PAGE);
+    let o = open_with(&path, builder).unwrap();
+    zero_page_under(&path, "fresco/memoizers");
+    read_everything(&o);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while o.cache.health().moved_aside.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "never acted on: {:?}",
+            o.cache.health()
+        );
+        read_everything(&o);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        o.errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("registry is unreadable")),
+        "{:?}",
+        o.errors
+    );
+    // Running without its file: values still arrive, nothing is stored, nothing hangs.
+    let k = N + 7;
+    for _ in 0..2 {
+        assert_eq!(
+            o.memos[0].get_or_compute(&k, |k| value(MEMOS[0], *k)),
+            value(MEMOS[0], k)
+        );
+    }
+    // The store was dropped by the writer (the flush behind it fails too), so nothing
+    // is served from a file that is gone.
+    assert!(o.cache.flush().is_err());
+    assert!(o.memos[0].get_archived(&k).unwrap().is_none());
+    assert!(o.memos[0].invalidate_key(&k).is_err());
+    // Reopened, the cache starts afresh on the same path.
+    drop(o);
+    let o = open(&path, OnCorruption::Fail).unwrap();
+    assert_eq!(read_everything(&o), 0);
+    o.cache.flush().unwrap();
+    let report = o.cache.check_integrity().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
