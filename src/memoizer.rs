@@ -1,6 +1,7 @@
 //! `Memoizer`: one memoized function - its key encoding, policies and store.
 
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -208,9 +209,23 @@ impl MemoCore {
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
     fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
-        let Ok(view) = entry::decode(bytes, self.verify) else {
-            Counters::add(&self.stats.stale, 1);
-            return None;
+        let view = match entry::decode(bytes, self.verify) {
+            Ok(view) => view,
+            Err(malformed) => {
+                // Only damage makes an entry fail these checks: report it, read a miss
+                // (the recomputed value then overwrites the entry).
+                Counters::add(&self.stats.stale, 1);
+                let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
+                self.report(Error::Corrupted {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
+                         as a miss",
+                        self.name
+                    ),
+                });
+                return None;
+            }
         };
         if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.fingerprint {
             Counters::add(&self.stats.stale, 1);

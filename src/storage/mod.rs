@@ -51,6 +51,8 @@ type EntriesTable = ReadOnlyTable<&'static [u8; 16], &'static [u8]>;
 
 struct Snap {
     generation: u64,
+    /// Which database (see `Storage::incarnation`) the snapshot was taken of.
+    incarnation: u64,
     /// `None` when the table did not exist at that commit.
     table: Option<EntriesTable>,
 }
@@ -112,6 +114,9 @@ pub(crate) struct Storage {
     dead: AtomicBool,
     /// Set by a reader that met a damaged page; the writer then resets the file.
     suspect: AtomicBool,
+    /// Bumped whenever the writer swaps in another database, so that damage met through a
+    /// snapshot of a database already replaced is not blamed on its successor.
+    incarnation: AtomicU64,
     /// Set by a reader that found the database closed; the writer then tries to reopen
     /// it (at most every [`REOPEN_BACKOFF`]) even if nothing is being written.
     reopen: AtomicBool,
@@ -190,6 +195,7 @@ impl Storage {
             on_corruption,
             dead: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
+            incarnation: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
             last_reopen_ms: AtomicU64::new(0),
             born: std::time::Instant::now(),
@@ -242,9 +248,14 @@ impl Storage {
         }
     }
 
-    /// Called when a read met damage: asks the writer to reset the file.
-    fn suspect(&self, e: &redb::Error) {
-        if is_corruption(e) && self.resets() && !self.suspect.swap(true, Ordering::SeqCst) {
+    /// Called when a read of database `incarnation` met damage: asks the writer to reset
+    /// the file, unless that database has been replaced already.
+    fn suspect(&self, e: &redb::Error, incarnation: u64) {
+        if is_corruption(e)
+            && self.resets()
+            && incarnation == self.incarnation.load(Ordering::SeqCst)
+            && !self.suspect.swap(true, Ordering::SeqCst)
+        {
             self.wake_writer();
         }
     }
@@ -330,6 +341,9 @@ impl Storage {
             Ok(db) => *slot = Some(db),
             Err(e) => self.reporter.report(&e),
         }
+        self.incarnation.fetch_add(1, Ordering::SeqCst);
+        // Damage reported against the old database while this ran is dealt with.
+        self.suspect.store(false, Ordering::SeqCst);
         drop(slot);
         self.committed();
     }
@@ -488,6 +502,7 @@ impl Storage {
     }
 
     fn open_snap(&self, memo_id: u64, generation: u64) -> Result<Option<Snap>> {
+        let mut incarnation = self.incarnation.load(Ordering::SeqCst);
         let table = guarded(|| {
             let db = match self.db() {
                 Ok(db) => db,
@@ -497,6 +512,8 @@ impl Storage {
                     return Ok(None);
                 }
             };
+            // Read under the database lock: the incarnation of this very database.
+            incarnation = self.incarnation.load(Ordering::SeqCst);
             let txn = db.begin_read()?;
             let name = entries_name(memo_id);
             match txn.open_table(EntriesDef::new(&name)) {
@@ -506,19 +523,32 @@ impl Storage {
             }
         })
         .map_err(|e| {
-            self.suspect(&e);
+            self.suspect(&e, incarnation);
             self.error(e)
         })?;
-        Ok(table.map(|table| Snap { generation, table }))
+        Ok(table.map(|table| Snap {
+            generation,
+            incarnation,
+            table,
+        }))
     }
 
     fn read_snap(&self, snap: &Snap, hash: &KeyHash) -> Result<Option<StoredBytes>> {
         let Some(table) = &snap.table else {
             return Ok(None);
         };
-        let found = guarded(|| Ok(table.get_owned(hash)?.map(StoredBytes::Committed)));
+        let found = guarded(|| {
+            let found = table.get_owned(hash)?.map(StoredBytes::Committed);
+            // A guard finds its value's bounds in the page on every `value()` call, and a
+            // damaged page makes that panic: do it once here, under the guard. The page
+            // is immutable, so later calls find the same bounds.
+            if let Some(stored) = &found {
+                stored.bytes();
+            }
+            Ok(found)
+        });
         found.map_err(|e| {
-            self.suspect(&e);
+            self.suspect(&e, snap.incarnation);
             self.error(e)
         })
     }

@@ -23,39 +23,46 @@ pub(crate) enum InitOutcome {
     Newer(u32),
 }
 
+/// Checks an existing database: ours and current (`Ready`), someone else's (`Foreign`),
+/// newer (`Newer`), or `None` when our tables still need creating.
+pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
+    let read = db.begin_read()?;
+    match read.open_table(META) {
+        Ok(meta) => {
+            let version = meta
+                .get(KEY_FORMAT_VERSION)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if version > FORMAT_VERSION as u64 {
+                return Ok(Some(InitOutcome::Newer(version as u32)));
+            }
+            if version == FORMAT_VERSION as u64 {
+                return Ok(Some(InitOutcome::Ready));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            let foreign: Vec<String> = read
+                .list_tables()?
+                .map(|t| t.name().to_string())
+                .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
+                .filter(|n| !n.starts_with(PREFIX))
+                .collect();
+            if !foreign.is_empty() {
+                return Ok(Some(InitOutcome::Foreign(format!(
+                    "a redb database with other tables: {}",
+                    foreign.join(", ")
+                ))));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(None)
+}
+
 /// Creates our tables in a fresh file, or checks an existing file is ours and not newer.
 pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
-    {
-        let read = db.begin_read()?;
-        match read.open_table(META) {
-            Ok(meta) => {
-                let version = meta
-                    .get(KEY_FORMAT_VERSION)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                if version > FORMAT_VERSION as u64 {
-                    return Ok(InitOutcome::Newer(version as u32));
-                }
-                if version == FORMAT_VERSION as u64 {
-                    return Ok(InitOutcome::Ready);
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                let foreign: Vec<String> = read
-                    .list_tables()?
-                    .map(|t| t.name().to_string())
-                    .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
-                    .filter(|n| !n.starts_with(PREFIX))
-                    .collect();
-                if !foreign.is_empty() {
-                    return Ok(InitOutcome::Foreign(format!(
-                        "a redb database with other tables: {}",
-                        foreign.join(", ")
-                    )));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(outcome) = inspect(db)? {
+        return Ok(outcome);
     }
     let txn = db.begin_write()?;
     {
