@@ -5,7 +5,11 @@
 //! removes the flight and wakes the waiters. Waiters then look the key up again: they
 //! find the stored value, or (if the leader failed) one of them becomes the next leader.
 //! No lock is held while the computation runs, and different keys never share a flight.
+//!
+//! [`Flights::landed`] counts finished flights, so a new leader can tell whether anyone
+//! could have stored the value since its own lookup, and skip a second lookup if not.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::ThreadId;
 
@@ -30,6 +34,8 @@ impl Flight {
 #[derive(Default)]
 pub(crate) struct Flights {
     map: Mutex<HashMapByKey<Arc<Flight>>>,
+    /// Flights finished so far; bumped under `map`'s lock as a flight leaves it.
+    landed: AtomicU64,
 }
 
 pub(crate) enum Role<'a> {
@@ -48,6 +54,13 @@ pub(crate) struct Leader<'a> {
 }
 
 impl Flights {
+    /// How many flights have finished. Read it before a lookup; if it is unchanged once
+    /// the same caller has become a leader, no flight (and so no store, which only
+    /// leaders make) finished in between, and the lookup's answer still holds.
+    pub(crate) fn landed(&self) -> u64 {
+        self.landed.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn join(&self, hash: KeyHash) -> Role<'_> {
         let me = std::thread::current().id();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,6 +99,7 @@ impl Drop for Leader<'_> {
         {
             map.remove(&self.hash);
         }
+        self.flights.landed.fetch_add(1, Ordering::SeqCst);
         drop(map);
         *self.flight.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.flight.cv.notify_all();
@@ -95,25 +109,33 @@ impl Drop for Leader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     #[test]
     fn leader_drop_releases_waiters_even_on_panic() {
         let flights = Arc::new(Flights::default());
+        let (leading_tx, leading_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
         let f2 = flights.clone();
         let h = std::thread::spawn(move || {
             let _leader = match f2.join([1; 16]) {
                 Role::Leader(l) => l,
                 _ => panic!("expected to lead"),
             };
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            leading_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
             panic!("compute failed");
         });
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        if let Role::Waiter(f) = flights.join([1; 16]) {
-            f.wait();
-        }
+        leading_rx.recv().unwrap();
+        let before = flights.landed();
+        let Role::Waiter(flight) = flights.join([1; 16]) else {
+            panic!("the flight is still up: this thread must wait");
+        };
+        go_tx.send(()).unwrap();
+        flight.wait();
         assert!(h.join().is_err());
         assert_eq!(flights.in_flight(), 0);
+        assert_eq!(flights.landed(), before + 1);
         assert!(matches!(flights.join([1; 16]), Role::Leader(_)));
     }
 
@@ -123,5 +145,14 @@ mod tests {
         let _l = flights.join([2; 16]);
         assert!(matches!(flights.join([2; 16]), Role::Reentrant));
         assert!(matches!(flights.join([3; 16]), Role::Leader(_)));
+    }
+
+    #[test]
+    fn landed_counts_every_finished_flight() {
+        let flights = Flights::default();
+        assert_eq!(flights.landed(), 0);
+        drop(flights.join([4; 16]));
+        drop(flights.join([5; 16]));
+        assert_eq!(flights.landed(), 2);
     }
 }

@@ -165,26 +165,37 @@ impl MemoCore {
         self.cache.storage.reporter.report(&error);
     }
 
-    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look further".
-    fn memory_entry(&self, ek: &EncodedKey, now: u64) -> Option<Arc<MemEntry>> {
-        let mem = self.memory.as_ref()?;
+    /// Whether an entry with this header is still live. Reads the clock only for entries
+    /// that have a deadline, so hits without `expires` never pay for it.
+    fn live(&self, meta: &Meta) -> bool {
+        meta.expires_at_ms == 0 || !meta.expired(self.now_ms())
+    }
+
+    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look
+    /// further": the entry expired, and the persistent tier holds the same entry.
+    fn memory_entry(&self, ek: &EncodedKey) -> Result<Option<Arc<MemEntry>>, ()> {
+        let Some(mem) = self.memory.as_ref() else {
+            return Ok(None);
+        };
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = mem.get(&ek.hash)?;
+        let Some(entry) = mem.get(&ek.hash) else {
+            return Ok(None);
+        };
         if &*entry.key != ek.bytes.as_slice() {
             Counters::add(&self.stats.stale, 1);
-            return None;
+            return Ok(None);
         }
-        if entry.meta.expired(now) {
+        if !self.live(&entry.meta) {
             mem.remove(&ek.hash);
             Counters::add(&self.stats.expirations, 1);
-            return None;
+            return Err(());
         }
-        Some(entry)
+        Ok(Some(entry))
     }
 
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
-    fn admit(&self, ek: &EncodedKey, bytes: &[u8], now: u64) -> Option<(usize, Meta)> {
+    fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
         let Ok(view) = entry::decode(bytes, self.verify) else {
             Counters::add(&self.stats.stale, 1);
             return None;
@@ -193,7 +204,7 @@ impl MemoCore {
             Counters::add(&self.stats.stale, 1);
             return None;
         }
-        if view.meta.expired(now) {
+        if !self.live(&view.meta) {
             Counters::add(&self.stats.expirations, 1);
             return None;
         }
@@ -408,9 +419,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// Looks `ek` up in every tier and deserializes a live hit.
     fn lookup(&self, ek: &EncodedKey) -> Option<V> {
         let core = &*self.core;
-        let now = core.now_ms();
         let align = std::mem::align_of::<V::Archived>();
-        if let Some(entry) = core.memory_entry(ek, now) {
+        if let Some(entry) = core.memory_entry(ek).ok()? {
             if !core.take_hit(&ek.hash, entry.meta.entry_id) {
                 return None;
             }
@@ -422,7 +432,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         }
         let p = core.persistent.as_ref()?;
         let generation = core.cache.storage.generation();
-        let stored = match core.cache.storage.get(&p.slot, &ek.hash, false) {
+        let stored = match core.cache.storage.get(&p.slot, &ek.hash) {
             Ok(found) => found?,
             Err(e) => {
                 core.report(e);
@@ -430,7 +440,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
         };
         let bytes = stored.bytes();
-        let (offset, meta) = core.admit(ek, bytes, now)?;
+        let (offset, meta) = core.admit(ek, bytes)?;
         let value = with_aligned(&bytes[offset..], align, |payload| {
             V::__access(payload).and_then(V::__deserialize).ok()
         });
@@ -508,6 +518,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
         };
         loop {
+            let landed = core.flights.landed();
             if let Some(v) = self.lookup(&ek) {
                 return Ok(v);
             }
@@ -522,8 +533,11 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                     return compute(args);
                 }
             };
-            // Another leader may have stored the value between our lookup and our join.
-            if let Some(v) = self.lookup(&ek) {
+            // Another leader may have stored the value between our lookup and our join;
+            // only then is a second look worth its cost (and its counting).
+            if core.flights.landed() != landed
+                && let Some(v) = self.lookup(&ek)
+            {
                 return Ok(v);
             }
             let epoch = core.epoch.load(Ordering::SeqCst);
@@ -549,8 +563,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
         let core = &*self.core;
         let ek = self.encode(key)?;
-        let now = core.now_ms();
-        if let Some(entry) = core.memory_entry(&ek, now) {
+        let Ok(in_memory) = core.memory_entry(&ek) else {
+            return Ok(None);
+        };
+        if let Some(entry) = in_memory {
             let id = entry.meta.entry_id;
             let Some(hit) = ArchivedHit::from_memory(entry) else {
                 return Ok(None);
@@ -564,10 +580,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let Some(p) = &core.persistent else {
             return Ok(None);
         };
-        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash, true)? else {
+        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash)? else {
             return Ok(None);
         };
-        let Some((offset, meta)) = core.admit(&ek, stored.bytes(), now) else {
+        let Some((offset, meta)) = core.admit(&ek, stored.bytes()) else {
             return Ok(None);
         };
         let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
@@ -594,7 +610,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         self.core.invalidate_all()
     }
 
-    /// Counters since this memoizer was built, and the current entry count (O(1)).
+    /// Counters since this memoizer was built, and the current entry count: O(1), read
+    /// from the table's length (after letting writes still queued commit, so the count
+    /// includes the values just stored).
     pub fn stats(&self) -> Stats {
         let core = &*self.core;
         let entries = match &core.persistent {

@@ -12,6 +12,9 @@
 //!   with was read, so it never serves a value older than the caller's own last write.
 //! - After every commit the writer empties every [`SnapSlot`], so an idle memoizer never
 //!   pins old pages (which would grow the file without bound).
+//! - A slot keeps one snapshot per thread stripe, so concurrent hits on one memoizer
+//!   share no lock word; every guard handed out ([`StoredBytes`]) keeps its own snapshot
+//!   alive, so emptying a slot never frees a page that is still being read.
 //! - Every redb call runs under `catch_unwind`: a damaged file can make redb panic.
 
 pub(crate) mod ops;
@@ -24,11 +27,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use crossbeam::utils::CachePadded;
+
 use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
 use crate::report::Reporter;
+use crate::stats::{stripe_count, thread_stripe};
 use tables::{EntriesDef, entries_name};
 
 /// A read-only view of one memoizer's table at some commit.
@@ -40,22 +46,36 @@ struct Snap {
     table: Option<EntriesTable>,
 }
 
-/// One memoizer's cached read snapshot.
+type Shard = CachePadded<RwLock<Option<Snap>>>;
+
+/// One memoizer's cached read snapshots: one per shard, and each thread reads through
+/// its own shard, so concurrent hits never write to a shared cache line here.
 pub(crate) struct SnapSlot {
     memo_id: u64,
-    snap: RwLock<Option<Snap>>,
+    shards: Box<[Shard]>,
+}
+
+impl SnapSlot {
+    fn shard(&self) -> &RwLock<Option<Snap>> {
+        &self.shards[thread_stripe(self.shards.len())]
+    }
+
+    /// Drops every cached snapshot (after a commit).
+    fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut snap = shard.write().unwrap_or_else(|e| e.into_inner());
+            *snap = None;
+        }
+    }
 }
 
 /// Bytes of a stored entry, kept alive without copying.
 pub(crate) enum StoredBytes {
     /// Written, not yet committed.
     Pending(Arc<[u8]>),
-    /// Read from a committed snapshot, for immediate use. It pins its read transaction:
-    /// a guard that held only its page could outlive the snapshot, and a later commit
-    /// that frees and rewrites that page makes redb panic.
+    /// Read from a committed snapshot, which it keeps alive: a guard that outlived its
+    /// read transaction could see its page freed and reused by a later commit.
     Committed(redb::OwnedAccessGuard<&'static [u8]>),
-    /// Read from a committed snapshot; pins that snapshot while alive.
-    Pinned(redb::OwnedAccessGuard<&'static [u8]>),
 }
 
 impl StoredBytes {
@@ -63,7 +83,6 @@ impl StoredBytes {
         match self {
             StoredBytes::Pending(b) => b,
             StoredBytes::Committed(g) => g.value(),
-            StoredBytes::Pinned(g) => g.value(),
         }
     }
 }
@@ -128,6 +147,11 @@ impl Storage {
         &self.db
     }
 
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&self.db, now_ms)).map_err(|e| self.error(e))
+    }
+
     /// Wraps a redb error with this cache's path.
     pub(crate) fn error(&self, source: redb::Error) -> Error {
         Error::Storage {
@@ -140,7 +164,9 @@ impl Storage {
     pub(crate) fn slot(&self, memo_id: u64) -> Arc<SnapSlot> {
         let slot = Arc::new(SnapSlot {
             memo_id,
-            snap: RwLock::new(None),
+            shards: (0..stripe_count())
+                .map(|_| CachePadded::new(RwLock::new(None)))
+                .collect(),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|w| w.strong_count() > 0);
@@ -159,7 +185,7 @@ impl Storage {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for slot in slots.iter().filter_map(Weak::upgrade) {
-            *slot.snap.write().unwrap_or_else(|e| e.into_inner()) = None;
+            slot.clear();
         }
     }
 
@@ -208,14 +234,12 @@ impl Storage {
         }
     }
 
-    /// The bytes stored under `hash` for `slot`'s memoizer, if any. Never blocks on the
-    /// writer. `pin` asks for a guard that keeps its snapshot alive (for long-lived hits).
-    pub(crate) fn get(
-        &self,
-        slot: &SnapSlot,
-        hash: &KeyHash,
-        pin: bool,
-    ) -> Result<Option<StoredBytes>> {
+    /// The bytes stored under `hash` for `slot`'s memoizer, if any: the overlay first,
+    /// then this thread's cached snapshot of the table (refreshed when a commit has
+    /// happened since it was taken). Never blocks on the writer.
+    pub(crate) fn get(&self, slot: &SnapSlot, hash: &KeyHash) -> Result<Option<StoredBytes>> {
+        // The overlay before the generation: a row leaves the overlay only after the
+        // generation moved past its commit, so a miss here is then seen in the snapshot.
         if self.pending_len.load(Ordering::SeqCst) > 0 {
             let pending = self.lock_pending();
             if let Some((_, bytes)) = pending.get(&(slot.memo_id, *hash)) {
@@ -223,21 +247,19 @@ impl Storage {
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
+        let shard = slot.shard();
         {
-            let snap = slot.snap.read().unwrap_or_else(|e| e.into_inner());
+            let snap = shard.read().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = snap.as_ref().filter(|s| s.generation == generation) {
-                return self.read_snap(s, hash, pin);
+                return self.read_snap(s, hash);
             }
         }
         let fresh = self.open_snap(slot.memo_id, generation)?;
-        let found = self.read_snap(&fresh, hash, pin);
-        let mut snap = slot.snap.write().unwrap_or_else(|e| e.into_inner());
-        // Keep the newest snapshot only; a racing refresh may have stored a newer one.
-        if snap
-            .as_ref()
-            .is_none_or(|s| s.generation < fresh.generation)
-            && self.generation.load(Ordering::SeqCst) == generation
-        {
+        let found = self.read_snap(&fresh, hash);
+        let mut snap = shard.write().unwrap_or_else(|e| e.into_inner());
+        // Keep it only if no commit came since (the writer empties slots after bumping
+        // the generation, so a snapshot stored before that is emptied too).
+        if self.generation.load(Ordering::SeqCst) == generation {
             *snap = Some(fresh);
         }
         found
@@ -257,22 +279,55 @@ impl Storage {
         Ok(Snap { generation, table })
     }
 
-    fn read_snap(&self, snap: &Snap, hash: &KeyHash, pin: bool) -> Result<Option<StoredBytes>> {
+    fn read_snap(&self, snap: &Snap, hash: &KeyHash) -> Result<Option<StoredBytes>> {
         let Some(table) = &snap.table else {
             return Ok(None);
         };
-        let found = guarded(|| {
-            Ok(if pin {
-                table.get_owned(hash)?.map(StoredBytes::Pinned)
-            } else {
-                table.get_owned(hash)?.map(StoredBytes::Committed)
-            })
-        });
-        found.map_err(|e| self.error(e))
+        guarded(|| Ok(table.get_owned(hash)?.map(StoredBytes::Committed)))
+            .map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage() -> (Storage, Arc<SnapSlot>) {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        ops::init(&db).unwrap();
+        let storage = Storage::new(db, None, Arc::new(Reporter::new(None)));
+        let slot = storage.slot(7);
+        (storage, slot)
     }
 
-    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
-    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
-        guarded(|| ops::has_expired(&self.db, now_ms)).map_err(|e| self.error(e))
+    #[test]
+    fn reads_see_the_overlay_before_the_commit_and_the_snapshot_after() {
+        let (storage, slot) = storage();
+        let hash = [3u8; 16];
+        assert!(storage.get(&slot, &hash).unwrap().is_none());
+        let bytes: Arc<[u8]> = Arc::from(&b"entry"[..]);
+        // Nothing is enqueued: only the overlay holds the write.
+        assert!(storage.add_pending((7, hash), 1, bytes, || true, || true));
+        assert_eq!(storage.pending_len.load(Ordering::SeqCst), 1);
+        let found = storage.get(&slot, &hash).unwrap().expect("overlay row");
+        assert!(matches!(found, StoredBytes::Pending(_)));
+        assert_eq!(found.bytes(), b"entry");
+        // Another memoizer never sees it.
+        assert!(storage.get(&storage.slot(8), &hash).unwrap().is_none());
+        // Settled without a commit (a failed write): gone, nothing on disk either.
+        storage.settle_pending(&[((7, hash), 1)]);
+        assert_eq!(storage.pending_len.load(Ordering::SeqCst), 0);
+        assert!(storage.get(&slot, &hash).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_invalid_store_never_reaches_the_overlay() {
+        let (storage, slot) = storage();
+        let bytes: Arc<[u8]> = Arc::from(&b"stale"[..]);
+        assert!(!storage.add_pending((7, [1; 16]), 1, bytes.clone(), || false, || true));
+        assert!(!storage.add_pending((7, [1; 16]), 2, bytes, || true, || false));
+        assert!(storage.get(&slot, &[1; 16]).unwrap().is_none());
     }
 }
