@@ -14,12 +14,13 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
 use crate::Cache;
-use crate::cache::{CacheBuilder, OnCorruption, open_file};
+use crate::cache::{CacheBuilder, OnCorruption};
 use crate::error::{Error, Result};
 use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
 use crate::memoizer::MemoCore;
 use crate::storage::guarded;
+use crate::storage::open::Origin;
 use crate::storage::ops;
 use crate::storage::tables::{
     DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
@@ -146,7 +147,8 @@ impl Cache {
         self.flush()?;
         let storage = &self.inner.storage;
         let now_ms = self.inner.clock.now_ms();
-        let mut info = guarded(|| read_info(storage.db(), now_ms)).map_err(|e| storage.error(e))?;
+        let mut info =
+            guarded(|| read_info(&*storage.db()?, now_ms)).map_err(|e| storage.error(e))?;
         info.path = storage.path().map(Path::to_path_buf);
         info.file_bytes = storage
             .path()
@@ -216,7 +218,7 @@ impl Cache {
     pub fn compact_file(path: impl AsRef<Path>) -> Result<CompactReport> {
         let path = path.as_ref();
         let bytes_before = file_len(path)?;
-        let mut db = open_file(path, 16 << 20, false)?;
+        let mut db = open_closed(path)?;
         guarded(|| {
             // Each pass moves pages towards the start; stop when one finds nothing to do.
             for _ in 0..64 {
@@ -244,7 +246,7 @@ impl Cache {
     /// [`Error::Corrupted`].
     pub fn verify_file(path: impl AsRef<Path>) -> Result<FileCheck> {
         let path = path.as_ref();
-        let mut db = open_file(path, 16 << 20, false)?;
+        let mut db = open_closed(path)?;
         let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
             redb::Error::Io(source) => Error::Io {
                 path: path.to_path_buf(),
@@ -270,6 +272,17 @@ impl Cache {
         let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
         live.get(name).and_then(Weak::upgrade)
     }
+}
+
+/// Opens an existing cache file directly (for the maintenance redb needs `&mut` for).
+fn open_closed(path: &Path) -> Result<redb::Database> {
+    Origin::File {
+        path: path.to_path_buf(),
+        page_cache_bytes: 16 << 20,
+        verify_on_open: false,
+        create: false,
+    }
+    .open()
 }
 
 fn file_len(path: &Path) -> Result<u64> {

@@ -82,6 +82,10 @@
 
 extern crate self as fresco_memoize;
 
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[path = "entry_hooks.rs"]
+pub mod __entry;
 mod cache;
 mod clock;
 mod entry;
@@ -122,3 +126,10 @@ pub use zone::Zone;
 
 #[doc(hidden)]
 pub use rkyv as __rkyv;
+
+/// Fault injection for tests and fuzzing (hidden; `fault-injection` feature).
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod __faults {
+    pub use crate::storage::faults::{FaultKind, FaultyBackend};
+}

@@ -620,7 +620,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 let id = p.id;
                 core.cache
                     .writer
-                    .run(move |txn| ops::count_entries(txn, id))
+                    .query(move |txn| ops::count_entries(txn, id))
                     .ok()
             }
             None => core
