@@ -215,6 +215,24 @@ impl Cache {
 
     /// Compacts a cache file that no `Cache` holds open, giving free pages back to the
     /// file system. The file must exist and be a cache; it is never created.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// {
+    ///     let cache = Cache::open(&path)?;
+    ///     let blobs = cache.memoizer::<u32, Vec<u8>>("blobs").build()?;
+    ///     for i in 0..100 {
+    ///         blobs.get_or_compute(&i, |_| vec![0; 16 << 10]);
+    ///     }
+    ///     blobs.invalidate_all()?;
+    /// }
+    /// let report = Cache::compact_file(&path)?;
+    /// assert!(report.bytes_after < report.bytes_before);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
     pub fn compact_file(path: impl AsRef<Path>) -> Result<CompactReport> {
         let path = path.as_ref();
         let bytes_before = file_len(path)?;
@@ -244,6 +262,18 @@ impl Cache {
     /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is
     /// never created, moved or recreated. A file redb cannot repair is
     /// [`Error::Corrupted`].
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// Cache::open(&path)?.memoizer::<u32, u32>("m").build()?.get_or_compute(&1, |n| n + 1);
+    /// let check = Cache::verify_file(&path)?;
+    /// assert!(check.is_ok(), "{check:?}");
+    /// assert_eq!(check.invariants.entries, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
     pub fn verify_file(path: impl AsRef<Path>) -> Result<FileCheck> {
         let path = path.as_ref();
         let mut db = open_closed(path)?;
