@@ -179,6 +179,10 @@ impl Cache {
     /// Removes every entry past its deadline now, in every memoizer of the file (through
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
+    ///
+    /// Removal goes in batches of a few hundred entries per write transaction, so other
+    /// writes wait at most one batch and hits never wait. The background sweeper (see
+    /// [`CacheBuilder::sweep_interval`]) does the same on its own.
     pub fn purge_expired(&self) -> Result<u64> {
         crate::sweeper::purge(&self.inner, crate::sweeper::BATCH, false)
     }
@@ -340,14 +344,19 @@ impl CacheBuilder {
             }
             other => other?,
         };
-        let settings = (self.clock, self.durable_interval, self.on_corruption);
-        start(db, origin, true, reporter, settings, self.sweep_interval)
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            self.on_corruption,
+            self.sweep_interval,
+        );
+        start(db, origin, true, reporter, settings)
     }
 
     /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
-    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says. A missing
-    /// file is [`Error::Io`] (not found); a damaged one [`Error::Corrupted`]. For tools
-    /// that look into a cache, like the `fresco-memoize` command.
+    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says (a damaged
+    /// file is [`Error::Corrupted`]). A missing file is [`Error::Io`] (not found). For
+    /// tools that look into a cache, like the `fresco-memoize` command.
     ///
     /// ```
     /// use fresco_memoize::{Cache, Error};
@@ -361,17 +370,21 @@ impl CacheBuilder {
     /// # Ok::<(), fresco_memoize::Error>(())
     /// ```
     pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
-        let path = path.as_ref().to_path_buf();
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::File {
-            path,
+            path: path.as_ref().to_path_buf(),
             page_cache_bytes: self.page_cache_bytes,
             verify_on_open: self.verify_on_open,
             create: false,
         };
         let db = origin.open()?;
-        let settings = (self.clock, self.durable_interval, OnCorruption::Fail);
-        start(db, origin, true, reporter, settings, self.sweep_interval)
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            OnCorruption::Fail,
+            self.sweep_interval,
+        );
+        start(db, origin, true, reporter, settings)
     }
 
     /// A cache that keeps nothing on disk.
@@ -393,15 +406,13 @@ impl CacheBuilder {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
-        let settings = (self.clock, self.durable_interval, self.on_corruption);
-        start(
-            db,
-            origin,
-            file_backed,
-            reporter,
-            settings,
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            self.on_corruption,
             self.sweep_interval,
-        )
+        );
+        start(db, origin, file_backed, reporter, settings)
     }
 }
 
@@ -410,8 +421,12 @@ fn start(
     origin: Origin,
     file_backed: bool,
     reporter: Arc<Reporter>,
-    (clock, durable_interval, on_corruption): (Arc<dyn Clock>, Duration, OnCorruption),
-    sweep_interval: Option<Duration>,
+    (clock, durable_interval, on_corruption, sweep_interval): (
+        Arc<dyn Clock>,
+        Duration,
+        OnCorruption,
+        Option<Duration>,
+    ),
 ) -> Result<Cache> {
     let storage = Arc::new(Storage::new(db, origin, on_corruption, reporter));
     let writer = Writer::spawn(storage.clone(), durable_interval)?;

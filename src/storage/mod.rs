@@ -222,11 +222,6 @@ impl Storage {
         Ok(DbRef(guard))
     }
 
-    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
-    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
-        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
-    }
-
     /// Whether the database is open.
     fn is_open(&self) -> bool {
         self.db.read().unwrap_or_else(|e| e.into_inner()).is_some()
@@ -384,6 +379,11 @@ impl Storage {
             self.dead.store(true, Ordering::SeqCst);
         }
         reopened
+    }
+
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
     }
 
     /// Wraps a redb error with this cache's path.
