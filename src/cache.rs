@@ -1,9 +1,9 @@
 //! `Cache`: one redb file (or an in-memory database) shared by many memoizers.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -12,13 +12,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::memoizer::{MemoCore, MemoizerBuilder};
 use crate::report::{ErrorHook, Health, Reporter};
-use crate::storage::ops::{self, InitOutcome};
+use crate::storage::Storage;
+use crate::storage::faults::FaultyBackend;
+use crate::storage::open::{Origin, move_aside};
+use crate::storage::ops;
 use crate::storage::writer::Writer;
-use crate::storage::{Storage, guarded};
 use crate::zone::{Zone, ZoneInner};
 use crate::{Value, integrity};
-
-const REDB_MAGIC: [u8; 4] = *b"redb";
 
 /// What to do when the cache file turns out to be damaged at open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,10 +41,15 @@ pub(crate) struct CacheInner {
     pub live: Mutex<HashMap<String, Weak<MemoCore>>>,
     zones: Mutex<HashMap<String, Arc<ZoneInner>>>,
     pub next_entry_id: AtomicU64,
+    /// The expiry sweeper, if enabled (set once, right after the cache is built).
+    pub sweeper: OnceLock<crate::sweeper::Sweeper>,
 }
 
 impl Drop for CacheInner {
     fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.get() {
+            sweeper.stop();
+        }
         // Commits whatever is pending durably; redb persists the rest on close.
         self.writer.shutdown();
     }
@@ -101,6 +106,16 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 #[derive(Clone)]
 pub struct Cache {
     pub(crate) inner: Arc<CacheInner>,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // If this is the last handle, let a sweep under way finish and stop the sweeper,
+        // so the file closes here and now rather than on the sweeper's thread.
+        if let Some(sweeper) = self.inner.sweeper.get() {
+            sweeper.release(&self.inner);
+        }
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -165,23 +180,7 @@ impl Cache {
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
     pub fn purge_expired(&self) -> Result<u64> {
-        let now = self.inner.clock.now_ms();
-        let removed = self
-            .inner
-            .writer
-            .run(move |txn| ops::purge_expired(txn, now, usize::MAX))?;
-        let live: Vec<_> = {
-            let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-            live.values().filter_map(Weak::upgrade).collect()
-        };
-        let mut in_memory_only = 0;
-        for core in live {
-            let n = core.purge_expired_in_memory(now, &removed);
-            if core.persistent.is_none() {
-                in_memory_only += n;
-            }
-        }
-        Ok(removed.len() as u64 + in_memory_only)
+        crate::sweeper::purge(&self.inner, crate::sweeper::BATCH, false)
     }
 
     /// Scans the whole file and checks every invariant: entries parse, their dependency
@@ -217,6 +216,8 @@ pub struct CacheBuilder {
     on_corruption: OnCorruption,
     hook: Option<ErrorHook>,
     page_cache_bytes: usize,
+    verify_on_open: bool,
+    sweep_interval: Option<Duration>,
 }
 
 impl Default for CacheBuilder {
@@ -234,6 +235,8 @@ impl CacheBuilder {
             on_corruption: OnCorruption::Recreate,
             hook: None,
             page_cache_bytes: 256 << 20,
+            verify_on_open: false,
+            sweep_interval: Some(Duration::from_secs(60)),
         }
     }
 
@@ -270,7 +273,44 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether opening the file verifies every page checksum of it first (redb's
+    /// `set_check_integrity_on_open`), so that damage is found at open - and handled by
+    /// [`on_corruption`](Self::on_corruption) - instead of at the first read that meets
+    /// it. It reads the whole file: about 0.8 ms per MiB (see ARCHITECTURE.md). Default:
+    /// off; damage met later is handled too (reads miss, and the file is replaced).
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.verify_on_open = verify;
+        self
+    }
+
+    /// How often a background thread removes expired entries (and their index rows),
+    /// or `None` for no thread: expired entries then stay in the file, unserved, until
+    /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
+    ///
+    /// A sweep removes at most a few hundred entries per write transaction, so it never
+    /// holds up hits (which never wait for writes) nor other writes for long; a sweep
+    /// with nothing expired only reads the expiry index. The thread stops when the cache
+    /// is dropped.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    /// use std::time::Duration;
+    ///
+    /// let cache = Cache::builder().sweep_interval(Some(Duration::from_secs(5))).in_memory()?;
+    /// let quiet = Cache::builder().sweep_interval(None).in_memory()?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every;
+        self
+    }
+
     /// Opens (or creates) the cache file at `path`, creating missing parent directories.
+    ///
+    /// Fails with [`Error::AlreadyOpen`] if another `Cache` of this process or another
+    /// process has the file open (it never waits), [`Error::NotACache`] for a file that is
+    /// not one (left untouched), [`Error::NewerFormat`] for a file of a newer version, and
+    /// - under [`OnCorruption::Fail`] - [`Error::Corrupted`] for a damaged one.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Cache> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -280,147 +320,117 @@ impl CacheBuilder {
             })?;
         }
         let reporter = Arc::new(Reporter::new(self.hook));
-        let db = match open_file(&path, self.page_cache_bytes) {
+        let origin = Origin::File {
+            path: path.clone(),
+            page_cache_bytes: self.page_cache_bytes,
+            verify_on_open: self.verify_on_open,
+            create: true,
+        };
+        let db = match origin.open() {
             Err(Error::Corrupted { detail, .. })
                 if self.on_corruption == OnCorruption::Recreate =>
             {
                 let aside = move_aside(&path)?;
+                reporter.set_moved_aside(aside.clone());
                 reporter.report(&Error::Corrupted {
                     path: path.clone(),
                     detail: format!("{detail}; moved to {} and started afresh", aside.display()),
                 });
-                reporter.set_moved_aside(aside);
-                open_file(&path, self.page_cache_bytes)?
+                origin.open()?
             }
             other => other?,
         };
-        start(db, Some(path), reporter, self.clock, self.durable_interval)
+        let settings = (self.clock, self.durable_interval, self.on_corruption);
+        start(db, origin, true, reporter, settings, self.sweep_interval)
+    }
+
+    /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
+    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says. A missing
+    /// file is [`Error::Io`] (not found); a damaged one [`Error::Corrupted`]. For tools
+    /// that look into a cache, like the `fresco-memoize` command.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, Error};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// assert!(matches!(Cache::builder().open_existing(&path), Err(Error::Io { .. })));
+    /// assert!(!path.exists());
+    /// drop(Cache::open(&path)?);
+    /// let cache = Cache::builder().open_existing(&path)?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
+        let path = path.as_ref().to_path_buf();
+        let reporter = Arc::new(Reporter::new(self.hook));
+        let origin = Origin::File {
+            path,
+            page_cache_bytes: self.page_cache_bytes,
+            verify_on_open: self.verify_on_open,
+            create: false,
+        };
+        let db = origin.open()?;
+        let settings = (self.clock, self.durable_interval, OnCorruption::Fail);
+        start(db, origin, true, reporter, settings, self.sweep_interval)
     }
 
     /// A cache that keeps nothing on disk.
     pub fn in_memory(self) -> Result<Cache> {
+        self.over_backend(FaultyBackend::in_memory(), false)
+    }
+
+    /// Opens a cache over a redb backend given by the caller - for tests that inject I/O
+    /// faults. The cache reopens the database over a clone of `backend` after a failed
+    /// commit, so clones must share one storage (as [`FaultyBackend`]'s do). Memoizers
+    /// default to [`Store::Persistent`](crate::Store::Persistent).
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn __open_backend(self, backend: FaultyBackend) -> Result<Cache> {
+        self.over_backend(backend, true)
+    }
+
+    fn over_backend(self, backend: FaultyBackend, file_backed: bool) -> Result<Cache> {
         let reporter = Arc::new(Reporter::new(self.hook));
-        let db = redb::Builder::new()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| Error::Storage {
-                path: None,
-                source: e.into(),
-            })?;
-        guarded(|| ops::init(&db).map(|_| ()))
-            .map_err(|source| Error::Storage { path: None, source })?;
-        start(db, None, reporter, self.clock, self.durable_interval)
+        let origin = Origin::Backend(backend);
+        let db = origin.open()?;
+        let settings = (self.clock, self.durable_interval, self.on_corruption);
+        start(
+            db,
+            origin,
+            file_backed,
+            reporter,
+            settings,
+            self.sweep_interval,
+        )
     }
 }
 
 fn start(
     db: redb::Database,
-    path: Option<PathBuf>,
+    origin: Origin,
+    file_backed: bool,
     reporter: Arc<Reporter>,
-    clock: Arc<dyn Clock>,
-    durable_interval: Duration,
+    (clock, durable_interval, on_corruption): (Arc<dyn Clock>, Duration, OnCorruption),
+    sweep_interval: Option<Duration>,
 ) -> Result<Cache> {
-    let file_backed = path.is_some();
-    let storage = Arc::new(Storage::new(db, path, reporter));
+    let storage = Arc::new(Storage::new(db, origin, on_corruption, reporter));
     let writer = Writer::spawn(storage.clone(), durable_interval)?;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    Ok(Cache {
-        inner: Arc::new(CacheInner {
-            storage,
-            writer,
-            clock,
-            file_backed,
-            live: Mutex::new(HashMap::new()),
-            zones: Mutex::new(HashMap::new()),
-            next_entry_id: AtomicU64::new(seed),
-        }),
-    })
-}
-
-fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
-    Error::Corrupted {
-        path: path.to_path_buf(),
-        detail: detail.into(),
-    }
-}
-
-/// Opens the redb file and checks it is ours. Damage becomes [`Error::Corrupted`].
-fn open_file(path: &Path, page_cache_bytes: usize) -> Result<redb::Database> {
-    if let Some(bytes) = leading_bytes(path)
-        && !bytes.is_empty()
-        && bytes != REDB_MAGIC[..bytes.len()]
-    {
-        return Err(Error::NotACache {
-            path: path.to_path_buf(),
-            reason: "not a redb database".into(),
-        });
-    }
-    let opened = std::panic::catch_unwind(|| {
-        redb::Builder::new()
-            .set_cache_size(page_cache_bytes)
-            .create(path)
+    let inner = Arc::new(CacheInner {
+        storage,
+        writer,
+        clock,
+        file_backed,
+        live: Mutex::new(HashMap::new()),
+        zones: Mutex::new(HashMap::new()),
+        next_entry_id: AtomicU64::new(seed),
+        sweeper: OnceLock::new(),
     });
-    let db = match opened {
-        Err(_) => return Err(corrupted(path, "redb panicked while opening it")),
-        Ok(Ok(db)) => db,
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(Error::AlreadyOpen {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
-            return Err(corrupted(path, d));
-        }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-        Ok(Err(e)) => return Err(corrupted(path, e.to_string())),
-    };
-    match guarded(|| ops::init(&db)) {
-        Ok(InitOutcome::Ready) => Ok(db),
-        Ok(InitOutcome::Foreign(reason)) => Err(Error::NotACache {
-            path: path.to_path_buf(),
-            reason,
-        }),
-        Ok(InitOutcome::Newer(found)) => Err(Error::NewerFormat {
-            path: path.to_path_buf(),
-            found,
-            supported: crate::entry::FORMAT_VERSION,
-        }),
-        Err(redb::Error::Io(source)) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-        Err(e) => Err(corrupted(path, e.to_string())),
+    if let Some(every) = sweep_interval {
+        let sweeper = crate::sweeper::Sweeper::spawn(Arc::downgrade(&inner), every)?;
+        let _ = inner.sweeper.set(sweeper);
     }
-}
-
-/// Up to the first four bytes of `path`, if it can be read.
-fn leading_bytes(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(4);
-    std::fs::File::open(path)
-        .ok()?
-        .take(4)
-        .read_to_end(&mut buf)
-        .ok()?;
-    Some(buf)
-}
-
-fn move_aside(path: &Path) -> Result<PathBuf> {
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".corrupt-{stamp}"));
-    let aside = PathBuf::from(aside);
-    std::fs::rename(path, &aside).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(aside)
+    Ok(Cache { inner })
 }

@@ -5,11 +5,16 @@
 //! removes the flight and wakes the waiters. Waiters then look the key up again: they
 //! find the stored value, or (if the leader failed) one of them becomes the next leader.
 //! No lock is held while the computation runs, and different keys never share a flight.
-
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::ThreadId;
+//!
+//! [`Flights::landed`] counts finished flights, so a new leader can tell whether anyone
+//! could have stored the value since its own lookup, and skip a second lookup if not.
+//!
+//! Its tests are in `tests/shuttle_flight.rs`: this file compiled against shuttle's
+//! primitives and model-checked (randomized and PCT schedules).
 
 use crate::key::{HashMapByKey, KeyHash};
+// Through `crate::sync` so that tests/shuttle_flight.rs can model-check this very file.
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, ThreadId, current_thread};
 
 pub(crate) struct Flight {
     leader: ThreadId,
@@ -30,6 +35,8 @@ impl Flight {
 #[derive(Default)]
 pub(crate) struct Flights {
     map: Mutex<HashMapByKey<Arc<Flight>>>,
+    /// Flights finished so far; bumped under `map`'s lock as a flight leaves it.
+    landed: AtomicU64,
 }
 
 pub(crate) enum Role<'a> {
@@ -48,8 +55,15 @@ pub(crate) struct Leader<'a> {
 }
 
 impl Flights {
+    /// How many flights have finished. Read it before a lookup; if it is unchanged once
+    /// the same caller has become a leader, no flight (and so no store, which only
+    /// leaders make) finished in between, and the lookup's answer still holds.
+    pub(crate) fn landed(&self) -> u64 {
+        self.landed.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn join(&self, hash: KeyHash) -> Role<'_> {
-        let me = std::thread::current().id();
+        let me = current_thread();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = map.get(&hash) {
             return if f.leader == me {
@@ -70,11 +84,6 @@ impl Flights {
             flight,
         })
     }
-
-    #[cfg(test)]
-    fn in_flight(&self) -> usize {
-        self.map.lock().unwrap().len()
-    }
 }
 
 impl Drop for Leader<'_> {
@@ -86,42 +95,9 @@ impl Drop for Leader<'_> {
         {
             map.remove(&self.hash);
         }
+        self.flights.landed.fetch_add(1, Ordering::SeqCst);
         drop(map);
         *self.flight.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.flight.cv.notify_all();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leader_drop_releases_waiters_even_on_panic() {
-        let flights = Arc::new(Flights::default());
-        let f2 = flights.clone();
-        let h = std::thread::spawn(move || {
-            let _leader = match f2.join([1; 16]) {
-                Role::Leader(l) => l,
-                _ => panic!("expected to lead"),
-            };
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            panic!("compute failed");
-        });
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        if let Role::Waiter(f) = flights.join([1; 16]) {
-            f.wait();
-        }
-        assert!(h.join().is_err());
-        assert_eq!(flights.in_flight(), 0);
-        assert!(matches!(flights.join([1; 16]), Role::Leader(_)));
-    }
-
-    #[test]
-    fn same_thread_is_reentrant() {
-        let flights = Flights::default();
-        let _l = flights.join([2; 16]);
-        assert!(matches!(flights.join([2; 16]), Role::Reentrant));
-        assert!(matches!(flights.join([3; 16]), Role::Leader(_)));
     }
 }

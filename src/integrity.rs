@@ -55,7 +55,7 @@ pub(crate) fn check_memory(cache: &CacheInner) -> Vec<String> {
 }
 
 pub(crate) fn check(storage: &Storage) -> Result<IntegrityReport> {
-    guarded(|| scan(storage.db())).map_err(|e| storage.error(e))
+    guarded(|| scan(&*storage.db()?)).map_err(|e| storage.error(e))
 }
 
 fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {

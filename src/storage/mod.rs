@@ -12,23 +12,38 @@
 //!   with was read, so it never serves a value older than the caller's own last write.
 //! - After every commit the writer empties every [`SnapSlot`], so an idle memoizer never
 //!   pins old pages (which would grow the file without bound).
+//! - A slot keeps one snapshot per thread stripe, so concurrent hits on one memoizer
+//!   share no lock word; every guard handed out ([`StoredBytes`]) keeps its own snapshot
+//!   alive, so emptying a slot never frees a page that is still being read.
 //! - Every redb call runs under `catch_unwind`: a damaged file can make redb panic.
+//! - The database sits behind an `RwLock<Option<..>>`: readers hold the read lock only
+//!   while they begin a snapshot; the writer takes the write lock to swap in a reopened
+//!   (or, after damage, a fresh) database. See [`Storage::recover`].
 
+// Always compiled (in-memory caches use it, unarmed); public only with `fault-injection`.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+pub(crate) mod faults;
+pub(crate) mod open;
 pub(crate) mod ops;
+mod registry;
 pub(crate) mod tables;
 pub(crate) mod writer;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 
+use crossbeam::utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
+use crate::cache::OnCorruption;
 use crate::error::{Error, Result};
-use crate::key::KeyHash;
+use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
+use crate::stats::{stripe_count, thread_stripe};
+use open::Origin;
 use tables::{EntriesDef, entries_name};
 
 /// A read-only view of one memoizer's table at some commit.
@@ -36,45 +51,80 @@ type EntriesTable = ReadOnlyTable<&'static [u8; 16], &'static [u8]>;
 
 struct Snap {
     generation: u64,
+    /// Which database (see `Storage::incarnation`) the snapshot was taken of.
+    incarnation: u64,
     /// `None` when the table did not exist at that commit.
     table: Option<EntriesTable>,
 }
 
-/// One memoizer's cached read snapshot.
+type Shard = CachePadded<RwLock<Option<Snap>>>;
+
+/// One memoizer's cached read snapshots: one per shard, and each thread reads through
+/// its own shard, so concurrent hits never write to a shared cache line here.
 pub(crate) struct SnapSlot {
     memo_id: u64,
-    snap: RwLock<Option<Snap>>,
+    shards: Box<[Shard]>,
+}
+
+impl SnapSlot {
+    fn shard(&self) -> &RwLock<Option<Snap>> {
+        &self.shards[thread_stripe(self.shards.len())]
+    }
+
+    /// Drops every cached snapshot (after a commit).
+    fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut snap = shard.write().unwrap_or_else(|e| e.into_inner());
+            *snap = None;
+        }
+    }
 }
 
 /// Bytes of a stored entry, kept alive without copying.
 pub(crate) enum StoredBytes {
-    /// Written, not yet committed.
-    Pending(Arc<[u8]>),
-    /// Read from a committed snapshot, for immediate use. It pins its read transaction:
-    /// a guard that held only its page could outlive the snapshot, and a later commit
-    /// that frees and rewrites that page makes redb panic.
+    /// Held in memory: written and not yet committed, or an in-memory entry.
+    Shared(Arc<[u8]>),
+    /// Read from a committed snapshot, which it keeps alive: a guard that outlived its
+    /// read transaction could see its page freed and reused by a later commit.
     Committed(redb::OwnedAccessGuard<&'static [u8]>),
-    /// Read from a committed snapshot; pins that snapshot while alive.
-    Pinned(redb::OwnedAccessGuard<&'static [u8]>),
 }
 
 impl StoredBytes {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            StoredBytes::Pending(b) => b,
+            StoredBytes::Shared(b) => b,
             StoredBytes::Committed(g) => g.value(),
-            StoredBytes::Pinned(g) => g.value(),
         }
     }
 }
 
 type PendingKey = (u64, KeyHash);
 /// Written, not yet committed entries: key -> (write sequence, entry bytes).
-type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>)>;
+/// Keyed by an already uniform hash, so the map does not hash it again.
+type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>), PrehashedBuild>;
 
 /// The redb database and everything needed to read it consistently.
 pub(crate) struct Storage {
-    db: redb::Database,
+    /// `None` while the database could not be reopened after a failure.
+    db: RwLock<Option<redb::Database>>,
+    origin: Origin,
+    on_corruption: OnCorruption,
+    /// Set when a reset could not carry the registry over: the cache runs without its
+    /// file (reads miss, writes are dropped) and never reopens it.
+    dead: AtomicBool,
+    /// Set by a reader that met a damaged page; the writer then resets the file.
+    suspect: AtomicBool,
+    /// Bumped whenever the writer swaps in another database, so that damage met through a
+    /// snapshot of a database already replaced is not blamed on its successor.
+    incarnation: AtomicU64,
+    /// Set by a reader that found the database closed; the writer then tries to reopen
+    /// it (at most every [`REOPEN_BACKOFF`]) even if nothing is being written.
+    reopen: AtomicBool,
+    /// When a reopen was last attempted (ms since `born`).
+    last_reopen_ms: AtomicU64,
+    born: std::time::Instant,
+    /// Wakes the writer so it acts on `suspect` and `reopen` at once.
+    wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
     path: Option<PathBuf>,
     generation: AtomicU64,
     pending: Mutex<PendingMap>,
@@ -107,13 +157,51 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T
     }
 }
 
+/// Whether a redb error means the file (or redb's view of it) is damaged. Panics inside
+/// redb arrive here as `Corrupted` too (see [`guarded`]).
+pub(crate) fn is_corruption(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Corrupted(_) | redb::Error::LockPoisoned(_))
+}
+
+/// Readers ask for a reopen of a closed database at most this often.
+const REOPEN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A read lock on the open database.
+pub(crate) struct DbRef<'a>(RwLockReadGuard<'a, Option<redb::Database>>);
+
+impl std::ops::Deref for DbRef<'_> {
+    type Target = redb::Database;
+
+    fn deref(&self) -> &redb::Database {
+        match self.0.as_ref() {
+            Some(db) => db,
+            // `Storage::db` hands out a `DbRef` only after checking the database is open.
+            None => unreachable!("DbRef over a closed database"),
+        }
+    }
+}
+
 impl Storage {
-    pub(crate) fn new(db: redb::Database, path: Option<PathBuf>, reporter: Arc<Reporter>) -> Self {
+    pub(crate) fn new(
+        db: redb::Database,
+        origin: Origin,
+        on_corruption: OnCorruption,
+        reporter: Arc<Reporter>,
+    ) -> Self {
         Storage {
-            db,
-            path,
+            db: RwLock::new(Some(db)),
+            path: origin.path().map(Path::to_path_buf),
+            origin,
+            on_corruption,
+            dead: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
+            incarnation: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
+            last_reopen_ms: AtomicU64::new(0),
+            born: std::time::Instant::now(),
+            wake: OnceLock::new(),
             generation: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(PendingMap::default()),
             pending_len: AtomicUsize::new(0),
             slots: Mutex::new(Vec::new()),
             reporter,
@@ -124,8 +212,178 @@ impl Storage {
         self.path.as_deref()
     }
 
-    pub(crate) fn db(&self) -> &redb::Database {
-        &self.db
+    /// The open database, read-locked. Fails while it is closed (being reopened, or given
+    /// up on after a failure).
+    pub(crate) fn db(&self) -> Result<DbRef<'_>, redb::Error> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(redb::Error::DatabaseClosed);
+        }
+        Ok(DbRef(guard))
+    }
+
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
+    }
+
+    /// Whether the database is open.
+    fn is_open(&self) -> bool {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Registers how to wake the writer (see `suspect`).
+    pub(crate) fn set_wake(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.wake.set(Box::new(wake));
+    }
+
+    /// Whether damage makes the cache start afresh (a file, under `OnCorruption::Recreate`).
+    fn resets(&self) -> bool {
+        self.on_corruption == OnCorruption::Recreate && self.path.is_some()
+    }
+
+    fn wake_writer(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+    }
+
+    /// Called when a read of database `incarnation` met damage: asks the writer to reset
+    /// the file, unless that database has been replaced already.
+    fn suspect(&self, e: &redb::Error, incarnation: u64) {
+        if is_corruption(e)
+            && self.resets()
+            && incarnation == self.incarnation.load(Ordering::SeqCst)
+            && !self.suspect.swap(true, Ordering::SeqCst)
+        {
+            self.wake_writer();
+        }
+    }
+
+    /// Called when a read found the database closed: asks the writer to try reopening it.
+    fn request_reopen(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        let last = self.last_reopen_ms.load(Ordering::SeqCst);
+        if self.dead.load(Ordering::SeqCst)
+            || now.saturating_sub(last) < REOPEN_BACKOFF.as_millis() as u64
+        {
+            return;
+        }
+        if !self.reopen.swap(true, Ordering::SeqCst) {
+            self.wake_writer();
+        }
+    }
+
+    /// Whether a reader asked for a reopen (and clears the request).
+    pub(crate) fn take_reopen_request(&self) -> bool {
+        self.reopen.swap(false, Ordering::SeqCst)
+    }
+
+    /// Takes the flag a damaged read left.
+    fn take_suspect(&self) -> bool {
+        self.suspect.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether a reader met damage since the last [`recover`](Self::recover).
+    pub(crate) fn suspected(&self) -> bool {
+        self.suspect.load(Ordering::SeqCst)
+    }
+
+    /// Makes sure a database is open before the writer uses it: reopens one that a
+    /// failure closed. Returns whether one is open.
+    pub(crate) fn ensure_open(&self) -> bool {
+        if self.is_open() {
+            return true;
+        }
+        if self.dead.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.last_reopen_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.recover(false);
+        self.is_open()
+    }
+
+    /// Makes the database usable again after a failed write (`damaged`: the failure was
+    /// damage), when a reader met damage, or when a closed one needs reopening. Runs on
+    /// the writer thread.
+    ///
+    /// redb refuses every write after a failed commit until the `Database` is reopened,
+    /// so the old one is closed and the origin opened again: redb's recovery then rolls
+    /// the file back to its last durable commit. Readers holding snapshots of the old
+    /// database keep them (their pages are in memory); new snapshots come from the new
+    /// one, because the generation is bumped and every cached snapshot dropped.
+    ///
+    /// If the cause is damage and the policy is `Recreate`, the file is moved aside and
+    /// replaced by a fresh one carrying the old registry over (so the ids of live
+    /// memoizers and zones keep their meaning). If the registry itself is unreadable the
+    /// cache gives up on its file until it is reopened ("dead": every read misses).
+    pub(crate) fn recover(&self, damaged: bool) {
+        let damaged = damaged | self.take_suspect();
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let old = slot.take();
+        // Without the old database there is no registry to carry over: just reopen.
+        let reset = damaged && self.resets() && old.is_some();
+        let registry = match (&old, reset) {
+            (Some(db), true) => guarded(|| registry::read(db)).ok(),
+            _ => None,
+        };
+        if let Some(old) = old {
+            // A close after a latched failure reports that failure again; it is known.
+            let _ = catch_unwind(AssertUnwindSafe(|| old.close()));
+        }
+        let reopened = if reset {
+            self.reset(registry)
+        } else {
+            self.origin.open()
+        };
+        match reopened {
+            Ok(db) => *slot = Some(db),
+            Err(e) => self.reporter.report(&e),
+        }
+        self.incarnation.fetch_add(1, Ordering::SeqCst);
+        // Damage reported against the old database while this ran is dealt with.
+        self.suspect.store(false, Ordering::SeqCst);
+        drop(slot);
+        self.committed();
+    }
+
+    /// Moves the damaged file aside and opens a fresh one with `registry` written into it.
+    fn reset(&self, registry: Option<registry::Registry>) -> Result<redb::Database> {
+        let path = self.path.clone().unwrap_or_default();
+        let moved = open::move_aside(&path);
+        let reopened = moved.and_then(|aside| {
+            let what = format!(
+                "damage found while running; moved to {} and started afresh",
+                aside.display()
+            );
+            self.reporter.set_moved_aside(aside);
+            self.reporter.report(&Error::Corrupted {
+                path: path.clone(),
+                detail: what,
+            });
+            let registry = registry.ok_or_else(|| Error::Corrupted {
+                path: path.clone(),
+                detail: "its memoizer registry is unreadable too; this Cache now runs \
+                         without its file until it is reopened"
+                    .into(),
+            })?;
+            let db = self.origin.open()?;
+            guarded(|| {
+                let txn = db.begin_write()?;
+                registry::write(&txn, &registry)?;
+                txn.commit()?;
+                Ok(())
+            })
+            .map_err(|e| self.error(e))?;
+            Ok(db)
+        });
+        if reopened.is_err() {
+            // Never open that path again in this Cache: a fresh file without the registry
+            // would hand the ids of live memoizers to new ones.
+            self.dead.store(true, Ordering::SeqCst);
+        }
+        reopened
     }
 
     /// Wraps a redb error with this cache's path.
@@ -140,7 +398,9 @@ impl Storage {
     pub(crate) fn slot(&self, memo_id: u64) -> Arc<SnapSlot> {
         let slot = Arc::new(SnapSlot {
             memo_id,
-            snap: RwLock::new(None),
+            shards: (0..stripe_count())
+                .map(|_| CachePadded::new(RwLock::new(None)))
+                .collect(),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|w| w.strong_count() > 0);
@@ -155,11 +415,11 @@ impl Storage {
     }
 
     /// Called by the writer after a commit: readers must take a fresh snapshot.
-    fn committed(&self) {
+    pub(crate) fn committed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for slot in slots.iter().filter_map(Weak::upgrade) {
-            *slot.snap.write().unwrap_or_else(|e| e.into_inner()) = None;
+            slot.clear();
         }
     }
 
@@ -208,66 +468,131 @@ impl Storage {
         }
     }
 
-    /// The bytes stored under `hash` for `slot`'s memoizer, if any. Never blocks on the
-    /// writer. `pin` asks for a guard that keeps its snapshot alive (for long-lived hits).
-    pub(crate) fn get(
-        &self,
-        slot: &SnapSlot,
-        hash: &KeyHash,
-        pin: bool,
-    ) -> Result<Option<StoredBytes>> {
+    /// The bytes stored under `hash` for `slot`'s memoizer, if any: the overlay first,
+    /// then this thread's cached snapshot of the table (refreshed when a commit has
+    /// happened since it was taken). Never blocks on the writer.
+    pub(crate) fn get(&self, slot: &SnapSlot, hash: &KeyHash) -> Result<Option<StoredBytes>> {
+        // The overlay before the generation: a row leaves the overlay only after the
+        // generation moved past its commit, so a miss here is then seen in the snapshot.
         if self.pending_len.load(Ordering::SeqCst) > 0 {
             let pending = self.lock_pending();
             if let Some((_, bytes)) = pending.get(&(slot.memo_id, *hash)) {
-                return Ok(Some(StoredBytes::Pending(bytes.clone())));
+                return Ok(Some(StoredBytes::Shared(bytes.clone())));
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
+        let shard = slot.shard();
         {
-            let snap = slot.snap.read().unwrap_or_else(|e| e.into_inner());
+            let snap = shard.read().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = snap.as_ref().filter(|s| s.generation == generation) {
-                return self.read_snap(s, hash, pin);
+                return self.read_snap(s, hash);
             }
         }
-        let fresh = self.open_snap(slot.memo_id, generation)?;
-        let found = self.read_snap(&fresh, hash, pin);
-        let mut snap = slot.snap.write().unwrap_or_else(|e| e.into_inner());
-        // Keep the newest snapshot only; a racing refresh may have stored a newer one.
-        if snap
-            .as_ref()
-            .is_none_or(|s| s.generation < fresh.generation)
-            && self.generation.load(Ordering::SeqCst) == generation
-        {
+        let Some(fresh) = self.open_snap(slot.memo_id, generation)? else {
+            return Ok(None);
+        };
+        let found = self.read_snap(&fresh, hash);
+        let mut snap = shard.write().unwrap_or_else(|e| e.into_inner());
+        // Keep it only if no commit came since (the writer empties slots after bumping
+        // the generation, so a snapshot stored before that is emptied too).
+        if self.generation.load(Ordering::SeqCst) == generation {
             *snap = Some(fresh);
         }
         found
     }
 
-    fn open_snap(&self, memo_id: u64, generation: u64) -> Result<Snap> {
+    fn open_snap(&self, memo_id: u64, generation: u64) -> Result<Option<Snap>> {
+        let mut incarnation = self.incarnation.load(Ordering::SeqCst);
         let table = guarded(|| {
-            let txn = self.db.begin_read()?;
+            let db = match self.db() {
+                Ok(db) => db,
+                // Closed after a failure the writer has reported: a miss.
+                Err(_) => {
+                    self.request_reopen();
+                    return Ok(None);
+                }
+            };
+            // Read under the database lock: the incarnation of this very database.
+            incarnation = self.incarnation.load(Ordering::SeqCst);
+            let txn = db.begin_read()?;
             let name = entries_name(memo_id);
             match txn.open_table(EntriesDef::new(&name)) {
-                Ok(t) => Ok(Some(t)),
-                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Ok(t) => Ok(Some(Some(t))),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(Some(None)),
                 Err(e) => Err(e.into()),
             }
         })
-        .map_err(|e| self.error(e))?;
-        Ok(Snap { generation, table })
+        .map_err(|e| {
+            self.suspect(&e, incarnation);
+            self.error(e)
+        })?;
+        Ok(table.map(|table| Snap {
+            generation,
+            incarnation,
+            table,
+        }))
     }
 
-    fn read_snap(&self, snap: &Snap, hash: &KeyHash, pin: bool) -> Result<Option<StoredBytes>> {
+    fn read_snap(&self, snap: &Snap, hash: &KeyHash) -> Result<Option<StoredBytes>> {
         let Some(table) = &snap.table else {
             return Ok(None);
         };
         let found = guarded(|| {
-            Ok(if pin {
-                table.get_owned(hash)?.map(StoredBytes::Pinned)
-            } else {
-                table.get_owned(hash)?.map(StoredBytes::Committed)
-            })
+            let found = table.get_owned(hash)?.map(StoredBytes::Committed);
+            // A guard finds its value's bounds in the page on every `value()` call, and a
+            // damaged page makes that panic: do it once here, under the guard. The page
+            // is immutable, so later calls find the same bounds.
+            if let Some(stored) = &found {
+                stored.bytes();
+            }
+            Ok(found)
         });
-        found.map_err(|e| self.error(e))
+        found.map_err(|e| {
+            self.suspect(&e, snap.incarnation);
+            self.error(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage() -> (Storage, Arc<SnapSlot>) {
+        let origin = Origin::Backend(faults::FaultyBackend::in_memory());
+        let db = origin.open().unwrap();
+        let reporter = Arc::new(Reporter::new(None));
+        let storage = Storage::new(db, origin, OnCorruption::Recreate, reporter);
+        let slot = storage.slot(7);
+        (storage, slot)
+    }
+
+    #[test]
+    fn reads_see_the_overlay_before_the_commit_and_the_snapshot_after() {
+        let (storage, slot) = storage();
+        let hash = [3u8; 16];
+        assert!(storage.get(&slot, &hash).unwrap().is_none());
+        let bytes: Arc<[u8]> = Arc::from(&b"entry"[..]);
+        // Nothing is enqueued: only the overlay holds the write.
+        assert!(storage.add_pending((7, hash), 1, bytes, || true, || true));
+        assert_eq!(storage.pending_len.load(Ordering::SeqCst), 1);
+        let found = storage.get(&slot, &hash).unwrap().expect("overlay row");
+        assert!(matches!(found, StoredBytes::Shared(_)));
+        assert_eq!(found.bytes(), b"entry");
+        // Another memoizer never sees it.
+        assert!(storage.get(&storage.slot(8), &hash).unwrap().is_none());
+        // Settled without a commit (a failed write): gone, nothing on disk either.
+        storage.settle_pending(&[((7, hash), 1)]);
+        assert_eq!(storage.pending_len.load(Ordering::SeqCst), 0);
+        assert!(storage.get(&slot, &hash).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_invalid_store_never_reaches_the_overlay() {
+        let (storage, slot) = storage();
+        let bytes: Arc<[u8]> = Arc::from(&b"stale"[..]);
+        assert!(!storage.add_pending((7, [1; 16]), 1, bytes.clone(), || false, || true));
+        assert!(!storage.add_pending((7, [1; 16]), 2, bytes, || true, || false));
+        assert!(storage.get(&slot, &[1; 16]).unwrap().is_none());
     }
 }

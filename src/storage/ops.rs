@@ -23,39 +23,46 @@ pub(crate) enum InitOutcome {
     Newer(u32),
 }
 
+/// Checks an existing database: ours and current (`Ready`), someone else's (`Foreign`),
+/// newer (`Newer`), or `None` when our tables still need creating.
+pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
+    let read = db.begin_read()?;
+    match read.open_table(META) {
+        Ok(meta) => {
+            let version = meta
+                .get(KEY_FORMAT_VERSION)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if version > FORMAT_VERSION as u64 {
+                return Ok(Some(InitOutcome::Newer(version as u32)));
+            }
+            if version == FORMAT_VERSION as u64 {
+                return Ok(Some(InitOutcome::Ready));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            let foreign: Vec<String> = read
+                .list_tables()?
+                .map(|t| t.name().to_string())
+                .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
+                .filter(|n| !n.starts_with(PREFIX))
+                .collect();
+            if !foreign.is_empty() {
+                return Ok(Some(InitOutcome::Foreign(format!(
+                    "a redb database with other tables: {}",
+                    foreign.join(", ")
+                ))));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(None)
+}
+
 /// Creates our tables in a fresh file, or checks an existing file is ours and not newer.
 pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
-    {
-        let read = db.begin_read()?;
-        match read.open_table(META) {
-            Ok(meta) => {
-                let version = meta
-                    .get(KEY_FORMAT_VERSION)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                if version > FORMAT_VERSION as u64 {
-                    return Ok(InitOutcome::Newer(version as u32));
-                }
-                if version == FORMAT_VERSION as u64 {
-                    return Ok(InitOutcome::Ready);
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                let foreign: Vec<String> = read
-                    .list_tables()?
-                    .map(|t| t.name().to_string())
-                    .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
-                    .filter(|n| !n.starts_with(PREFIX))
-                    .collect();
-                if !foreign.is_empty() {
-                    return Ok(InitOutcome::Foreign(format!(
-                        "a redb database with other tables: {}",
-                        foreign.join(", ")
-                    )));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(outcome) = inspect(db)? {
+        return Ok(outcome);
     }
     let txn = db.begin_write()?;
     {
@@ -231,17 +238,46 @@ fn index_rows(
     Indexes::new(txn).update(memo_id, hash, bytes, add, None)
 }
 
-/// Stores an entry, replacing (and un-indexing) any previous entry under the same hash.
-pub(crate) fn put(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
-    let name = entries_name(memo_id);
-    let def = EntriesDef::new(&name);
-    let mut table = txn.open_table(def)?;
-    let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
-    drop(table);
-    if let Some(old) = old {
-        index_rows(txn, memo_id, hash, &old, false)?;
+/// Stores entries, each replacing (and un-indexing) any previous entry under the same
+/// hash. Keeps the entries table of the last memoizer
+/// open in between: opening and closing a table (a lookup and an update of the table
+/// tree) costs more than the insert itself. [`Puts::close`] it before anything else may
+/// open that table in the same transaction.
+pub(crate) struct Puts<'t> {
+    txn: &'t WriteTransaction,
+    /// The open entries table, and whose it is.
+    open: Option<(u64, EntriesTableMut<'t>)>,
+}
+
+type EntriesTableMut<'t> = redb::Table<'t, &'static [u8; 16], &'static [u8]>;
+
+impl<'t> Puts<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
+        Puts { txn, open: None }
     }
-    index_rows(txn, memo_id, hash, bytes, true)
+
+    /// Stores one entry.
+    pub(crate) fn put(&mut self, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
+        let table = match &mut self.open {
+            Some((id, table)) if *id == memo_id => table,
+            open => {
+                *open = None; // closes the previous table first
+                let name = entries_name(memo_id);
+                let table = self.txn.open_table(EntriesDef::new(&name))?;
+                &mut open.insert((memo_id, table)).1
+            }
+        };
+        let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
+        if let Some(old) = old {
+            index_rows(self.txn, memo_id, hash, &old, false)?;
+        }
+        index_rows(self.txn, memo_id, hash, bytes, true)
+    }
+
+    /// Closes the open table, if any.
+    pub(crate) fn close(&mut self) {
+        self.open = None;
+    }
 }
 
 /// Removes one entry and its dependency rows. Returns whether it existed.
@@ -402,4 +438,14 @@ pub(crate) fn purge_expired(
 pub(crate) fn count_entries(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
     let name = entries_name(memo_id);
     Ok(txn.open_table(EntriesDef::new(&name))?.len()?)
+}
+
+/// Whether any entry's deadline is at or before `now_ms`: one read of the expiry index,
+/// so an idle sweeper never opens a write transaction.
+pub(crate) fn has_expired(db: &redb::Database, now_ms: u64) -> R<bool> {
+    let read = db.begin_read()?;
+    let expiry = read.open_table(EXPIRY)?;
+    let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
+    let mut due = expiry.range::<&[u8; 32]>(..=&end)?;
+    Ok(due.next().transpose()?.is_some())
 }

@@ -1,6 +1,17 @@
 //! The single background writer: batches jobs into one redb transaction, commits
 //! non-durably, and makes everything durable every `durable_interval`, on flush and on
 //! shutdown.
+//!
+//! Durability rules:
+//! - A batch that carries a synchronous job (`Run`: an invalidation, a registration, a
+//!   purge) commits durably: once an invalidation has returned, no crash and no rollback
+//!   can bring the old entry back. Only stored values (`Put`) ride on non-durable commits,
+//!   and losing one of those costs a recomputation, never a wrong value.
+//! - A failed batch is reported (every `Run` in it gets the error, its puts are dropped),
+//!   and the database is reopened before the next batch ([`Storage::recover`]): redb
+//!   refuses writes after a failed commit until then, and its recovery rolls the file back
+//!   to the last durable commit. Damage (`Corrupted`, or a panic inside redb) instead
+//!   moves the file aside under `OnCorruption::Recreate`.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -21,7 +32,7 @@ const MAX_BATCH: usize = 4096;
 type AnyBox = Box<dyn Any + Send>;
 type RunFn = Box<dyn FnOnce(&WriteTransaction) -> Result<AnyBox, redb::Error> + Send>;
 
-enum Job {
+pub(super) enum Job {
     Put {
         key: PendingKey,
         bytes: Arc<[u8]>,
@@ -30,8 +41,12 @@ enum Job {
     Run {
         f: RunFn,
         reply: Sender<Result<AnyBox>>,
+        /// Whether its batch must commit durably (everything but read-only queries).
+        durable: bool,
     },
     Flush(Sender<Result<()>>),
+    /// A reader met damage: look at `Storage::suspect` now.
+    Wake,
     Shutdown,
 }
 
@@ -61,6 +76,10 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn spawn(storage: Arc<Storage>, durable_interval: Duration) -> Result<Writer> {
         let (tx, rx) = channel::unbounded();
+        let wake = tx.clone();
+        storage.set_wake(move || {
+            let _ = wake.send(Job::Wake);
+        });
         let handle = std::thread::Builder::new()
             .name("fresco-memoize-writer".into())
             .spawn(move || run(&storage, &rx, durable_interval))
@@ -91,10 +110,27 @@ impl Writer {
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     ) -> Ticket<T> {
+        self.send_run(f, true)
+    }
+
+    /// Runs a read-only `f` after every job queued so far, without forcing a durable
+    /// commit (it changes nothing that a crash could lose).
+    pub(crate) fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T> {
+        self.send_run(f, false).wait()
+    }
+
+    fn send_run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+        durable: bool,
+    ) -> Ticket<T> {
         let (reply, rx) = channel::bounded(1);
         let f: RunFn = Box::new(move |txn| f(txn).map(|t| Box::new(t) as AnyBox));
         // If the writer is gone the reply sender is dropped and `wait` reports it.
-        let _ = self.tx.send(Job::Run { f, reply });
+        let _ = self.tx.send(Job::Run { f, reply, durable });
         Ticket {
             rx,
             _t: std::marker::PhantomData,
@@ -146,6 +182,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         while let Some(job) = next {
             match job {
                 Job::Shutdown => shutdown = true,
+                Job::Wake => {}
                 job => batch.push(job),
             }
             next = if shutdown || batch.len() >= MAX_BATCH {
@@ -154,13 +191,24 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                 rx.try_recv().ok()
             };
         }
-        let flush_requested = batch.iter().any(|j| matches!(j, Job::Flush(_)));
-        let durable = shutdown || flush_requested || last_durable.elapsed() >= durable_interval;
-        let work = !batch.is_empty() || (durable && dirty);
-        if work && commit_batch(storage, batch, durable) {
-            dirty = !durable;
-            if durable {
-                last_durable = Instant::now();
+        if storage.suspected() {
+            storage.recover(false);
+        } else if storage.take_reopen_request() {
+            storage.ensure_open();
+        }
+        let synchronous = batch
+            .iter()
+            .any(|j| matches!(j, Job::Flush(_) | Job::Run { durable: true, .. }));
+        let durable = shutdown || synchronous || last_durable.elapsed() >= durable_interval;
+        if !batch.is_empty() || (durable && dirty) {
+            match commit_batch(storage, batch, durable) {
+                Ok(()) if durable => {
+                    dirty = false;
+                    last_durable = Instant::now();
+                }
+                Ok(()) => dirty = true,
+                // The reopened database holds only what was durable.
+                Err(()) => dirty = false,
             }
         }
         if shutdown {
@@ -174,12 +222,28 @@ enum Reply {
     Flush(Sender<Result<()>>),
 }
 
-/// Applies `batch` in one transaction. Returns whether it committed.
-fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
+/// Sorts every run of consecutive puts by table and key (stably: two puts of one key keep
+/// their order), so the B-tree is walked in order instead of at random. Puts never move
+/// across another job.
+fn sort_put_runs(batch: &mut [Job]) {
+    for run in batch.split_mut(|job| !matches!(job, Job::Put { .. })) {
+        run.sort_by_key(|job| match job {
+            Job::Put { key, .. } => Some(*key),
+            _ => None,
+        });
+    }
+}
+
+/// Applies `batch` in one transaction. On failure, reports it, answers every job with
+/// the error and reopens the database for the next batch.
+fn commit_batch(storage: &Storage, mut batch: Vec<Job>, durable: bool) -> Result<(), ()> {
+    sort_put_runs(&mut batch);
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
+    let open = storage.ensure_open();
+    let mut jobs = batch.into_iter();
     let outcome = guarded(|| {
-        let mut txn = storage.db().begin_write()?;
+        let mut txn = storage.db()?.begin_write()?;
         let level = if durable {
             Durability::Immediate
         } else {
@@ -187,13 +251,15 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
         };
         txn.set_durability(level)
             .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
-        for job in batch {
+        let mut puts = ops::Puts::new(&txn);
+        for job in jobs.by_ref() {
             match job {
                 Job::Put { key, bytes, seq } => {
                     settled.push((key, seq));
-                    ops::put(&txn, key.0, &key.1, &bytes)?;
+                    puts.put(key.0, &key.1, &bytes)?;
                 }
-                Job::Run { f, reply } => {
+                Job::Run { f, reply, .. } => {
+                    puts.close();
                     replies.push(Reply::Run(reply, None));
                     let value = f(&txn)?;
                     if let Some(Reply::Run(_, slot)) = replies.last_mut() {
@@ -201,12 +267,24 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
                     }
                 }
                 Job::Flush(reply) => replies.push(Reply::Flush(reply)),
-                Job::Shutdown => {}
+                Job::Wake | Job::Shutdown => {}
             }
         }
+        drop(puts);
         txn.commit()?;
         Ok(())
     });
+    // Jobs the failed transaction never reached still get their answer, and their puts
+    // still leave the overlay (a put left there would be served even after an
+    // invalidation).
+    for job in jobs {
+        match job {
+            Job::Put { key, seq, .. } => settled.push((key, seq)),
+            Job::Run { reply, .. } => replies.push(Reply::Run(reply, None)),
+            Job::Flush(reply) => replies.push(Reply::Flush(reply)),
+            Job::Wake | Job::Shutdown => {}
+        }
+    }
     let committed = outcome.is_ok();
     if committed {
         storage.committed();
@@ -214,10 +292,16 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
     // Committed puts are now in the snapshot; failed ones are dropped (a later call
     // recomputes). Either way they leave the overlay.
     storage.settle_pending(&settled);
-    let failure = outcome.err().map(|e| Arc::new(storage.error(e)));
-    if let Some(e) = &failure {
-        storage.reporter.report(e);
-    }
+    let failure = outcome.err().map(|e| {
+        let damaged = super::is_corruption(&e);
+        let error = Arc::new(storage.error(e));
+        // A closed database (not reopened after a failure) was reported when it closed.
+        if open {
+            storage.reporter.report(&error);
+            storage.recover(damaged);
+        }
+        error
+    });
     for reply in replies {
         let err = || {
             Error::WriteFailed(
@@ -238,5 +322,47 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> bool {
             }
         }
     }
-    committed
+    if committed { Ok(()) } else { Err(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(memo: u64, key: u8, seq: u64) -> Job {
+        Job::Put {
+            key: (memo, [key; 16]),
+            bytes: Arc::from(&[][..]),
+            seq,
+        }
+    }
+
+    fn seqs(batch: &[Job]) -> Vec<Option<u64>> {
+        batch
+            .iter()
+            .map(|j| match j {
+                Job::Put { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn put_runs_are_sorted_stably_and_never_cross_other_jobs() {
+        let (tx, _rx) = channel::bounded(1);
+        let mut batch = vec![
+            put(2, 1, 0),
+            put(1, 9, 1),
+            put(1, 3, 2),
+            put(1, 9, 3), // same key as seq 1: must stay after it
+            Job::Flush(tx),
+            put(1, 0, 4),
+            put(0, 5, 5),
+        ];
+        sort_put_runs(&mut batch);
+        assert_eq!(
+            seqs(&batch),
+            vec![Some(2), Some(1), Some(3), Some(0), None, Some(5), Some(4)]
+        );
+    }
 }

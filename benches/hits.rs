@@ -1,0 +1,232 @@
+//! Hits, side by side with the peers in one run (issue 4, point 6):
+//!
+//! - `hit_100k`: 100k entries, u64 key -> ~100-byte struct, one lookup per iteration in a
+//!   fixed shuffled key order. Persistent (owned and archived) vs `cached::RedbCache` get
+//!   (default, durable); tiered and in-memory vs `moka` 0.12 sync, `quick_cache` 0.7 and
+//!   a `Mutex<HashMap>` memo. Every owned variant returns an owned value (ours
+//!   deserializes, the peers clone or decode).
+//! - `hit_64k`: 64 KiB values, archived access (checksum verified, as by default) vs
+//!   `RedbCache` get.
+//! - `hit_threads`: throughput of 1 and of 2 threads hitting the persistent store.
+//! - `reopen_first_hit`: open a 100k-entry file, build the memoizer, serve one hit.
+//! - `archived_deref`: `*hit` (validated once, unchecked afterwards) vs checked
+//!   `rkyv::access` on every use; src/hit.rs cites it.
+//!
+//! Run with `cargo bench --bench hits`; README "Performance" has the table.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use cached::ConcurrentCached;
+use common::*;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fresco_memoize::{Cache, Store};
+
+fn hit_100k(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("hits.memo")).unwrap();
+    let persistent = filled(&cache, "persistent", Store::Persistent, ENTRIES, record);
+    let tiered = filled(&cache, "tiered", Store::Tiered(CAPACITY), ENTRIES, record);
+    let mem_cache = Cache::in_memory().unwrap();
+    let memory = filled(&mem_cache, "memory", Store::Memory, ENTRIES, record);
+    let redb_cache = redb_cache_filled(dir.path(), "peer", ENTRIES, record);
+    let moka: moka::sync::Cache<u64, Record> = moka::sync::Cache::new(CAPACITY as u64);
+    let quick: quick_cache::sync::Cache<u64, Record> = quick_cache::sync::Cache::new(CAPACITY);
+    let mutex: MutexMemo<Record> = MutexMemo::default();
+    for i in 0..ENTRIES {
+        moka.insert(i, record(i));
+        quick.insert(i, record(i));
+        mutex_memo_get(&mutex, i, record);
+    }
+    moka.run_pending_tasks();
+
+    let mut g = c.benchmark_group("hit_100k");
+    g.sample_size(30).measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    let unreachable = |_: &u64| -> Record { panic!("benchmark lookups must hit") };
+    let mut keys = Keys::new(ENTRIES);
+    g.bench_function("persistent_owned", |b| {
+        b.iter(|| persistent.get_or_compute(&keys.next_key(), unreachable))
+    });
+    g.bench_function("persistent_archived", |b| {
+        b.iter(|| {
+            let hit = persistent.get_archived(&keys.next_key()).unwrap().unwrap();
+            black_box(hit.id.to_native())
+        })
+    });
+    g.bench_function("redb_cache_get", |b| {
+        b.iter(|| redb_cache.cache_get(&keys.next_key()).unwrap().unwrap())
+    });
+    g.bench_function("tiered_owned", |b| {
+        b.iter(|| tiered.get_or_compute(&keys.next_key(), unreachable))
+    });
+    g.bench_function("memory_owned", |b| {
+        b.iter(|| memory.get_or_compute(&keys.next_key(), unreachable))
+    });
+    g.bench_function("moka_get", |b| {
+        b.iter(|| moka.get(&keys.next_key()).unwrap())
+    });
+    g.bench_function("quick_cache_get", |b| {
+        b.iter(|| quick.get(&keys.next_key()).unwrap())
+    });
+    g.bench_function("mutex_hashmap_get", |b| {
+        b.iter(|| mutex_memo_get(&mutex, keys.next_key(), record))
+    });
+    g.finish();
+    for (stats, before) in [
+        (persistent.stats(), ENTRIES),
+        (tiered.stats(), ENTRIES),
+        (memory.stats(), ENTRIES),
+    ] {
+        assert_eq!(stats.misses, before, "a benchmark lookup missed");
+    }
+}
+
+fn hit_64k(c: &mut Criterion) {
+    const N: u64 = 512;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("blobs.memo")).unwrap();
+    let persistent = filled(&cache, "blobs", Store::Persistent, N, blob);
+    let redb_cache = redb_cache_filled(dir.path(), "peer_blobs", N, blob);
+
+    let mut g = c.benchmark_group("hit_64k");
+    g.sample_size(30).measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    let mut keys = Keys::new(N);
+    g.bench_function("persistent_archived", |b| {
+        b.iter(|| {
+            let hit = persistent.get_archived(&keys.next_key()).unwrap().unwrap();
+            black_box(hit.bytes[BLOB_LEN / 2])
+        })
+    });
+    g.bench_function("persistent_owned", |b| {
+        b.iter(|| persistent.get_or_compute(&keys.next_key(), |_| panic!("must hit")))
+    });
+    g.bench_function("redb_cache_get", |b| {
+        b.iter(|| redb_cache.cache_get(&keys.next_key()).unwrap().unwrap())
+    });
+    g.finish();
+}
+
+fn hit_threads(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("threads.memo")).unwrap();
+    let persistent = filled(&cache, "persistent", Store::Persistent, ENTRIES, record);
+
+    let mut g = c.benchmark_group("hit_threads");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.warm_up_time(Duration::from_secs(1));
+    for threads in [1usize, 2] {
+        // One element = one lookup; each thread performs `iters` of them.
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(format!("persistent_{threads}_thread"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let m = &persistent;
+                        s.spawn(move || {
+                            let mut keys = Keys::new(ENTRIES).offset(t * 50_000);
+                            for _ in 0..iters {
+                                black_box(
+                                    m.get_or_compute(&keys.next_key(), |_| panic!("must hit")),
+                                );
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn reopen_first_hit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reopen.memo");
+    {
+        let cache = Cache::open(&path).unwrap();
+        filled(&cache, "persistent", Store::Persistent, ENTRIES, record);
+    }
+    drop(redb_cache_filled(dir.path(), "peer", ENTRIES, record));
+
+    let mut g = c.benchmark_group("reopen_first_hit");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    g.warm_up_time(Duration::from_secs(1));
+    g.bench_function("persistent", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let start = Instant::now();
+                let cache = Cache::open(&path).unwrap();
+                let m = cache.memoizer::<u64, Record>("persistent").build().unwrap();
+                let key = (i * 7919) % ENTRIES;
+                black_box(m.get_or_compute(&key, |_| panic!("must hit")));
+                total += start.elapsed();
+                // Closing (a durable commit of the registration) is not timed.
+                drop((m, cache));
+            }
+            total
+        })
+    });
+    g.bench_function("redb_cache", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let start = Instant::now();
+                let peer: cached::RedbCache<u64, Record> = cached::RedbCache::builder("peer")
+                    .disk_dir(dir.path())
+                    .build()
+                    .unwrap();
+                let key = (i * 7919) % ENTRIES;
+                black_box(peer.cache_get(&key).unwrap().unwrap());
+                total += start.elapsed();
+                drop(peer);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn archived_deref(c: &mut Criterion) {
+    let cache = Cache::in_memory().unwrap();
+    let m = cache
+        .memoizer::<u64, Record>("deref")
+        .store(Store::Persistent)
+        .build()
+        .unwrap();
+    m.get_or_compute(&7, |k| record(*k));
+    cache.flush().unwrap();
+    let hit = m.get_archived(&7).unwrap().unwrap();
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&record(7)).unwrap();
+
+    let mut g = c.benchmark_group("archived_deref");
+    g.sample_size(30).measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
+    g.bench_function("guard_deref", |b| {
+        // Auto-deref goes through `ArchivedHit::deref` on every iteration.
+        b.iter(|| black_box(&hit).tags[3].to_native())
+    });
+    g.bench_function("checked_access", |b| {
+        b.iter(|| {
+            let archived =
+                rkyv::access::<ArchivedRecord, rkyv::rancor::Error>(black_box(&bytes[..])).unwrap();
+            archived.tags[3].to_native()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    archived_deref,
+    hit_100k,
+    hit_64k,
+    hit_threads,
+    reopen_first_hit
+);
+criterion_main!(benches);
