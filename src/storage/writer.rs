@@ -222,22 +222,9 @@ enum Reply {
     Flush(Sender<Result<()>>),
 }
 
-/// Sorts every run of consecutive puts by table and key (stably: two puts of one key keep
-/// their order), so the B-tree is walked in order instead of at random. Puts never move
-/// across another job.
-fn sort_put_runs(batch: &mut [Job]) {
-    for run in batch.split_mut(|job| !matches!(job, Job::Put { .. })) {
-        run.sort_by_key(|job| match job {
-            Job::Put { key, .. } => Some(*key),
-            _ => None,
-        });
-    }
-}
-
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
 /// the error and reopens the database for the next batch.
-fn commit_batch(storage: &Storage, mut batch: Vec<Job>, durable: bool) -> Result<(), ()> {
-    sort_put_runs(&mut batch);
+fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(), ()> {
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let open = storage.ensure_open();
@@ -323,46 +310,4 @@ fn commit_batch(storage: &Storage, mut batch: Vec<Job>, durable: bool) -> Result
         }
     }
     if committed { Ok(()) } else { Err(()) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(memo: u64, key: u8, seq: u64) -> Job {
-        Job::Put {
-            key: (memo, [key; 16]),
-            bytes: Arc::from(&[][..]),
-            seq,
-        }
-    }
-
-    fn seqs(batch: &[Job]) -> Vec<Option<u64>> {
-        batch
-            .iter()
-            .map(|j| match j {
-                Job::Put { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn put_runs_are_sorted_stably_and_never_cross_other_jobs() {
-        let (tx, _rx) = channel::bounded(1);
-        let mut batch = vec![
-            put(2, 1, 0),
-            put(1, 9, 1),
-            put(1, 3, 2),
-            put(1, 9, 3), // same key as seq 1: must stay after it
-            Job::Flush(tx),
-            put(1, 0, 4),
-            put(0, 5, 5),
-        ];
-        sort_put_runs(&mut batch);
-        assert_eq!(
-            seqs(&batch),
-            vec![Some(2), Some(1), Some(3), Some(0), None, Some(5), Some(4)]
-        );
-    }
 }
