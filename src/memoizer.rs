@@ -72,7 +72,7 @@ pub(crate) struct MemoCore {
     pub cache: Arc<CacheInner>,
 }
 
-type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
+pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
 
 /// A memoized function's cache: look values up by argument, compute on a miss.
 ///
@@ -172,26 +172,38 @@ impl MemoCore {
         meta.expires_at_ms == 0 || !meta.expired(self.now_ms())
     }
 
-    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look
-    /// further": the entry expired, and the persistent tier holds the same entry.
-    fn memory_entry(&self, ek: &EncodedKey) -> Result<Option<Arc<MemEntry>>, ()> {
+    /// Looks in the in-memory tier and runs `read` on a live entry for this key, under
+    /// the tier's lock (the entry is read in place). `Err(())` means "definitely a miss,
+    /// do not look further": the entry expired, and the persistent tier holds the same
+    /// entry.
+    fn in_memory<R>(
+        &self,
+        ek: &EncodedKey,
+        read: impl FnOnce(&MemEntry) -> R,
+    ) -> Result<Option<R>, ()> {
         let Some(mem) = self.memory.as_ref() else {
             return Ok(None);
         };
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = mem.get(&ek.hash) else {
-            return Ok(None);
-        };
-        if &*entry.key != ek.bytes.as_slice() {
-            Counters::add(&self.stats.stale, 1);
-            return Ok(None);
+        let found = mem.get_with(&ek.hash, |entry| {
+            if entry.key() != ek.bytes.as_slice() {
+                Counters::add(&self.stats.stale, 1);
+                Ok(None)
+            } else if !self.live(&entry.meta()) {
+                Err(())
+            } else {
+                Ok(Some(read(entry)))
+            }
+        });
+        match found {
+            None => Ok(None),
+            Some(Err(())) => {
+                mem.remove(&ek.hash);
+                Counters::add(&self.stats.expirations, 1);
+                Err(())
+            }
+            Some(Ok(read)) => Ok(read),
         }
-        if !self.live(&entry.meta) {
-            mem.remove(&ek.hash);
-            Counters::add(&self.stats.expirations, 1);
-            return Err(());
-        }
-        Ok(Some(entry))
     }
 
     /// Checks stored bytes belong to this key, type and version and are still live.
@@ -230,19 +242,11 @@ impl MemoCore {
     /// is the storage's commit generation read before the bytes were: if a commit came
     /// since, an invalidation may have removed them (and purged the memory tier before
     /// this insert), so they are not promoted.
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta, generation: u64) {
+    fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64) {
         let Some(mem) = &self.memory else { return };
-        let Ok(view) = entry::decode(bytes, false) else {
+        let Some(entry) = MemEntry::new(Arc::from(bytes)) else {
             return;
         };
-        let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len() - offset);
-        payload.extend_from_slice(&bytes[offset..]);
-        let entry = Arc::new(MemEntry {
-            meta,
-            key: ek.bytes.as_slice().into(),
-            deps: view.deps().collect(),
-            payload,
-        });
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
         if self.epoch.load(Ordering::SeqCst) == epoch
@@ -265,16 +269,12 @@ impl MemoCore {
             entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
         };
         self.reset_hits(&ek.hash, meta.entry_id);
+        // Encoded once: the memory tier and the write queue share these bytes.
+        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
         let mut stored = false;
-        if let Some(mem) = &self.memory {
-            let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
-            payload.extend_from_slice(archive);
-            let entry = Arc::new(MemEntry {
-                meta,
-                key: ek.bytes.as_slice().into(),
-                deps: deps.clone().into_boxed_slice(),
-                payload,
-            });
+        if let Some(mem) = &self.memory
+            && let Some(entry) = MemEntry::new(bytes.clone())
+        {
             let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
             if self.epoch.load(Ordering::SeqCst) == epoch {
                 let evicted = mem.insert(ek.hash, entry);
@@ -283,7 +283,6 @@ impl MemoCore {
             }
         }
         if let Some(p) = &self.persistent {
-            let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
             let cache = &self.cache;
             stored = cache.storage.add_pending(
                 (p.id, ek.hash),
@@ -303,7 +302,7 @@ impl MemoCore {
     }
 
     /// Removes one key from every tier; returns whether anything was removed.
-    fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
+    pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
         let ticket = self.persistent.as_ref().map(|p| {
             let id = p.id;
             self.cache.storage.with_pending_lock(|| {
@@ -425,7 +424,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         &self.core.name
     }
 
-    fn encode(&self, key: &K) -> Result<EncodedKey> {
+    pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
         let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
         let hash = (self.core.hasher)(bytes.as_slice());
         Ok(EncodedKey { bytes, hash })
@@ -435,15 +434,20 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     fn lookup(&self, ek: &EncodedKey) -> Option<V> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
-        if let Some(entry) = core.memory_entry(ek).ok()? {
-            if !core.take_hit(&ek.hash, entry.meta.entry_id) {
+        let in_memory = core.in_memory(ek, |entry| {
+            if !core.take_hit(&ek.hash, entry.meta().entry_id) {
                 return None;
             }
-            let value = V::__access(&entry.payload).and_then(V::__deserialize).ok();
+            let value = with_aligned(entry.payload(), align, |payload| {
+                V::__access(payload).and_then(V::__deserialize).ok()
+            });
             if value.is_some() {
                 Counters::add(&core.stats.hits, 1);
             }
-            return value;
+            Some(value)
+        });
+        if let Some(value) = in_memory.ok()? {
+            return value?;
         }
         let p = core.persistent.as_ref()?;
         let generation = core.cache.storage.generation();
@@ -467,7 +471,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return None;
         }
         Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, offset, meta, generation);
+        core.promote(ek, bytes, generation);
         Some(value)
     }
 
@@ -510,13 +514,26 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         key: &K,
         compute: impl FnOnce(&K) -> Result<V, E>,
     ) -> Result<V, E> {
+        self.run(key, self.encode(key), |k| (self.deps)(k), compute)
+    }
+
+    /// The memoized call itself, for any form of the arguments: `ek` is their encoded
+    /// key, `deps` their dependency rows (asked for only on a miss; an error means the
+    /// value must not be stored), and `args` reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    pub(crate) fn run<A, E>(
+        &self,
+        args: A,
+        ek: Result<EncodedKey>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
+        compute: impl FnOnce(A) -> Result<V, E>,
+    ) -> Result<V, E> {
         let core = &*self.core;
-        let ek = match self.encode(key) {
+        let ek = match ek {
             Ok(ek) => ek,
             Err(e) => {
                 core.report(e);
                 Counters::add(&core.stats.misses, 1);
-                return compute(key);
+                return compute(args);
             }
         };
         loop {
@@ -532,7 +549,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 }
                 Role::Reentrant => {
                     Counters::add(&core.stats.misses, 1);
-                    return compute(key);
+                    return compute(args);
                 }
             };
             // Another leader may have stored the value between our lookup and our join;
@@ -544,9 +561,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
             let epoch = core.epoch.load(Ordering::SeqCst);
             Counters::add(&core.stats.misses, 1);
-            let value = compute(key)?;
+            let deps = deps(&args);
+            let value = compute(args)?;
             match value.__archive() {
-                Ok(archive) => match (self.deps)(key) {
+                Ok(archive) => match deps {
                     Ok(deps) => core.store(&ek, &archive, deps, epoch),
                     Err(e) => core.report(e),
                 },
@@ -564,11 +582,11 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
         let core = &*self.core;
         let ek = self.encode(key)?;
-        let Ok(in_memory) = core.memory_entry(&ek) else {
+        let Ok(in_memory) = core.in_memory(&ek, MemEntry::clone) else {
             return Ok(None);
         };
         if let Some(entry) = in_memory {
-            let id = entry.meta.entry_id;
+            let id = entry.meta().entry_id;
             let Some(hit) = ArchivedHit::from_memory(entry) else {
                 return Ok(None);
             };
@@ -621,7 +639,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 let id = p.id;
                 core.cache
                     .writer
-                    .run(move |txn| ops::count_entries(txn, id))
+                    .query(move |txn| ops::count_entries(txn, id))
                     .ok()
             }
             None => core
@@ -651,6 +669,18 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
 
 impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     pub(crate) fn new(cache: Arc<CacheInner>, name: &str) -> Self {
+        Self::with_encoder(cache, name, Arc::new(|k: &K| KeyBytes::encode(k)))
+    }
+}
+
+impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
+    /// A builder whose key encoding is given (`#[memoize]` uses it for arguments that
+    /// are not `Serialize` themselves but have a keyfunc).
+    pub(crate) fn with_encoder(
+        cache: Arc<CacheInner>,
+        name: &str,
+        encode: Arc<KeyEncoder<K>>,
+    ) -> Self {
         MemoizerBuilder {
             cache,
             name: name.to_string(),
@@ -660,7 +690,7 @@ impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             version: String::new(),
             verify: true,
             hasher: xxh3_key_hash,
-            encode: Arc::new(|k: &K| KeyBytes::encode(k)),
+            encode,
             zones: Vec::new(),
             _value: PhantomData,
         }

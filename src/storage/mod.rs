@@ -36,12 +36,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 
 use crossbeam::utils::CachePadded;
-
 use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::cache::OnCorruption;
 use crate::error::{Error, Result};
-use crate::key::KeyHash;
+use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
 use crate::stats::{stripe_count, thread_stripe};
 use open::Origin;
@@ -83,8 +82,8 @@ impl SnapSlot {
 
 /// Bytes of a stored entry, kept alive without copying.
 pub(crate) enum StoredBytes {
-    /// Written, not yet committed.
-    Pending(Arc<[u8]>),
+    /// Held in memory: written and not yet committed, or an in-memory entry.
+    Shared(Arc<[u8]>),
     /// Read from a committed snapshot, which it keeps alive: a guard that outlived its
     /// read transaction could see its page freed and reused by a later commit.
     Committed(redb::OwnedAccessGuard<&'static [u8]>),
@@ -93,7 +92,7 @@ pub(crate) enum StoredBytes {
 impl StoredBytes {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            StoredBytes::Pending(b) => b,
+            StoredBytes::Shared(b) => b,
             StoredBytes::Committed(g) => g.value(),
         }
     }
@@ -101,7 +100,8 @@ impl StoredBytes {
 
 type PendingKey = (u64, KeyHash);
 /// Written, not yet committed entries: key -> (write sequence, entry bytes).
-type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>)>;
+/// Keyed by an already uniform hash, so the map does not hash it again.
+type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>), PrehashedBuild>;
 
 /// The redb database and everything needed to read it consistently.
 pub(crate) struct Storage {
@@ -201,7 +201,7 @@ impl Storage {
             born: std::time::Instant::now(),
             wake: OnceLock::new(),
             generation: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(PendingMap::default()),
             pending_len: AtomicUsize::new(0),
             slots: Mutex::new(Vec::new()),
             reporter,
@@ -390,6 +390,11 @@ impl Storage {
         reopened
     }
 
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
+    }
+
     /// Wraps a redb error with this cache's path.
     pub(crate) fn error(&self, source: redb::Error) -> Error {
         Error::Storage {
@@ -481,7 +486,7 @@ impl Storage {
         if self.pending_len.load(Ordering::SeqCst) > 0 {
             let pending = self.lock_pending();
             if let Some((_, bytes)) = pending.get(&(slot.memo_id, *hash)) {
-                return Ok(Some(StoredBytes::Pending(bytes.clone())));
+                return Ok(Some(StoredBytes::Shared(bytes.clone())));
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -581,7 +586,7 @@ mod tests {
         assert!(storage.add_pending((7, hash), 1, bytes, || true, || true));
         assert_eq!(storage.pending_len.load(Ordering::SeqCst), 1);
         let found = storage.get(&slot, &hash).unwrap().expect("overlay row");
-        assert!(matches!(found, StoredBytes::Pending(_)));
+        assert!(matches!(found, StoredBytes::Shared(_)));
         assert_eq!(found.bytes(), b"entry");
         // Another memoizer never sees it.
         assert!(storage.get(&storage.slot(8), &hash).unwrap().is_none());

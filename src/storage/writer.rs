@@ -41,6 +41,8 @@ pub(super) enum Job {
     Run {
         f: RunFn,
         reply: Sender<Result<AnyBox>>,
+        /// Whether its batch must commit durably (everything but read-only queries).
+        durable: bool,
     },
     Flush(Sender<Result<()>>),
     /// A reader met damage: look at `Storage::suspect` now.
@@ -108,10 +110,27 @@ impl Writer {
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     ) -> Ticket<T> {
+        self.send_run(f, true)
+    }
+
+    /// Runs a read-only `f` after every job queued so far, without forcing a durable
+    /// commit (it changes nothing that a crash could lose).
+    pub(crate) fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T> {
+        self.send_run(f, false).wait()
+    }
+
+    fn send_run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+        durable: bool,
+    ) -> Ticket<T> {
         let (reply, rx) = channel::bounded(1);
         let f: RunFn = Box::new(move |txn| f(txn).map(|t| Box::new(t) as AnyBox));
         // If the writer is gone the reply sender is dropped and `wait` reports it.
-        let _ = self.tx.send(Job::Run { f, reply });
+        let _ = self.tx.send(Job::Run { f, reply, durable });
         Ticket {
             rx,
             _t: std::marker::PhantomData,
@@ -179,7 +198,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         }
         let synchronous = batch
             .iter()
-            .any(|j| matches!(j, Job::Flush(_) | Job::Run { .. }));
+            .any(|j| matches!(j, Job::Flush(_) | Job::Run { durable: true, .. }));
         let durable = shutdown || synchronous || last_durable.elapsed() >= durable_interval;
         if !batch.is_empty() || (durable && dirty) {
             match commit_batch(storage, batch, durable) {
@@ -203,9 +222,22 @@ enum Reply {
     Flush(Sender<Result<()>>),
 }
 
+/// Sorts every run of consecutive puts by table and key (stably: two puts of one key keep
+/// their order), so the B-tree is walked in order instead of at random. Puts never move
+/// across another job.
+fn sort_put_runs(batch: &mut [Job]) {
+    for run in batch.split_mut(|job| !matches!(job, Job::Put { .. })) {
+        run.sort_by_key(|job| match job {
+            Job::Put { key, .. } => Some(*key),
+            _ => None,
+        });
+    }
+}
+
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
 /// the error and reopens the database for the next batch.
-fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(), ()> {
+fn commit_batch(storage: &Storage, mut batch: Vec<Job>, durable: bool) -> Result<(), ()> {
+    sort_put_runs(&mut batch);
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let open = storage.ensure_open();
@@ -219,13 +251,15 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         };
         txn.set_durability(level)
             .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+        let mut puts = ops::Puts::new(&txn);
         for job in jobs.by_ref() {
             match job {
                 Job::Put { key, bytes, seq } => {
                     settled.push((key, seq));
-                    ops::put(&txn, key.0, &key.1, &bytes)?;
+                    puts.put(key.0, &key.1, &bytes)?;
                 }
-                Job::Run { f, reply } => {
+                Job::Run { f, reply, .. } => {
+                    puts.close();
                     replies.push(Reply::Run(reply, None));
                     let value = f(&txn)?;
                     if let Some(Reply::Run(_, slot)) = replies.last_mut() {
@@ -236,6 +270,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                 Job::Wake | Job::Shutdown => {}
             }
         }
+        drop(puts);
         txn.commit()?;
         Ok(())
     });
@@ -288,4 +323,46 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         }
     }
     if committed { Ok(()) } else { Err(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(memo: u64, key: u8, seq: u64) -> Job {
+        Job::Put {
+            key: (memo, [key; 16]),
+            bytes: Arc::from(&[][..]),
+            seq,
+        }
+    }
+
+    fn seqs(batch: &[Job]) -> Vec<Option<u64>> {
+        batch
+            .iter()
+            .map(|j| match j {
+                Job::Put { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn put_runs_are_sorted_stably_and_never_cross_other_jobs() {
+        let (tx, _rx) = channel::bounded(1);
+        let mut batch = vec![
+            put(2, 1, 0),
+            put(1, 9, 1),
+            put(1, 3, 2),
+            put(1, 9, 3), // same key as seq 1: must stay after it
+            Job::Flush(tx),
+            put(1, 0, 4),
+            put(0, 5, 5),
+        ];
+        sort_put_runs(&mut batch);
+        assert_eq!(
+            seqs(&batch),
+            vec![Some(2), Some(1), Some(3), Some(0), None, Some(5), Some(4)]
+        );
+    }
 }
