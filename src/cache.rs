@@ -266,6 +266,10 @@ impl CacheBuilder {
 
     /// Receives every error the cache swallows (a store that failed, a file moved aside).
     /// Default: print to stderr, rate-limited.
+    ///
+    /// The hook runs on the thread that met the error, which may be the cache's
+    /// background writer: it may read the cache, but must not wait on it (`flush`, an
+    /// invalidation, building a memoizer), which would deadlock.
     pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self

@@ -113,6 +113,27 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Offset of `expires_at_ms` in the header.
+pub(crate) const EXPIRES_AT: usize = 32;
+/// Offset of `entry_id` in the header.
+pub(crate) const ENTRY_ID: usize = 40;
+
+/// The header fields of an entry that [`decode`]s (zeros past the end of shorter bytes).
+pub(crate) fn meta(bytes: &[u8]) -> Meta {
+    let field = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    Meta {
+        fingerprint: field(16),
+        stored_at_ms: field(24),
+        expires_at_ms: field(EXPIRES_AT),
+        entry_id: field(ENTRY_ID),
+    }
+}
+
 /// Parses an entry, checking structure and (when `verify` is set) the checksum.
 pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malformed> {
     if bytes.len() < HEADER_LEN {
@@ -135,12 +156,7 @@ pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malfor
     }
     let key_end = HEADER_LEN + key_len;
     Ok(EntryView {
-        meta: Meta {
-            fingerprint: u64_at(bytes, 16),
-            stored_at_ms: u64_at(bytes, 24),
-            expires_at_ms: u64_at(bytes, 32),
-            entry_id: u64_at(bytes, 40),
-        },
+        meta: meta(bytes),
         key: &bytes[HEADER_LEN..key_end],
         deps: &bytes[key_end..deps_end],
         payload_offset: deps_end,

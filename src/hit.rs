@@ -1,7 +1,6 @@
 //! Zero-copy hits: a guard over a stored, validated archive.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 use rkyv::util::AlignedVec;
 
@@ -12,7 +11,6 @@ use crate::storage::StoredBytes;
 
 enum Backing {
     Stored(StoredBytes),
-    Memory(Arc<MemEntry>),
     /// The stored bytes were not aligned for this archive type (only without rkyv's
     /// `unaligned` feature): an aligned copy.
     Copied(AlignedVec),
@@ -55,8 +53,9 @@ impl<V: Value> ArchivedHit<V> {
         Self::checked(Backing::Stored(stored), offset)
     }
 
-    pub(crate) fn from_memory(entry: Arc<MemEntry>) -> Option<Self> {
-        Self::checked(Backing::Memory(entry), 0)
+    pub(crate) fn from_memory(entry: MemEntry) -> Option<Self> {
+        let offset = entry.payload_offset();
+        Self::from_stored(StoredBytes::Shared(entry.bytes().clone()), offset)
     }
 
     fn checked(backing: Backing, offset: usize) -> Option<Self> {
@@ -72,7 +71,6 @@ impl<V: Value> ArchivedHit<V> {
     fn payload(&self) -> &[u8] {
         match &self.backing {
             Backing::Stored(s) => &s.bytes()[self.offset..],
-            Backing::Memory(e) => &e.payload[self.offset..],
             Backing::Copied(v) => &v[self.offset..],
         }
     }

@@ -69,12 +69,28 @@ impl std::hash::Hasher for Prehashed {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only [u8; 16] keys reach here (a length prefix may come first); fold everything.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        // Only keys made of uniform hashes reach here ([u8; 16] row hashes, [u8; 24]
+        // dependency rows, after a length prefix, and ids); fold everything.
+        let mut words = bytes.chunks_exact(8);
+        for word in words.by_ref() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.write_u64(u64::from_le_bytes(w));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = self.0.rotate_left(5) ^ word;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
     }
 }
 

@@ -104,6 +104,7 @@ mod report;
 mod stats;
 mod storage;
 mod sweeper;
+mod sync;
 mod value;
 mod zone;
 

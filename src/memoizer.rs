@@ -1,6 +1,7 @@
 //! `Memoizer`: one memoized function - its key encoding, policies and store.
 
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,10 +135,15 @@ impl MemoCore {
     /// or if it is not the value this process stored last under `hash` (a read that raced
     /// with a newer store: the caller looks again instead of serving an old value, whose
     /// hits were already counted).
+    #[inline]
     fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
-        let Some(limit) = self.max_hits else {
-            return true;
-        };
+        match self.max_hits {
+            None => true,
+            Some(limit) => self.take_counted_hit(hash, entry_id, limit),
+        }
+    }
+
+    fn take_counted_hit(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> bool {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         let slot = served.entry(*hash).or_insert((entry_id, 0));
         if slot.0 != entry_id {
@@ -167,44 +173,70 @@ impl MemoCore {
 
     /// Whether an entry with this header is still live. Reads the clock only for entries
     /// that have a deadline, so hits without `expires` never pay for it.
-    fn live(&self, meta: &Meta) -> bool {
-        meta.expires_at_ms == 0 || !meta.expired(self.now_ms())
+    fn live(&self, expires_at_ms: u64) -> bool {
+        expires_at_ms == 0 || self.now_ms() < expires_at_ms
     }
 
-    /// Looks in the in-memory tier. `Err(())` means "definitely a miss, do not look
-    /// further": the entry expired, and the persistent tier holds the same entry.
-    fn memory_entry(&self, ek: &EncodedKey) -> Result<Option<Arc<MemEntry>>, ()> {
+    /// Looks in the in-memory tier and runs `read` on a live entry for this key, under
+    /// the tier's lock (the entry is read in place). `Err(())` means "definitely a miss,
+    /// do not look further": the entry expired, and the persistent tier holds the same
+    /// entry.
+    fn in_memory<R>(
+        &self,
+        ek: &EncodedKey,
+        read: impl FnOnce(&MemEntry) -> R,
+    ) -> Result<Option<R>, ()> {
         let Some(mem) = self.memory.as_ref() else {
             return Ok(None);
         };
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = mem.get(&ek.hash) else {
-            return Ok(None);
-        };
-        if &*entry.key != ek.bytes.as_slice() {
-            Counters::add(&self.stats.stale, 1);
-            return Ok(None);
+        let found = mem.get_with(&ek.hash, |entry| {
+            if entry.key() != ek.bytes.as_slice() {
+                Counters::add(&self.stats.stale, 1);
+                Ok(None)
+            } else if !self.live(entry.expires_at_ms()) {
+                Err(())
+            } else {
+                Ok(Some(read(entry)))
+            }
+        });
+        match found {
+            None => Ok(None),
+            Some(Err(())) => {
+                mem.remove(&ek.hash);
+                Counters::add(&self.stats.expirations, 1);
+                Err(())
+            }
+            Some(Ok(read)) => Ok(read),
         }
-        if !self.live(&entry.meta) {
-            mem.remove(&ek.hash);
-            Counters::add(&self.stats.expirations, 1);
-            return Err(());
-        }
-        Ok(Some(entry))
     }
 
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
     fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
-        let Ok(view) = entry::decode(bytes, self.verify) else {
-            Counters::add(&self.stats.stale, 1);
-            return None;
+        let view = match entry::decode(bytes, self.verify) {
+            Ok(view) => view,
+            Err(malformed) => {
+                // Only damage makes an entry fail these checks: report it, read a miss
+                // (the recomputed value then overwrites the entry).
+                Counters::add(&self.stats.stale, 1);
+                let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
+                self.report(Error::Corrupted {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
+                         as a miss",
+                        self.name
+                    ),
+                });
+                return None;
+            }
         };
         if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.fingerprint {
             Counters::add(&self.stats.stale, 1);
             return None;
         }
-        if !self.live(&view.meta) {
+        if !self.live(view.meta.expires_at_ms) {
             Counters::add(&self.stats.expirations, 1);
             return None;
         }
@@ -215,19 +247,11 @@ impl MemoCore {
     /// is the storage's commit generation read before the bytes were: if a commit came
     /// since, an invalidation may have removed them (and purged the memory tier before
     /// this insert), so they are not promoted.
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], offset: usize, meta: Meta, generation: u64) {
+    fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64) {
         let Some(mem) = &self.memory else { return };
-        let Ok(view) = entry::decode(bytes, false) else {
+        let Some(entry) = MemEntry::new(Arc::from(bytes)) else {
             return;
         };
-        let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len() - offset);
-        payload.extend_from_slice(&bytes[offset..]);
-        let entry = Arc::new(MemEntry {
-            meta,
-            key: ek.bytes.as_slice().into(),
-            deps: view.deps().collect(),
-            payload,
-        });
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
         if self.epoch.load(Ordering::SeqCst) == epoch
@@ -250,16 +274,12 @@ impl MemoCore {
             entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
         };
         self.reset_hits(&ek.hash, meta.entry_id);
+        // Encoded once: the memory tier and the write queue share these bytes.
+        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
         let mut stored = false;
-        if let Some(mem) = &self.memory {
-            let mut payload = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
-            payload.extend_from_slice(archive);
-            let entry = Arc::new(MemEntry {
-                meta,
-                key: ek.bytes.as_slice().into(),
-                deps: deps.clone().into_boxed_slice(),
-                payload,
-            });
+        if let Some(mem) = &self.memory
+            && let Some(entry) = MemEntry::new(bytes.clone())
+        {
             let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
             if self.epoch.load(Ordering::SeqCst) == epoch {
                 let evicted = mem.insert(ek.hash, entry);
@@ -268,7 +288,6 @@ impl MemoCore {
             }
         }
         if let Some(p) = &self.persistent {
-            let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
             let cache = &self.cache;
             stored = cache.storage.add_pending(
                 (p.id, ek.hash),
@@ -420,15 +439,20 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     fn lookup(&self, ek: &EncodedKey) -> Option<V> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
-        if let Some(entry) = core.memory_entry(ek).ok()? {
-            if !core.take_hit(&ek.hash, entry.meta.entry_id) {
+        let in_memory = core.in_memory(ek, |entry| {
+            if !core.take_hit(&ek.hash, entry.entry_id()) {
                 return None;
             }
-            let value = V::__access(&entry.payload).and_then(V::__deserialize).ok();
+            let value = with_aligned(entry.payload(), align, |payload| {
+                V::__access(payload).and_then(V::__deserialize).ok()
+            });
             if value.is_some() {
                 Counters::add(&core.stats.hits, 1);
             }
-            return value;
+            Some(value)
+        });
+        if let Some(value) = in_memory.ok()? {
+            return value?;
         }
         let p = core.persistent.as_ref()?;
         let generation = core.cache.storage.generation();
@@ -452,7 +476,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return None;
         }
         Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, offset, meta, generation);
+        core.promote(ek, bytes, generation);
         Some(value)
     }
 
@@ -563,11 +587,11 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
         let core = &*self.core;
         let ek = self.encode(key)?;
-        let Ok(in_memory) = core.memory_entry(&ek) else {
+        let Ok(in_memory) = core.in_memory(&ek, MemEntry::clone) else {
             return Ok(None);
         };
         if let Some(entry) = in_memory {
-            let id = entry.meta.entry_id;
+            let id = entry.entry_id();
             let Some(hit) = ArchivedHit::from_memory(entry) else {
                 return Ok(None);
             };

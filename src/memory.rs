@@ -1,6 +1,9 @@
 //! In-process stores: unbounded (the original's dict) and bounded LRU (its LRUCacheDict).
 //!
-//! Entries keep their rkyv payload in an aligned buffer, so hits are read in place.
+//! An entry is one shared allocation holding the encoded entry (the layout of
+//! [`crate::entry`]: header, key, dependency rows, rkyv archive), so a hit touches the
+//! map's bucket and then one contiguous buffer, and hits are read in place. A tiered
+//! store shares that buffer with the write queue: a value is encoded once.
 //!
 //! Entries of zoned memoizers carry dependency rows; the store keeps a dependency index
 //! (row -> hashes of the entries carrying it) in step with every insert, overwrite,
@@ -11,27 +14,102 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use rkyv::util::AlignedVec;
-
-use crate::entry::{DepRow, Meta};
+use crate::entry::{self, DepRow, Meta};
 use crate::key::{HashMapByKey, KeyHash, PrehashedBuild};
 
-/// One in-memory entry.
+/// One in-memory entry: encoded entry bytes (see [`crate::entry`]), shared. Cheap to
+/// clone (one reference count).
+#[derive(Clone)]
 pub(crate) struct MemEntry {
-    pub meta: Meta,
-    pub key: Box<[u8]>,
-    pub deps: Box<[DepRow]>,
-    pub payload: AlignedVec,
+    bytes: Arc<[u8]>,
+    /// Where the key ends (and the dependency rows start).
+    key_end: u32,
+    /// Where the rkyv archive starts; it runs to the end.
+    payload_offset: u32,
 }
 
-const NIL: usize = usize::MAX;
+impl MemEntry {
+    /// Wraps encoded entry bytes; `None` if they do not parse as an entry.
+    pub(crate) fn new(bytes: Arc<[u8]>) -> Option<MemEntry> {
+        let view = entry::decode(&bytes, false).ok()?;
+        Some(MemEntry {
+            key_end: u32::try_from(entry::HEADER_LEN + view.key.len()).ok()?,
+            payload_offset: u32::try_from(view.payload_offset).ok()?,
+            bytes,
+        })
+    }
 
+    /// The header fields.
+    pub(crate) fn meta(&self) -> Meta {
+        entry::meta(&self.bytes)
+    }
+
+    /// The deadline (unix ms, 0 = never): one header field, read alone on the hit path.
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.field(entry::EXPIRES_AT)
+    }
+
+    /// The entry id (for `max_hits`).
+    pub(crate) fn entry_id(&self) -> u64 {
+        self.field(entry::ENTRY_ID)
+    }
+
+    fn field(&self, at: usize) -> u64 {
+        self.bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+
+    /// The encoded key.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.bytes[entry::HEADER_LEN..self.key_end as usize]
+    }
+
+    /// The dependency rows.
+    pub(crate) fn deps(&self) -> impl Iterator<Item = DepRow> + '_ {
+        self.bytes[self.key_end as usize..self.payload_offset as usize]
+            .chunks_exact(24)
+            .map(|c| {
+                let mut row = [0u8; 24];
+                row.copy_from_slice(c);
+                row
+            })
+    }
+
+    /// The whole encoded entry.
+    pub(crate) fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// Where the archive starts in [`MemEntry::bytes`].
+    pub(crate) fn payload_offset(&self) -> usize {
+        self.payload_offset as usize
+    }
+
+    /// The rkyv archive.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.bytes[self.payload_offset as usize..]
+    }
+}
+
+/// A node's place in the recency list. 32 bits keep a node at 8 bytes, so the list
+/// updates of an LRU hit mostly stay in cache.
+type Ix = u32;
+const NIL: Ix = Ix::MAX;
+
+/// A place in the recency list.
+#[derive(Clone, Copy)]
 struct Node {
-    hash: KeyHash,
-    /// `None` while the slot is free, so a removed entry is dropped at once.
-    entry: Option<Arc<MemEntry>>,
-    prev: usize,
-    next: usize,
+    prev: Ix,
+    next: Ix,
+}
+
+/// What the index holds per key: the entry itself (so a hit reads the bucket and then
+/// the entry's bytes, nothing else) and its place in the recency list.
+struct Slot {
+    node: Ix,
+    entry: MemEntry,
 }
 
 /// Dependency row -> hashes of the entries that carry it. Rows and hashes are already
@@ -42,11 +120,13 @@ type DepIndex = HashMap<DepRow, HashSet<KeyHash, PrehashedBuild>, PrehashedBuild
 /// through a slab, so a hit moves its node to the front in O(1).
 pub(crate) struct MemStore {
     capacity: Option<usize>,
-    index: HashMapByKey<usize>,
+    index: HashMapByKey<Slot>,
     nodes: Vec<Node>,
-    free: Vec<usize>,
-    head: usize,
-    tail: usize,
+    /// The key of each node (read only to evict).
+    hashes: Vec<KeyHash>,
+    free: Vec<Ix>,
+    head: Ix,
+    tail: Ix,
     deps: DepIndex,
 }
 
@@ -57,6 +137,7 @@ impl MemStore {
             capacity: capacity.map(|c| c.max(1)),
             index: HashMapByKey::default(),
             nodes: Vec::new(),
+            hashes: Vec::new(),
             free: Vec::new(),
             head: NIL,
             tail: NIL,
@@ -68,25 +149,32 @@ impl MemStore {
         self.index.len()
     }
 
-    fn unlink(&mut self, i: usize) {
-        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
+    fn node(&mut self, i: Ix) -> &mut Node {
+        &mut self.nodes[i as usize]
+    }
+
+    fn unlink(&mut self, i: Ix) {
+        let Node { prev, next } = *self.node(i);
         if prev == NIL {
             self.head = next
         } else {
-            self.nodes[prev].next = next
+            self.node(prev).next = next
         }
         if next == NIL {
             self.tail = prev
         } else {
-            self.nodes[next].prev = prev
+            self.node(next).prev = prev
         }
     }
 
-    fn push_front(&mut self, i: usize) {
-        self.nodes[i].prev = NIL;
-        self.nodes[i].next = self.head;
-        if self.head != NIL {
-            self.nodes[self.head].prev = i;
+    fn push_front(&mut self, i: Ix) {
+        let head = self.head;
+        *self.node(i) = Node {
+            prev: NIL,
+            next: head,
+        };
+        if head != NIL {
+            self.node(head).prev = i;
         }
         self.head = i;
         if self.tail == NIL {
@@ -95,44 +183,51 @@ impl MemStore {
     }
 
     fn index_deps(&mut self, hash: KeyHash, entry: &MemEntry) {
-        for row in entry.deps.iter() {
-            self.deps.entry(*row).or_default().insert(hash);
+        for row in entry.deps() {
+            self.deps.entry(row).or_default().insert(hash);
         }
     }
 
     fn unindex_deps(&mut self, hash: &KeyHash, entry: &MemEntry) {
-        for row in entry.deps.iter() {
-            if let Some(set) = self.deps.get_mut(row) {
+        for row in entry.deps() {
+            if let Some(set) = self.deps.get_mut(&row) {
                 set.remove(hash);
                 if set.is_empty() {
-                    self.deps.remove(row);
+                    self.deps.remove(&row);
                 }
             }
         }
     }
 
     /// Looks an entry up, marking it most recently used.
-    pub(crate) fn get(&mut self, hash: &KeyHash) -> Option<Arc<MemEntry>> {
-        let i = *self.index.get(hash)?;
+    #[cfg(test)]
+    pub(crate) fn get(&mut self, hash: &KeyHash) -> Option<MemEntry> {
+        self.get_with(hash, MemEntry::clone)
+    }
+
+    /// Looks an entry up, marking it most recently used, and reads it in place: no
+    /// reference count is touched, so the reads of the entry's bytes can overlap.
+    pub(crate) fn get_with<R>(
+        &mut self,
+        hash: &KeyHash,
+        f: impl FnOnce(&MemEntry) -> R,
+    ) -> Option<R> {
+        let slot = self.index.get(hash)?;
+        let (i, found) = (slot.node, f(&slot.entry));
         if self.capacity.is_some() && self.head != i {
             self.unlink(i);
             self.push_front(i);
         }
-        self.nodes[i].entry.clone()
+        Some(found)
     }
 
     /// Inserts or replaces; returns the entries evicted to make room (not the replaced one).
-    pub(crate) fn insert(
-        &mut self,
-        hash: KeyHash,
-        entry: Arc<MemEntry>,
-    ) -> Vec<(KeyHash, Arc<MemEntry>)> {
-        if let Some(&i) = self.index.get(&hash) {
-            if let Some(old) = self.nodes[i].entry.take() {
-                self.unindex_deps(&hash, &old);
-            }
+    pub(crate) fn insert(&mut self, hash: KeyHash, entry: MemEntry) -> Vec<(KeyHash, MemEntry)> {
+        if let Some(slot) = self.index.get_mut(&hash) {
+            let i = slot.node;
+            let old = std::mem::replace(&mut slot.entry, entry.clone());
+            self.unindex_deps(&hash, &old);
             self.index_deps(hash, &entry);
-            self.nodes[i].entry = Some(entry);
             if self.capacity.is_some() {
                 self.unlink(i);
                 self.push_front(i);
@@ -142,39 +237,43 @@ impl MemStore {
         let mut evicted = Vec::new();
         if let Some(cap) = self.capacity {
             while self.index.len() >= cap && self.tail != NIL {
-                let victim = self.nodes[self.tail].hash;
+                let victim = self.hashes[self.tail as usize];
                 if let Some(e) = self.remove(&victim) {
                     evicted.push((victim, e));
                 }
             }
         }
-        self.index_deps(hash, &entry);
         let node = Node {
-            hash,
-            entry: Some(entry),
             prev: NIL,
             next: NIL,
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.nodes[i] = node;
+                *self.node(i) = node;
+                self.hashes[i as usize] = hash;
                 i
             }
             None => {
+                // Past 2^32 - 1 entries a value is simply not kept in memory.
+                let i = match Ix::try_from(self.nodes.len()) {
+                    Ok(i) if i != NIL => i,
+                    _ => return evicted,
+                };
                 self.nodes.push(node);
-                self.nodes.len() - 1
+                self.hashes.push(hash);
+                i
             }
         };
-        self.index.insert(hash, i);
+        self.index_deps(hash, &entry);
+        self.index.insert(hash, Slot { node: i, entry });
         self.push_front(i);
         evicted
     }
 
-    pub(crate) fn remove(&mut self, hash: &KeyHash) -> Option<Arc<MemEntry>> {
-        let i = self.index.remove(hash)?;
-        self.unlink(i);
-        self.free.push(i);
-        let entry = self.nodes[i].entry.take()?;
+    pub(crate) fn remove(&mut self, hash: &KeyHash) -> Option<MemEntry> {
+        let Slot { node, entry } = self.index.remove(hash)?;
+        self.unlink(node);
+        self.free.push(node);
         self.unindex_deps(hash, &entry);
         Some(entry)
     }
@@ -206,10 +305,7 @@ impl MemStore {
         let due: Vec<KeyHash> = self
             .index
             .iter()
-            .filter(|(_, i)| {
-                let entry = self.nodes[**i].entry.as_ref();
-                entry.is_some_and(|e| e.meta.expired(now_ms))
-            })
+            .filter(|(_, slot)| slot.entry.meta().expired(now_ms))
             .map(|(h, _)| *h)
             .collect();
         for h in &due {
@@ -226,18 +322,16 @@ impl MemStore {
         let mut i = self.head;
         let mut prev = NIL;
         while i != NIL {
-            if self.nodes[i].prev != prev {
+            let node = self.nodes[i as usize];
+            if node.prev != prev {
                 return Err(format!("node {i} has a wrong back link"));
             }
-            if self.index.get(&self.nodes[i].hash) != Some(&i) {
+            if self.index.get(&self.hashes[i as usize]).map(|s| s.node) != Some(i) {
                 return Err(format!("node {i} is linked but not indexed"));
-            }
-            if self.nodes[i].entry.is_none() {
-                return Err(format!("node {i} is linked but empty"));
             }
             seen += 1;
             prev = i;
-            i = self.nodes[i].next;
+            i = node.next;
             if seen > self.nodes.len() {
                 return Err("the recency list has a cycle".into());
             }
@@ -250,16 +344,14 @@ impl MemStore {
         {
             return Err(format!("{seen} entries exceed capacity {cap}"));
         }
-        if let Some(&i) = self.free.iter().find(|&&i| self.nodes[i].entry.is_some()) {
-            return Err(format!("free slot {i} still holds an entry"));
+        let free: HashSet<Ix> = self.free.iter().copied().collect();
+        if let Some(slot) = self.index.values().find(|s| free.contains(&s.node)) {
+            return Err(format!("free node {} is still indexed", slot.node));
         }
         let mut expected: HashSet<(DepRow, KeyHash)> = HashSet::new();
-        for (hash, &i) in &self.index {
-            let Some(entry) = &self.nodes[i].entry else {
-                return Err(format!("indexed slot {i} is empty"));
-            };
-            for row in entry.deps.iter() {
-                expected.insert((*row, *hash));
+        for (hash, slot) in &self.index {
+            for row in slot.entry.deps() {
+                expected.insert((row, *hash));
             }
         }
         let mut actual = 0;
@@ -292,22 +384,31 @@ impl MemStore {
 mod tests {
     use super::*;
 
-    fn entry(id: u64) -> Arc<MemEntry> {
+    fn entry(id: u64) -> MemEntry {
         with_deps(id, id, &[])
     }
 
-    fn with_deps(id: u64, expires_at_ms: u64, deps: &[DepRow]) -> Arc<MemEntry> {
-        Arc::new(MemEntry {
-            meta: Meta {
-                fingerprint: 0,
-                stored_at_ms: 0,
-                expires_at_ms,
-                entry_id: id,
-            },
-            key: Box::new([id as u8]),
-            deps: deps.into(),
-            payload: AlignedVec::new(),
-        })
+    fn with_deps(id: u64, expires_at_ms: u64, deps: &[DepRow]) -> MemEntry {
+        let meta = Meta {
+            fingerprint: 0,
+            stored_at_ms: 0,
+            expires_at_ms,
+            entry_id: id,
+        };
+        let bytes = entry::encode(&meta, &[id as u8], deps, b"payload");
+        MemEntry::new(bytes.into()).unwrap()
+    }
+
+    #[test]
+    fn an_entry_reads_back_its_parts() {
+        let e = with_deps(7, 99, &[row(1), row(2)]);
+        assert_eq!(e.meta().entry_id, 7);
+        assert_eq!(e.meta().expires_at_ms, 99);
+        assert_eq!(e.key(), &[7]);
+        assert_eq!(e.deps().collect::<Vec<_>>(), vec![row(1), row(2)]);
+        assert_eq!(e.payload(), b"payload");
+        assert_eq!(&e.bytes()[e.payload_offset()..], b"payload");
+        assert!(MemEntry::new(Arc::from(&b"not an entry"[..])).is_none());
     }
 
     #[test]
@@ -436,7 +537,7 @@ mod tests {
         store.insert([1; 16], e.clone());
         assert_eq!(store.remove_dep(&row(1)), vec![[1; 16]]);
         assert_eq!(
-            Arc::strong_count(&e),
+            Arc::strong_count(e.bytes()),
             1,
             "a free slot still holds the entry"
         );

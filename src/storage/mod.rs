@@ -40,7 +40,7 @@ use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::cache::OnCorruption;
 use crate::error::{Error, Result};
-use crate::key::KeyHash;
+use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
 use crate::stats::{stripe_count, thread_stripe};
 use open::Origin;
@@ -51,6 +51,8 @@ type EntriesTable = ReadOnlyTable<&'static [u8; 16], &'static [u8]>;
 
 struct Snap {
     generation: u64,
+    /// Which database (see `Storage::incarnation`) the snapshot was taken of.
+    incarnation: u64,
     /// `None` when the table did not exist at that commit.
     table: Option<EntriesTable>,
 }
@@ -80,8 +82,8 @@ impl SnapSlot {
 
 /// Bytes of a stored entry, kept alive without copying.
 pub(crate) enum StoredBytes {
-    /// Written, not yet committed.
-    Pending(Arc<[u8]>),
+    /// Held in memory: written and not yet committed, or an in-memory entry.
+    Shared(Arc<[u8]>),
     /// Read from a committed snapshot, which it keeps alive: a guard that outlived its
     /// read transaction could see its page freed and reused by a later commit.
     Committed(redb::OwnedAccessGuard<&'static [u8]>),
@@ -90,7 +92,7 @@ pub(crate) enum StoredBytes {
 impl StoredBytes {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
-            StoredBytes::Pending(b) => b,
+            StoredBytes::Shared(b) => b,
             StoredBytes::Committed(g) => g.value(),
         }
     }
@@ -98,7 +100,8 @@ impl StoredBytes {
 
 type PendingKey = (u64, KeyHash);
 /// Written, not yet committed entries: key -> (write sequence, entry bytes).
-type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>)>;
+/// Keyed by an already uniform hash, so the map does not hash it again.
+type PendingMap = HashMap<PendingKey, (u64, Arc<[u8]>), PrehashedBuild>;
 
 /// The redb database and everything needed to read it consistently.
 pub(crate) struct Storage {
@@ -111,6 +114,9 @@ pub(crate) struct Storage {
     dead: AtomicBool,
     /// Set by a reader that met a damaged page; the writer then resets the file.
     suspect: AtomicBool,
+    /// Bumped whenever the writer swaps in another database, so that damage met through a
+    /// snapshot of a database already replaced is not blamed on its successor.
+    incarnation: AtomicU64,
     /// Set by a reader that found the database closed; the writer then tries to reopen
     /// it (at most every [`REOPEN_BACKOFF`]) even if nothing is being written.
     reopen: AtomicBool,
@@ -189,12 +195,13 @@ impl Storage {
             on_corruption,
             dead: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
+            incarnation: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
             last_reopen_ms: AtomicU64::new(0),
             born: std::time::Instant::now(),
             wake: OnceLock::new(),
             generation: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(PendingMap::default()),
             pending_len: AtomicUsize::new(0),
             slots: Mutex::new(Vec::new()),
             reporter,
@@ -236,9 +243,14 @@ impl Storage {
         }
     }
 
-    /// Called when a read met damage: asks the writer to reset the file.
-    fn suspect(&self, e: &redb::Error) {
-        if is_corruption(e) && self.resets() && !self.suspect.swap(true, Ordering::SeqCst) {
+    /// Called when a read of database `incarnation` met damage: asks the writer to reset
+    /// the file, unless that database has been replaced already.
+    fn suspect(&self, e: &redb::Error, incarnation: u64) {
+        if is_corruption(e)
+            && self.resets()
+            && incarnation == self.incarnation.load(Ordering::SeqCst)
+            && !self.suspect.swap(true, Ordering::SeqCst)
+        {
             self.wake_writer();
         }
     }
@@ -315,21 +327,33 @@ impl Storage {
             // A close after a latched failure reports that failure again; it is known.
             let _ = catch_unwind(AssertUnwindSafe(|| old.close()));
         }
+        // Reported once the lock is released: the user's hook may read the cache.
+        let mut events = Vec::new();
         let reopened = if reset {
-            self.reset(registry)
+            self.reset(registry, &mut events)
         } else {
             self.origin.open()
         };
         match reopened {
             Ok(db) => *slot = Some(db),
-            Err(e) => self.reporter.report(&e),
+            Err(e) => events.push(e),
         }
+        self.incarnation.fetch_add(1, Ordering::SeqCst);
+        // Damage reported against the old database while this ran is dealt with.
+        self.suspect.store(false, Ordering::SeqCst);
         drop(slot);
         self.committed();
+        for e in &events {
+            self.reporter.report(e);
+        }
     }
 
     /// Moves the damaged file aside and opens a fresh one with `registry` written into it.
-    fn reset(&self, registry: Option<registry::Registry>) -> Result<redb::Database> {
+    fn reset(
+        &self,
+        registry: Option<registry::Registry>,
+        events: &mut Vec<Error>,
+    ) -> Result<redb::Database> {
         let path = self.path.clone().unwrap_or_default();
         let moved = open::move_aside(&path);
         let reopened = moved.and_then(|aside| {
@@ -338,7 +362,7 @@ impl Storage {
                 aside.display()
             );
             self.reporter.set_moved_aside(aside);
-            self.reporter.report(&Error::Corrupted {
+            events.push(Error::Corrupted {
                 path: path.clone(),
                 detail: what,
             });
@@ -462,7 +486,7 @@ impl Storage {
         if self.pending_len.load(Ordering::SeqCst) > 0 {
             let pending = self.lock_pending();
             if let Some((_, bytes)) = pending.get(&(slot.memo_id, *hash)) {
-                return Ok(Some(StoredBytes::Pending(bytes.clone())));
+                return Ok(Some(StoredBytes::Shared(bytes.clone())));
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -487,6 +511,7 @@ impl Storage {
     }
 
     fn open_snap(&self, memo_id: u64, generation: u64) -> Result<Option<Snap>> {
+        let mut incarnation = self.incarnation.load(Ordering::SeqCst);
         let table = guarded(|| {
             let db = match self.db() {
                 Ok(db) => db,
@@ -496,6 +521,8 @@ impl Storage {
                     return Ok(None);
                 }
             };
+            // Read under the database lock: the incarnation of this very database.
+            incarnation = self.incarnation.load(Ordering::SeqCst);
             let txn = db.begin_read()?;
             let name = entries_name(memo_id);
             match txn.open_table(EntriesDef::new(&name)) {
@@ -505,19 +532,32 @@ impl Storage {
             }
         })
         .map_err(|e| {
-            self.suspect(&e);
+            self.suspect(&e, incarnation);
             self.error(e)
         })?;
-        Ok(table.map(|table| Snap { generation, table }))
+        Ok(table.map(|table| Snap {
+            generation,
+            incarnation,
+            table,
+        }))
     }
 
     fn read_snap(&self, snap: &Snap, hash: &KeyHash) -> Result<Option<StoredBytes>> {
         let Some(table) = &snap.table else {
             return Ok(None);
         };
-        let found = guarded(|| Ok(table.get_owned(hash)?.map(StoredBytes::Committed)));
+        let found = guarded(|| {
+            let found = table.get_owned(hash)?.map(StoredBytes::Committed);
+            // A guard finds its value's bounds in the page on every `value()` call, and a
+            // damaged page makes that panic: do it once here, under the guard. The page
+            // is immutable, so later calls find the same bounds.
+            if let Some(stored) = &found {
+                stored.bytes();
+            }
+            Ok(found)
+        });
         found.map_err(|e| {
-            self.suspect(&e);
+            self.suspect(&e, snap.incarnation);
             self.error(e)
         })
     }
@@ -546,7 +586,7 @@ mod tests {
         assert!(storage.add_pending((7, hash), 1, bytes, || true, || true));
         assert_eq!(storage.pending_len.load(Ordering::SeqCst), 1);
         let found = storage.get(&slot, &hash).unwrap().expect("overlay row");
-        assert!(matches!(found, StoredBytes::Pending(_)));
+        assert!(matches!(found, StoredBytes::Shared(_)));
         assert_eq!(found.bytes(), b"entry");
         // Another memoizer never sees it.
         assert!(storage.get(&storage.slot(8), &hash).unwrap().is_none());

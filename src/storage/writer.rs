@@ -238,13 +238,15 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         };
         txn.set_durability(level)
             .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+        let mut puts = ops::Puts::new(&txn);
         for job in jobs.by_ref() {
             match job {
                 Job::Put { key, bytes, seq } => {
                     settled.push((key, seq));
-                    ops::put(&txn, key.0, &key.1, &bytes)?;
+                    puts.put(key.0, &key.1, &bytes)?;
                 }
                 Job::Run { f, reply, .. } => {
+                    puts.close();
                     replies.push(Reply::Run(reply, None));
                     let value = f(&txn)?;
                     if let Some(Reply::Run(_, slot)) = replies.last_mut() {
@@ -255,6 +257,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                 Job::Wake | Job::Shutdown => {}
             }
         }
+        drop(puts);
         txn.commit()?;
         Ok(())
     });
