@@ -180,7 +180,7 @@ impl Cache {
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
     ///
-    /// Removal goes in batches of a few hundred entries per write transaction, so other
+    /// Removal goes in batches of at most 1024 entries per write transaction, so other
     /// writes wait at most one batch and hits never wait. The background sweeper (see
     /// [`CacheBuilder::sweep_interval`]) does the same on its own.
     pub fn purge_expired(&self) -> Result<u64> {
@@ -295,7 +295,7 @@ impl CacheBuilder {
     /// or `None` for no thread: expired entries then stay in the file, unserved, until
     /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
     ///
-    /// A sweep removes at most a few hundred entries per write transaction, so it never
+    /// A sweep removes at most 1024 entries per write transaction, so it never
     /// holds up hits (which never wait for writes) nor other writes for long; a sweep
     /// with nothing expired only reads the expiry index. The thread stops when the cache
     /// is dropped.

@@ -24,7 +24,7 @@ use crate::key::KeyHash;
 use crate::storage::ops;
 
 /// Most entries removed by one write transaction of a sweep or a purge.
-pub(crate) const BATCH: usize = 256;
+pub(crate) const BATCH: usize = 1024;
 
 /// Removes every entry expired at the cache clock's `now`, in batches of `batch`
 /// entries per write transaction, on disk and in this run's in-memory stores. Returns
