@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -41,10 +41,15 @@ pub(crate) struct CacheInner {
     pub live: Mutex<HashMap<String, Weak<MemoCore>>>,
     zones: Mutex<HashMap<String, Arc<ZoneInner>>>,
     pub next_entry_id: AtomicU64,
+    /// The expiry sweeper, if enabled (set once, right after the cache is built).
+    pub sweeper: OnceLock<crate::sweeper::Sweeper>,
 }
 
 impl Drop for CacheInner {
     fn drop(&mut self) {
+        if let Some(sweeper) = self.sweeper.get() {
+            sweeper.stop();
+        }
         // Commits whatever is pending durably; redb persists the rest on close.
         self.writer.shutdown();
     }
@@ -113,6 +118,16 @@ pub struct Cache {
     pub(crate) inner: Arc<CacheInner>,
 }
 
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // If this is the last handle, let a sweep under way finish and stop the sweeper,
+        // so the file closes here and now rather than on the sweeper's thread.
+        if let Some(sweeper) = self.inner.sweeper.get() {
+            sweeper.release(&self.inner);
+        }
+    }
+}
+
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
@@ -174,24 +189,12 @@ impl Cache {
     /// Removes every entry past its deadline now, in every memoizer of the file (through
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
+    ///
+    /// Removal goes in batches of at most 1024 entries per write transaction, so other
+    /// writes wait at most one batch and hits never wait. The background sweeper (see
+    /// [`CacheBuilder::sweep_interval`]) does the same on its own.
     pub fn purge_expired(&self) -> Result<u64> {
-        let now = self.inner.clock.now_ms();
-        let removed = self
-            .inner
-            .writer
-            .run(move |txn| ops::purge_expired(txn, now, usize::MAX))?;
-        let live: Vec<_> = {
-            let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-            live.values().filter_map(Weak::upgrade).collect()
-        };
-        let mut in_memory_only = 0;
-        for core in live {
-            let n = core.purge_expired_in_memory(now, &removed);
-            if core.persistent.is_none() {
-                in_memory_only += n;
-            }
-        }
-        Ok(removed.len() as u64 + in_memory_only)
+        crate::sweeper::purge(&self.inner, crate::sweeper::BATCH, false)
     }
 
     /// Scans the whole file and checks every invariant: entries parse, their dependency
@@ -228,6 +231,7 @@ pub struct CacheBuilder {
     hook: Option<ErrorHook>,
     page_cache_bytes: usize,
     verify_on_open: bool,
+    sweep_interval: Option<Duration>,
 }
 
 impl Default for CacheBuilder {
@@ -246,6 +250,7 @@ impl CacheBuilder {
             hook: None,
             page_cache_bytes: 256 << 20,
             verify_on_open: false,
+            sweep_interval: Some(Duration::from_secs(60)),
         }
     }
 
@@ -271,6 +276,10 @@ impl CacheBuilder {
 
     /// Receives every error the cache swallows (a store that failed, a file moved aside).
     /// Default: print to stderr, rate-limited.
+    ///
+    /// The hook runs on the thread that met the error, which may be the cache's
+    /// background writer: it may read the cache, but must not wait on it (`flush`, an
+    /// invalidation, building a memoizer), which would deadlock.
     pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
@@ -289,6 +298,28 @@ impl CacheBuilder {
     /// off; damage met later is handled too (reads miss, and the file is replaced).
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.verify_on_open = verify;
+        self
+    }
+
+    /// How often a background thread removes expired entries (and their index rows),
+    /// or `None` for no thread: expired entries then stay in the file, unserved, until
+    /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
+    ///
+    /// A sweep removes at most 1024 entries per write transaction, so it never
+    /// holds up hits (which never wait for writes) nor other writes for long; a sweep
+    /// with nothing expired only reads the expiry index. The thread stops when the cache
+    /// is dropped.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    /// use std::time::Duration;
+    ///
+    /// let cache = Cache::builder().sweep_interval(Some(Duration::from_secs(5))).in_memory()?;
+    /// let quiet = Cache::builder().sweep_interval(None).in_memory()?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every;
         self
     }
 
@@ -311,6 +342,7 @@ impl CacheBuilder {
             path: path.clone(),
             page_cache_bytes: self.page_cache_bytes,
             verify_on_open: self.verify_on_open,
+            create: true,
         };
         let db = match origin.open() {
             Err(Error::Corrupted { detail, .. })
@@ -326,7 +358,46 @@ impl CacheBuilder {
             }
             other => other?,
         };
-        let settings = (self.clock, self.durable_interval, self.on_corruption);
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            self.on_corruption,
+            self.sweep_interval,
+        );
+        start(db, origin, true, reporter, settings)
+    }
+
+    /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
+    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says (a damaged
+    /// file is [`Error::Corrupted`]). A missing file is [`Error::Io`] (not found). For
+    /// tools that look into a cache, like the `fresco-memoize` command.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, Error};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// assert!(matches!(Cache::builder().open_existing(&path), Err(Error::Io { .. })));
+    /// assert!(!path.exists());
+    /// drop(Cache::open(&path)?);
+    /// let cache = Cache::builder().open_existing(&path)?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
+        let reporter = Arc::new(Reporter::new(self.hook));
+        let origin = Origin::File {
+            path: path.as_ref().to_path_buf(),
+            page_cache_bytes: self.page_cache_bytes,
+            verify_on_open: self.verify_on_open,
+            create: false,
+        };
+        let db = origin.open()?;
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            OnCorruption::Fail,
+            self.sweep_interval,
+        );
         start(db, origin, true, reporter, settings)
     }
 
@@ -349,7 +420,12 @@ impl CacheBuilder {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
-        let settings = (self.clock, self.durable_interval, self.on_corruption);
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            self.on_corruption,
+            self.sweep_interval,
+        );
         start(db, origin, file_backed, reporter, settings)
     }
 }
@@ -359,22 +435,31 @@ fn start(
     origin: Origin,
     file_backed: bool,
     reporter: Arc<Reporter>,
-    (clock, durable_interval, on_corruption): (Arc<dyn Clock>, Duration, OnCorruption),
+    (clock, durable_interval, on_corruption, sweep_interval): (
+        Arc<dyn Clock>,
+        Duration,
+        OnCorruption,
+        Option<Duration>,
+    ),
 ) -> Result<Cache> {
     let storage = Arc::new(Storage::new(db, origin, on_corruption, reporter));
     let writer = Writer::spawn(storage.clone(), durable_interval)?;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    Ok(Cache {
-        inner: Arc::new(CacheInner {
-            storage,
-            writer,
-            clock,
-            file_backed,
-            live: Mutex::new(HashMap::new()),
-            zones: Mutex::new(HashMap::new()),
-            next_entry_id: AtomicU64::new(seed),
-        }),
-    })
+    let inner = Arc::new(CacheInner {
+        storage,
+        writer,
+        clock,
+        file_backed,
+        live: Mutex::new(HashMap::new()),
+        zones: Mutex::new(HashMap::new()),
+        next_entry_id: AtomicU64::new(seed),
+        sweeper: OnceLock::new(),
+    });
+    if let Some(every) = sweep_interval {
+        let sweeper = crate::sweeper::Sweeper::spawn(Arc::downgrade(&inner), every)?;
+        let _ = inner.sweeper.set(sweeper);
+    }
+    Ok(Cache { inner })
 }

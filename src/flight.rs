@@ -8,12 +8,13 @@
 //!
 //! [`Flights::landed`] counts finished flights, so a new leader can tell whether anyone
 //! could have stored the value since its own lookup, and skip a second lookup if not.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::ThreadId;
+//!
+//! Its tests are in `tests/shuttle_flight.rs`: this file compiled against shuttle's
+//! primitives and model-checked (randomized and PCT schedules).
 
 use crate::key::{HashMapByKey, KeyHash};
+// Through `crate::sync` so that tests/shuttle_flight.rs can model-check this very file.
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, ThreadId, current_thread};
 
 pub(crate) struct Flight {
     leader: ThreadId,
@@ -62,7 +63,7 @@ impl Flights {
     }
 
     pub(crate) fn join(&self, hash: KeyHash) -> Role<'_> {
-        let me = std::thread::current().id();
+        let me = current_thread();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = map.get(&hash) {
             return if f.leader == me {
@@ -83,11 +84,6 @@ impl Flights {
             flight,
         })
     }
-
-    #[cfg(test)]
-    fn in_flight(&self) -> usize {
-        self.map.lock().unwrap().len()
-    }
 }
 
 impl Drop for Leader<'_> {
@@ -103,56 +99,5 @@ impl Drop for Leader<'_> {
         drop(map);
         *self.flight.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.flight.cv.notify_all();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-
-    #[test]
-    fn leader_drop_releases_waiters_even_on_panic() {
-        let flights = Arc::new(Flights::default());
-        let (leading_tx, leading_rx) = mpsc::channel();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let f2 = flights.clone();
-        let h = std::thread::spawn(move || {
-            let _leader = match f2.join([1; 16]) {
-                Role::Leader(l) => l,
-                _ => panic!("expected to lead"),
-            };
-            leading_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
-            panic!("compute failed");
-        });
-        leading_rx.recv().unwrap();
-        let before = flights.landed();
-        let Role::Waiter(flight) = flights.join([1; 16]) else {
-            panic!("the flight is still up: this thread must wait");
-        };
-        go_tx.send(()).unwrap();
-        flight.wait();
-        assert!(h.join().is_err());
-        assert_eq!(flights.in_flight(), 0);
-        assert_eq!(flights.landed(), before + 1);
-        assert!(matches!(flights.join([1; 16]), Role::Leader(_)));
-    }
-
-    #[test]
-    fn same_thread_is_reentrant() {
-        let flights = Flights::default();
-        let _l = flights.join([2; 16]);
-        assert!(matches!(flights.join([2; 16]), Role::Reentrant));
-        assert!(matches!(flights.join([3; 16]), Role::Leader(_)));
-    }
-
-    #[test]
-    fn landed_counts_every_finished_flight() {
-        let flights = Flights::default();
-        assert_eq!(flights.landed(), 0);
-        drop(flights.join([4; 16]));
-        drop(flights.join([5; 16]));
-        assert_eq!(flights.landed(), 2);
     }
 }

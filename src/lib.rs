@@ -18,6 +18,14 @@
 //!   [`Zone::invalidate`] removes exactly the entries that depend on one key, through an
 //!   index kept in the file.
 //! - Failures of the cache itself never cost you your value: see [`Cache::health`].
+//! - [`#[memoize]`](macro@memoize) puts all of this on a function or method, like the
+//!   Python original's decorator: `#[memoize(cache = CACHE, expires = 10)]`.
+//! - Expired entries leave the file on their own: a background sweeper
+//!   ([`CacheBuilder::sweep_interval`]) and [`Cache::purge_expired`] remove them, with
+//!   their index rows, through an index ordered by deadline.
+//! - A file can be looked into and maintained by name: [`Cache::inspect`],
+//!   [`Cache::invalidate_memoizer`], [`Cache::compact_file`], [`Cache::verify_file`], and
+//!   the `fresco-memoize` command (feature `cli`) built on them.
 //!
 //! ```
 //! use fresco_memoize::{Cache, Fingerprint};
@@ -38,6 +46,37 @@
 //! assert_eq!(hit.title, "book 7");
 //! # Ok::<(), fresco_memoize::Error>(())
 //! ```
+//!
+//! The same with the attribute, on a cache that lives as long as the program:
+//!
+//! ```
+//! use std::sync::LazyLock;
+//! use fresco_memoize::{Cache, memoize};
+//!
+//! static PATH: LazyLock<std::path::PathBuf> = LazyLock::new(|| {
+//!     std::env::temp_dir().join(format!("fresco-memoize-doc-{}.memo", std::process::id()))
+//! });
+//! static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::open(&*PATH).expect("cache file"));
+//!
+//! #[memoize(cache = CACHE, expires = 10)]
+//! fn word_count(text: &str) -> usize {
+//!     text.split_whitespace().count()
+//! }
+//!
+//! assert_eq!(word_count("war and peace"), 3);
+//! assert!(word_count::memoizer().invalidate_key("war and peace")?);
+//! CACHE.flush()?; // a static is never dropped: make the last values durable
+//! # std::fs::remove_file(&*PATH).unwrap();
+//! # Ok::<(), fresco_memoize::Error>(())
+//! ```
+//!
+//! # Features
+//!
+//! | Feature | Default | Gives | Costs |
+//! |---|---|---|---|
+//! | `macros` | on | `#[derive(Fingerprint)]`, `#[memoize]` | syn, quote at build time |
+//! | `unaligned` | on | persistent hits read in place (rkyv's unaligned format) | none; turning it off copies each hit into an aligned buffer |
+//! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -54,13 +93,18 @@ mod error;
 mod fingerprint;
 mod flight;
 mod hit;
+mod inspect;
 mod integrity;
 mod key;
+#[doc(hidden)]
+pub mod macro_support;
 mod memoizer;
 mod memory;
 mod report;
 mod stats;
 mod storage;
+mod sweeper;
+mod sync;
 mod value;
 mod zone;
 
@@ -71,8 +115,9 @@ pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use fingerprint::{mix as __mix, name_hash as __name_hash};
 #[cfg(feature = "macros")]
-pub use fresco_memoize_macros::Fingerprint;
+pub use fresco_memoize_macros::{Fingerprint, memoize};
 pub use hit::ArchivedHit;
+pub use inspect::{CacheInfo, CompactReport, FileCheck, MemoizerInfo, ZoneInfo};
 pub use integrity::IntegrityReport;
 pub use memoizer::{Memoizer, MemoizerBuilder, Store};
 pub use report::{ErrorHook, Health};

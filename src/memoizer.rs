@@ -1,6 +1,7 @@
 //! `Memoizer`: one memoized function - its key encoding, policies and store.
 
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,7 +72,7 @@ pub(crate) struct MemoCore {
     pub cache: Arc<CacheInner>,
 }
 
-type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
+pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
 
 /// A memoized function's cache: look values up by argument, compute on a miss.
 ///
@@ -213,9 +214,23 @@ impl MemoCore {
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
     fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
-        let Ok(view) = entry::decode(bytes, self.verify) else {
-            Counters::add(&self.stats.stale, 1);
-            return None;
+        let view = match entry::decode(bytes, self.verify) {
+            Ok(view) => view,
+            Err(malformed) => {
+                // Only damage makes an entry fail these checks: report it, read a miss
+                // (the recomputed value then overwrites the entry).
+                Counters::add(&self.stats.stale, 1);
+                let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
+                self.report(Error::Corrupted {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
+                         as a miss",
+                        self.name
+                    ),
+                });
+                return None;
+            }
         };
         if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.fingerprint {
             Counters::add(&self.stats.stale, 1);
@@ -292,7 +307,7 @@ impl MemoCore {
     }
 
     /// Removes one key from every tier; returns whether anything was removed.
-    fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
+    pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
         let ticket = self.persistent.as_ref().map(|p| {
             let id = p.id;
             self.cache.storage.with_pending_lock(|| {
@@ -414,7 +429,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         &self.core.name
     }
 
-    fn encode(&self, key: &K) -> Result<EncodedKey> {
+    pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
         let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
         let hash = (self.core.hasher)(bytes.as_slice());
         Ok(EncodedKey { bytes, hash })
@@ -504,13 +519,26 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         key: &K,
         compute: impl FnOnce(&K) -> Result<V, E>,
     ) -> Result<V, E> {
+        self.run(key, self.encode(key), |k| (self.deps)(k), compute)
+    }
+
+    /// The memoized call itself, for any form of the arguments: `ek` is their encoded
+    /// key, `deps` their dependency rows (asked for only on a miss; an error means the
+    /// value must not be stored), and `args` reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    pub(crate) fn run<A, E>(
+        &self,
+        args: A,
+        ek: Result<EncodedKey>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
+        compute: impl FnOnce(A) -> Result<V, E>,
+    ) -> Result<V, E> {
         let core = &*self.core;
-        let ek = match self.encode(key) {
+        let ek = match ek {
             Ok(ek) => ek,
             Err(e) => {
                 core.report(e);
                 Counters::add(&core.stats.misses, 1);
-                return compute(key);
+                return compute(args);
             }
         };
         loop {
@@ -526,7 +554,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 }
                 Role::Reentrant => {
                     Counters::add(&core.stats.misses, 1);
-                    return compute(key);
+                    return compute(args);
                 }
             };
             // Another leader may have stored the value between our lookup and our join;
@@ -538,9 +566,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
             let epoch = core.epoch.load(Ordering::SeqCst);
             Counters::add(&core.stats.misses, 1);
-            let value = compute(key)?;
+            let deps = deps(&args);
+            let value = compute(args)?;
             match value.__archive() {
-                Ok(archive) => match (self.deps)(key) {
+                Ok(archive) => match deps {
                     Ok(deps) => core.store(&ek, &archive, deps, epoch),
                     Err(e) => core.report(e),
                 },
@@ -645,6 +674,18 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
 
 impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     pub(crate) fn new(cache: Arc<CacheInner>, name: &str) -> Self {
+        Self::with_encoder(cache, name, Arc::new(|k: &K| KeyBytes::encode(k)))
+    }
+}
+
+impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
+    /// A builder whose key encoding is given (`#[memoize]` uses it for arguments that
+    /// are not `Serialize` themselves but have a keyfunc).
+    pub(crate) fn with_encoder(
+        cache: Arc<CacheInner>,
+        name: &str,
+        encode: Arc<KeyEncoder<K>>,
+    ) -> Self {
         MemoizerBuilder {
             cache,
             name: name.to_string(),
@@ -654,7 +695,7 @@ impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             version: String::new(),
             verify: true,
             hasher: xxh3_key_hash,
-            encode: Arc::new(|k: &K| KeyBytes::encode(k)),
+            encode,
             zones: Vec::new(),
             _value: PhantomData,
         }

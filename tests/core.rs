@@ -310,42 +310,23 @@ fn expiry_deadline_survives_reopen() {
     let clock = ManualClock::new(5_000_000);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ttl.memo");
-    {
+    // Each call reopens the file, as a restarted program would.
+    let call = |value: u8| {
         let cache = Cache::builder().clock(clock.clone()).open(&path).unwrap();
         let m = cache
             .memoizer::<u8, u8>("ttl")
             .expires(Duration::from_secs(60))
             .build()
             .unwrap();
-        m.get_or_compute(&1, |_| 1);
-    }
+        let got = m.get_or_compute(&1, |_| value);
+        assert!(cache.check_integrity().unwrap().is_ok());
+        got
+    };
+    assert_eq!(call(1), 1);
     clock.advance(Duration::from_secs(30));
-    {
-        let cache = Cache::builder().clock(clock.clone()).open(&path).unwrap();
-        let m = cache
-            .memoizer::<u8, u8>("ttl")
-            .expires(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        assert_eq!(
-            m.get_or_compute(&1, |_| 2),
-            1,
-            "30 s of 60: still valid after reopen"
-        );
-    }
+    assert_eq!(call(2), 1, "30 s of 60: still valid after reopen");
     clock.advance(Duration::from_secs(31));
-    let cache = Cache::builder().clock(clock.clone()).open(&path).unwrap();
-    let m = cache
-        .memoizer::<u8, u8>("ttl")
-        .expires(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    assert_eq!(
-        m.get_or_compute(&1, |_| 3),
-        3,
-        "61 s: expired across reopen"
-    );
-    assert!(cache.check_integrity().unwrap().is_ok());
+    assert_eq!(call(3), 3, "61 s: expired across reopen");
 }
 
 #[test]

@@ -64,10 +64,10 @@ fn replay(target: &str, run: fn(&[u8]), extra: Vec<Vec<u8>>) {
 
 #[test]
 fn model_corpus_replays() {
-    replay("model", model::run, generated(150, 160, 0x5eed_0001));
+    replay("model", model::run, generated(60, 160, 0x5eed_0001));
 }
 
 #[test]
 fn decode_corpus_replays() {
-    replay("decode", decode::run, generated(300, 200, 0x5eed_0002));
+    replay("decode", decode::run, generated(150, 200, 0x5eed_0002));
 }

@@ -80,7 +80,137 @@ fn push_rkyv_attrs(shape: &mut String, attrs: &[syn::Attribute]) {
     }
 }
 
-/// Memoizes a function in a fresco-memoize cache. See the main crate's documentation.
+/// Memoizes a function: the Rust form of the Python original's `@memoize(...)`.
+///
+/// Each distinct argument list is computed once; later calls return the stored value.
+/// Without options the function is memoized in memory, in a process-wide
+/// `Cache::in_memory()`:
+///
+/// ```
+/// use fresco_memoize::memoize;
+///
+/// #[memoize]
+/// fn collatz_steps(n: u64) -> u32 {
+///     if n <= 1 { 0 } else if n % 2 == 0 { 1 + collatz_steps(n / 2) } else { 1 + collatz_steps(3 * n + 1) }
+/// }
+///
+/// assert_eq!(collatz_steps(27), 111);
+/// assert_eq!(collatz_steps::memoizer().stats().entries, Some(112));
+/// ```
+///
+/// # Options
+///
+/// | Option | Meaning | Default |
+/// |---|---|---|
+/// | `cache = CACHE` | The [`Cache`] to use: any expression that lends a `&Cache`, typically a `static CACHE: LazyLock<Cache>`, or a function returning `&'static Cache` | a process-wide in-memory cache |
+/// | `name = "..."` | The memoizer's name (its table in the file) | `module::path::function`, `Type::method` for methods |
+/// | `store = Lru(1000)` | A [`Store`]; `Memory`, `Lru(n)`, `Persistent`, `Tiered(n)` need no path | the cache's default |
+/// | `expires = 10` | Lifetime of a value: seconds (`10`, `0.5`) or any `Duration` expression | never |
+/// | `max_hits = 5` | Serve a value at most this many times, then recompute | unlimited |
+/// | `keyfunc = \|s: &str\| s.to_lowercase()` | Maps the arguments (each taken by reference) to the stored key | the arguments |
+/// | `zone = AUTHORS` | Joins a [`Zone`] (a `&Zone` expression); repeat for several | the `"default"` zone |
+/// | `zonekey = \|b: &Book\| b.author_id` | The dependency key of the preceding `zone`, from the arguments; `zonekeys = ...` for several | the zone's own key function |
+/// | `version = "2"` | Pins the version folded into stored values' fingerprint (see below) | a hash of the function's code |
+///
+/// # Keys, methods and results
+///
+/// - One argument is the key itself (`&Book` is keyed as a `Book`, `&str` as a `str`);
+///   several form a tuple. Arguments are serialized where they are, never cloned.
+/// - On a method, `&self` is an argument like the others (so part of the key) unless a
+///   `keyfunc` leaves it out. Other receivers (`&mut self`, `self`) are refused.
+/// - A function returning `Result<T, E>` stores only `Ok` values: an `Err` is returned
+///   untouched and the next call computes again.
+/// - Key and zone key closures take each argument by reference, in order.
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use fresco_memoize::{Cache, Fingerprint, Zone, memoize};
+///
+/// static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::in_memory().unwrap());
+/// static AUTHORS: LazyLock<Zone> =
+///     LazyLock::new(|| CACHE.zone("Authors").unwrap().key(|a: &Author| a.id));
+///
+/// #[derive(serde::Serialize)]
+/// struct Author { id: u64, name: String }
+///
+/// #[derive(serde::Serialize)]
+/// struct Book { id: u64, author_id: u64 }
+///
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint)]
+/// struct Biography { text: String }
+///
+/// #[memoize(cache = CACHE, expires = 3600, zone = AUTHORS, zonekey = |b: &Book| b.author_id)]
+/// fn biography(book: &Book) -> Biography {
+///     Biography { text: format!("author {} wrote book {}", book.author_id, book.id) }
+/// }
+///
+/// impl Author {
+///     /// Keyed by `(Author, String)`; filed under the author's id by the zone's key.
+///     #[memoize(cache = CACHE, zone = AUTHORS, zonekey = |a: &Author, _lang: &str| a.id)]
+///     fn greeting(&self, lang: &str) -> Result<String, String> {
+///         match lang {
+///             "en" => Ok(format!("Hello, {}", self.name)),
+///             other => Err(format!("no {other} greeting")),
+///         }
+///     }
+/// }
+///
+/// let tolstoy = Author { id: 1, name: "Leo".into() };
+/// assert_eq!(biography(&Book { id: 7, author_id: 1 }).text, "author 1 wrote book 7");
+/// assert_eq!(tolstoy.greeting("en").as_deref(), Ok("Hello, Leo"));
+/// assert!(tolstoy.greeting("xx").is_err()); // not cached
+///
+/// // Everything derived from author 1, in both memoizers:
+/// assert_eq!(AUTHORS.invalidate(&1u64)?, 2);
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+///
+/// # The memoizer
+///
+/// A free function `f` gets a companion `f::memoizer()` returning its
+/// `&'static Memoizer<K, V>` (for [`invalidate_key`], [`invalidate_all`], [`stats`]); a
+/// method `m` gets `Type::m_memoizer()`. It is built once, on first use. If it cannot be
+/// built (say its zone's key function takes another type), the error is reported
+/// through the cache's error hook, the function computes every call uncached, and
+/// `memoizer()` panics with the error: `try_memoizer()` (`Type::try_m_memoizer()`)
+/// returns it instead.
+///
+/// ```
+/// use fresco_memoize::memoize;
+///
+/// #[memoize(keyfunc = |s: &str| s.to_lowercase())]
+/// fn shout(s: &str) -> String { s.to_uppercase() }
+///
+/// assert_eq!(shout("Hi"), "HI");
+/// assert!(shout::memoizer().invalidate_key("hI")?); // the key as the keyfunc maps it
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+///
+/// # Code changes
+///
+/// Unless `version` is given, the version is a hash of the function's tokens - argument
+/// and return types, body, `keyfunc` and `zonekey` - so editing the function makes the
+/// values it stored in a file read as misses on the next run (what `joblib.Memory` does
+/// for Python). Layout and comments are not tokens: reformatting keeps the values. Edits
+/// to functions it calls are not seen; pin `version` and bump it by hand for those, or
+/// to keep values across an edit that does not change results.
+///
+/// # Limits
+///
+/// Generic, `async`, `const` and `unsafe` functions, `impl Trait` and `&mut` arguments
+/// are compile errors. In an `impl` block, a function without `self` must mention `Self`
+/// in its signature (or be written as a free function); methods of generic types and
+/// trait impls are not supported. A free function's companion is a type of the same
+/// name (a function and a type can share one). A `static` cache is never dropped: call
+/// `CACHE.flush()` before the program exits, or the last `durable_interval` (1 s by
+/// default) of stored values may be lost - never served wrong.
+///
+/// [`Cache`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/struct.Cache.html
+/// [`Store`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/enum.Store.html
+/// [`Zone`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/struct.Zone.html
+/// [`invalidate_key`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/struct.Memoizer.html#method.invalidate_key
+/// [`invalidate_all`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/struct.Memoizer.html#method.invalidate_all
+/// [`stats`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/struct.Memoizer.html#method.stats
 #[proc_macro_attribute]
 pub fn memoize(attr: TokenStream, item: TokenStream) -> TokenStream {
     memoize::expand(attr.into(), item.into())

@@ -51,6 +51,8 @@ type EntriesTable = ReadOnlyTable<&'static [u8; 16], &'static [u8]>;
 
 struct Snap {
     generation: u64,
+    /// Which database (see `Storage::incarnation`) the snapshot was taken of.
+    incarnation: u64,
     /// `None` when the table did not exist at that commit.
     table: Option<EntriesTable>,
 }
@@ -112,6 +114,9 @@ pub(crate) struct Storage {
     dead: AtomicBool,
     /// Set by a reader that met a damaged page; the writer then resets the file.
     suspect: AtomicBool,
+    /// Bumped whenever the writer swaps in another database, so that damage met through a
+    /// snapshot of a database already replaced is not blamed on its successor.
+    incarnation: AtomicU64,
     /// Set by a reader that found the database closed; the writer then tries to reopen
     /// it (at most every [`REOPEN_BACKOFF`]) even if nothing is being written.
     reopen: AtomicBool,
@@ -190,6 +195,7 @@ impl Storage {
             on_corruption,
             dead: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
+            incarnation: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
             last_reopen_ms: AtomicU64::new(0),
             born: std::time::Instant::now(),
@@ -249,9 +255,14 @@ impl Storage {
         }
     }
 
-    /// Called when a read met damage: asks the writer to reset the file.
-    fn suspect(&self, e: &redb::Error) {
-        if is_corruption(e) && self.resets() && !self.suspect.swap(true, Ordering::SeqCst) {
+    /// Called when a read of database `incarnation` met damage: asks the writer to reset
+    /// the file, unless that database has been replaced already.
+    fn suspect(&self, e: &redb::Error, incarnation: u64) {
+        if is_corruption(e)
+            && self.resets()
+            && incarnation == self.incarnation.load(Ordering::SeqCst)
+            && !self.suspect.swap(true, Ordering::SeqCst)
+        {
             self.wake_writer();
         }
     }
@@ -328,21 +339,33 @@ impl Storage {
             // A close after a latched failure reports that failure again; it is known.
             let _ = catch_unwind(AssertUnwindSafe(|| old.close()));
         }
+        // Reported once the lock is released: the user's hook may read the cache.
+        let mut events = Vec::new();
         let reopened = if reset {
-            self.reset(registry)
+            self.reset(registry, &mut events)
         } else {
             self.origin.open()
         };
         match reopened {
             Ok(db) => *slot = Some(db),
-            Err(e) => self.reporter.report(&e),
+            Err(e) => events.push(e),
         }
+        self.incarnation.fetch_add(1, Ordering::SeqCst);
+        // Damage reported against the old database while this ran is dealt with.
+        self.suspect.store(false, Ordering::SeqCst);
         drop(slot);
         self.committed();
+        for e in &events {
+            self.reporter.report(e);
+        }
     }
 
     /// Moves the damaged file aside and opens a fresh one with `registry` written into it.
-    fn reset(&self, registry: Option<registry::Registry>) -> Result<redb::Database> {
+    fn reset(
+        &self,
+        registry: Option<registry::Registry>,
+        events: &mut Vec<Error>,
+    ) -> Result<redb::Database> {
         let path = self.path.clone().unwrap_or_default();
         let moved = open::move_aside(&path);
         let reopened = moved.and_then(|aside| {
@@ -351,7 +374,7 @@ impl Storage {
                 aside.display()
             );
             self.reporter.set_moved_aside(aside);
-            self.reporter.report(&Error::Corrupted {
+            events.push(Error::Corrupted {
                 path: path.clone(),
                 detail: what,
             });
@@ -377,6 +400,11 @@ impl Storage {
             self.dead.store(true, Ordering::SeqCst);
         }
         reopened
+    }
+
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
     }
 
     /// Wraps a redb error with this cache's path.
@@ -495,6 +523,7 @@ impl Storage {
     }
 
     fn open_snap(&self, memo_id: u64, generation: u64) -> Result<Option<Snap>> {
+        let mut incarnation = self.incarnation.load(Ordering::SeqCst);
         let table = guarded(|| {
             let db = match self.db() {
                 Ok(db) => db,
@@ -504,6 +533,8 @@ impl Storage {
                     return Ok(None);
                 }
             };
+            // Read under the database lock: the incarnation of this very database.
+            incarnation = self.incarnation.load(Ordering::SeqCst);
             let txn = db.begin_read()?;
             let name = entries_name(memo_id);
             match txn.open_table(EntriesDef::new(&name)) {
@@ -513,19 +544,32 @@ impl Storage {
             }
         })
         .map_err(|e| {
-            self.suspect(&e);
+            self.suspect(&e, incarnation);
             self.error(e)
         })?;
-        Ok(table.map(|table| Snap { generation, table }))
+        Ok(table.map(|table| Snap {
+            generation,
+            incarnation,
+            table,
+        }))
     }
 
     fn read_snap(&self, snap: &Snap, hash: &KeyHash) -> Result<Option<StoredBytes>> {
         let Some(table) = &snap.table else {
             return Ok(None);
         };
-        let found = guarded(|| Ok(table.get_owned(hash)?.map(StoredBytes::Committed)));
+        let found = guarded(|| {
+            let found = table.get_owned(hash)?.map(StoredBytes::Committed);
+            // A guard finds its value's bounds in the page on every `value()` call, and a
+            // damaged page makes that panic: do it once here, under the guard. The page
+            // is immutable, so later calls find the same bounds.
+            if let Some(stored) = &found {
+                stored.bytes();
+            }
+            Ok(found)
+        });
         found.map_err(|e| {
-            self.suspect(&e);
+            self.suspect(&e, snap.incarnation);
             self.error(e)
         })
     }

@@ -18,6 +18,8 @@ pub(crate) enum Origin {
         path: PathBuf,
         page_cache_bytes: usize,
         verify_on_open: bool,
+        /// Whether a missing file is created (`false`: it is an error).
+        create: bool,
     },
     /// A backend shared with the caller (memory, or a fault-injecting wrapper): reopened
     /// over a clone of it; never moved aside.
@@ -40,7 +42,8 @@ impl Origin {
                 path,
                 page_cache_bytes,
                 verify_on_open,
-            } => open_file(path, *page_cache_bytes, *verify_on_open),
+                create,
+            } => open_file(path, *page_cache_bytes, *verify_on_open, *create),
             Origin::Backend(backend) => open_backend(backend.clone()),
         }
     }
@@ -53,8 +56,14 @@ fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Opens the redb file at `path` (creating it if missing) and checks it is ours.
-fn open_file(path: &Path, page_cache_bytes: usize, verify: bool) -> Result<redb::Database> {
+/// Opens the redb file at `path` (creating it if missing and `create`) and checks it is
+/// ours.
+fn open_file(
+    path: &Path,
+    page_cache_bytes: usize,
+    verify: bool,
+    create: bool,
+) -> Result<redb::Database> {
     if let Some(bytes) = leading_bytes(path)
         && !bytes.is_empty()
         && bytes != REDB_MAGIC[..bytes.len()]
@@ -64,11 +73,21 @@ fn open_file(path: &Path, page_cache_bytes: usize, verify: bool) -> Result<redb:
             reason: "not a redb database".into(),
         });
     }
+    // A file that is someone else's (foreign tables, a newer format) is refused after a
+    // read-only look, so not even redb's header bookkeeping touches it.
+    if let Some(refusal) = inspect_read_only(path)? {
+        return Err(refusal);
+    }
     let opened = std::panic::catch_unwind(|| {
-        redb::Builder::new()
+        let mut builder = redb::Builder::new();
+        builder
             .set_cache_size(page_cache_bytes)
-            .set_check_integrity_on_open(verify)
-            .create(path)
+            .set_check_integrity_on_open(verify);
+        if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        }
     });
     let db = match opened {
         Err(_) => return Err(corrupted(path, "redb panicked while opening it")),
@@ -78,16 +97,61 @@ fn open_file(path: &Path, page_cache_bytes: usize, verify: bool) -> Result<redb:
                 path: path.to_path_buf(),
             });
         }
+        // A file cut short inside redb's header reads past its end.
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
+            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            return Err(corrupted(path, format!("truncated ({source})")));
+        }
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
             return Err(Error::Io {
                 path: path.to_path_buf(),
                 source,
             });
         }
-        // Corrupted, UpgradeRequired (an old or damaged header), a failed repair...
+        // redb 4 writes nothing older: not a file of ours, so never moved aside.
+        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => {
+            return Err(Error::NotACache {
+                path: path.to_path_buf(),
+                reason: format!("a redb database of the old file format {v}"),
+            });
+        }
+        // Corrupted, a failed repair...
         Ok(Err(e)) => return Err(corrupted(path, e.to_string())),
     };
     checked(db, Some(path))
+}
+
+/// Looks at an existing file read-only: `Some(refusal)` if it is not ours or is newer,
+/// `Err(AlreadyOpen)` if someone holds it, `None` to go on (ours, empty, missing, or not
+/// readable this way - a file that needs repair or is damaged goes the writable way).
+fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(None);
+    }
+    let looked = std::panic::catch_unwind(|| {
+        let db = match redb::Builder::new().open_read_only(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(()),
+            Err(_) => return Ok(None),
+        };
+        Ok(guarded(|| ops::inspect(&db)).ok().flatten())
+    });
+    match looked {
+        Err(_) | Ok(Ok(None)) | Ok(Ok(Some(InitOutcome::Ready))) => Ok(None),
+        Ok(Err(())) => Err(Error::AlreadyOpen {
+            path: path.to_path_buf(),
+        }),
+        Ok(Ok(Some(InitOutcome::Foreign(reason)))) => Ok(Some(Error::NotACache {
+            path: path.to_path_buf(),
+            reason,
+        })),
+        Ok(Ok(Some(InitOutcome::Newer(found)))) => Ok(Some(Error::NewerFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: crate::entry::FORMAT_VERSION,
+        })),
+    }
 }
 
 /// Opens (or creates) a database over `backend`.

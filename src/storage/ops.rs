@@ -23,39 +23,46 @@ pub(crate) enum InitOutcome {
     Newer(u32),
 }
 
+/// Checks an existing database: ours and current (`Ready`), someone else's (`Foreign`),
+/// newer (`Newer`), or `None` when our tables still need creating.
+pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
+    let read = db.begin_read()?;
+    match read.open_table(META) {
+        Ok(meta) => {
+            let version = meta
+                .get(KEY_FORMAT_VERSION)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if version > FORMAT_VERSION as u64 {
+                return Ok(Some(InitOutcome::Newer(version as u32)));
+            }
+            if version == FORMAT_VERSION as u64 {
+                return Ok(Some(InitOutcome::Ready));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            let foreign: Vec<String> = read
+                .list_tables()?
+                .map(|t| t.name().to_string())
+                .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
+                .filter(|n| !n.starts_with(PREFIX))
+                .collect();
+            if !foreign.is_empty() {
+                return Ok(Some(InitOutcome::Foreign(format!(
+                    "a redb database with other tables: {}",
+                    foreign.join(", ")
+                ))));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(None)
+}
+
 /// Creates our tables in a fresh file, or checks an existing file is ours and not newer.
 pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
-    {
-        let read = db.begin_read()?;
-        match read.open_table(META) {
-            Ok(meta) => {
-                let version = meta
-                    .get(KEY_FORMAT_VERSION)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                if version > FORMAT_VERSION as u64 {
-                    return Ok(InitOutcome::Newer(version as u32));
-                }
-                if version == FORMAT_VERSION as u64 {
-                    return Ok(InitOutcome::Ready);
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                let foreign: Vec<String> = read
-                    .list_tables()?
-                    .map(|t| t.name().to_string())
-                    .chain(read.list_multimap_tables()?.map(|t| t.name().to_string()))
-                    .filter(|n| !n.starts_with(PREFIX))
-                    .collect();
-                if !foreign.is_empty() {
-                    return Ok(InitOutcome::Foreign(format!(
-                        "a redb database with other tables: {}",
-                        foreign.join(", ")
-                    )));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(outcome) = inspect(db)? {
+        return Ok(outcome);
     }
     let txn = db.begin_write()?;
     {
@@ -202,8 +209,71 @@ pub(crate) fn add_zone_member(txn: &WriteTransaction, zone_id: u64, memo_id: u64
     Ok(())
 }
 
-/// Adds (`add = true`) or removes the index rows of one entry: its dependency rows and
-/// its expiry row.
+/// The index tables, opened at most once for a run of index updates (opening a table in
+/// a write transaction costs a lookup, and closing it a write of its root).
+struct Indexes<'t> {
+    txn: &'t WriteTransaction,
+    deps: Option<redb::MultimapTable<'t, &'static [u8; 24], &'static [u8; 32]>>,
+    expiry: Option<redb::Table<'t, &'static [u8; 32], ()>>,
+}
+
+impl<'t> Indexes<'t> {
+    fn new(txn: &'t WriteTransaction) -> Self {
+        Indexes {
+            txn,
+            deps: None,
+            expiry: None,
+        }
+    }
+
+    /// Adds (`add = true`) or removes the index rows of one entry: its dependency rows
+    /// (but `skip`, a row the caller already removed for every entry carrying it) and its
+    /// expiry row.
+    fn update(
+        &mut self,
+        memo_id: u64,
+        hash: &KeyHash,
+        bytes: &[u8],
+        add: bool,
+        skip: Option<&DepRow>,
+    ) -> R<()> {
+        // A damaged entry that no longer parses cannot name its rows; the invariant
+        // checker reports any row left behind, and such entries only arise from outside
+        // damage.
+        let Ok(view) = entry::decode(bytes, false) else {
+            return Ok(());
+        };
+        let target = entry_ref(memo_id, hash);
+        for row in view.deps().filter(|r| Some(r) != skip) {
+            if self.deps.is_none() {
+                self.deps = Some(self.txn.open_multimap_table(DEPS)?);
+            }
+            if let Some(deps) = &mut self.deps {
+                if add {
+                    deps.insert(&row, &target)?;
+                } else {
+                    deps.remove(&row, &target)?;
+                }
+            }
+        }
+        if view.meta.expires_at_ms != 0 {
+            if self.expiry.is_none() {
+                self.expiry = Some(self.txn.open_table(EXPIRY)?);
+            }
+            if let Some(expiry) = &mut self.expiry {
+                let key = expiry_key(view.meta.expires_at_ms, memo_id, hash);
+                if add {
+                    expiry.insert(&key, ())?;
+                } else {
+                    expiry.remove(&key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds (`add = true`) or removes the index rows of one entry.
 fn index_rows(
     txn: &WriteTransaction,
     memo_id: u64,
@@ -211,32 +281,7 @@ fn index_rows(
     bytes: &[u8],
     add: bool,
 ) -> R<()> {
-    // A damaged entry that no longer parses cannot name its rows; the invariant checker
-    // reports any row left behind, and such entries only arise from outside damage.
-    let Ok(view) = entry::decode(bytes, false) else {
-        return Ok(());
-    };
-    let target = entry_ref(memo_id, hash);
-    if view.deps().next().is_some() {
-        let mut deps = txn.open_multimap_table(DEPS)?;
-        for row in view.deps() {
-            if add {
-                deps.insert(&row, &target)?;
-            } else {
-                deps.remove(&row, &target)?;
-            }
-        }
-    }
-    if view.meta.expires_at_ms != 0 {
-        let mut expiry = txn.open_table(EXPIRY)?;
-        let key = expiry_key(view.meta.expires_at_ms, memo_id, hash);
-        if add {
-            expiry.insert(&key, ())?;
-        } else {
-            expiry.remove(&key)?;
-        }
-    }
-    Ok(())
+    Indexes::new(txn).update(memo_id, hash, bytes, add, None)
 }
 
 /// Stores entries, each replacing (and un-indexing) any previous entry under the same
@@ -306,9 +351,10 @@ pub(crate) fn clear(txn: &WriteTransaction, record: &MemoRecord) -> R<u64> {
         let table = txn.open_table(def)?;
         let count = table.len()?;
         if record.indexed && count > 0 {
+            let mut indexes = Indexes::new(txn);
             for item in table.iter()? {
                 let (k, v) = item?;
-                index_rows(txn, record.id, k.value(), v.value(), false)?;
+                indexes.update(record.id, k.value(), v.value(), false, None)?;
             }
         }
         count
@@ -318,7 +364,8 @@ pub(crate) fn clear(txn: &WriteTransaction, record: &MemoRecord) -> R<u64> {
 }
 
 /// Removes every entry whose dependency rows include `row`, in every member memoizer.
-/// Returns the number of entries removed and the (memoizer id, hash) pairs.
+/// Returns the (memoizer id, hash) of each removed entry. Cost: the removed entries and
+/// their index rows only; each table is opened once.
 pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64, KeyHash)>> {
     let targets: Vec<[u8; 32]> = {
         let mut deps = txn.open_multimap_table(DEPS)?;
@@ -329,11 +376,30 @@ pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64
         }
         out
     };
+    remove_refs(txn, &targets, Some(row))
+}
+
+/// Removes the entries `targets` (entry refs, sorted) and their index rows, except
+/// `skip`, a dependency row the caller already removed for all of them. Each table is
+/// opened once. Returns the (memoizer id, hash) of each entry that existed.
+fn remove_refs(
+    txn: &WriteTransaction,
+    targets: &[[u8; 32]],
+    skip: Option<&DepRow>,
+) -> R<Vec<(u64, KeyHash)>> {
     let mut removed = Vec::with_capacity(targets.len());
-    for target in targets {
-        let (memo_id, hash) = split_entry_ref(&target);
-        if remove(txn, memo_id, &hash)? {
-            removed.push((memo_id, hash));
+    let mut indexes = Indexes::new(txn);
+    // Entry refs sort by memoizer id first: one run per memoizer table.
+    for run in targets.chunk_by(|a, b| a[..8] == b[..8]) {
+        let (memo_id, _) = split_entry_ref(&run[0]);
+        let name = entries_name(memo_id);
+        let mut table = txn.open_table(EntriesDef::new(&name))?;
+        for target in run {
+            let (_, hash) = split_entry_ref(target);
+            if let Some(old) = table.remove(&hash)? {
+                indexes.update(memo_id, &hash, old.value(), false, skip)?;
+                removed.push((memo_id, hash));
+            }
         }
     }
     Ok(removed)
@@ -369,27 +435,19 @@ pub(crate) fn invalidate_dep_by_scan(
     zone_id: u64,
     row: &DepRow,
 ) -> R<Vec<(u64, KeyHash)>> {
-    let mut removed = Vec::new();
+    let mut targets = Vec::new();
     for memo_id in zone_members(txn, zone_id)? {
         let name = entries_name(memo_id);
-        let hits: Vec<KeyHash> = {
-            let table = txn.open_table(EntriesDef::new(&name))?;
-            let mut hits = Vec::new();
-            for item in table.iter()? {
-                let (hash, bytes) = item?;
-                if entry::decode(bytes.value(), false).is_ok_and(|v| v.deps().any(|d| d == *row)) {
-                    hits.push(*hash.value());
-                }
-            }
-            hits
-        };
-        for hash in hits {
-            if remove(txn, memo_id, &hash)? {
-                removed.push((memo_id, hash));
+        let table = txn.open_table(EntriesDef::new(&name))?;
+        for item in table.iter()? {
+            let (hash, bytes) = item?;
+            if entry::decode(bytes.value(), false).is_ok_and(|v| v.deps().any(|d| d == *row)) {
+                targets.push(entry_ref(memo_id, hash.value()));
             }
         }
     }
-    Ok(removed)
+    targets.sort_unstable();
+    remove_refs(txn, &targets, None)
 }
 
 /// Removes up to `limit` entries whose deadline is at or before `now_ms`, oldest first.
@@ -426,4 +484,14 @@ pub(crate) fn purge_expired(
 pub(crate) fn count_entries(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
     let name = entries_name(memo_id);
     Ok(txn.open_table(EntriesDef::new(&name))?.len()?)
+}
+
+/// Whether any entry's deadline is at or before `now_ms`: one read of the expiry index,
+/// so an idle sweeper never opens a write transaction.
+pub(crate) fn has_expired(db: &redb::Database, now_ms: u64) -> R<bool> {
+    let read = db.begin_read()?;
+    let expiry = read.open_table(EXPIRY)?;
+    let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
+    let mut due = expiry.range::<&[u8; 32]>(..=&end)?;
+    Ok(due.next().transpose()?.is_some())
 }

@@ -1,0 +1,425 @@
+//! Looking into a cache file, and maintenance by name: what the `fresco-memoize` command
+//! shows and does, without the Rust types of the memoizers.
+//!
+//! Reads take one read transaction (like the invariant checker); changes go through the
+//! writer and the `ops` functions like every other write, or through a memoizer of this
+//! run when one of that name is alive (so its in-memory tier and in-flight computes see
+//! the invalidation too). `compact_file` and `verify_file` work on a closed file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Weak;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::Serialize;
+
+use crate::Cache;
+use crate::cache::{CacheBuilder, OnCorruption};
+use crate::error::{Error, Result};
+use crate::integrity::IntegrityReport;
+use crate::key::{KeyBytes, xxh3_key_hash};
+use crate::memoizer::MemoCore;
+use crate::storage::guarded;
+use crate::storage::open::Origin;
+use crate::storage::ops;
+use crate::storage::tables::{
+    DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
+    ZONE_MEMBERS, ZONES, entries_name, expiry_key, split_expiry_key,
+};
+
+/// What a cache holds, as [`Cache::inspect`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheInfo {
+    /// The cache file, or `None` for an in-memory cache.
+    pub path: Option<PathBuf>,
+    /// Size of the file on disk (allocated pages, including free ones: see
+    /// [`Cache::compact_file`]).
+    pub file_bytes: Option<u64>,
+    /// The on-disk format version recorded in the file.
+    pub format_version: u64,
+    /// The cache clock's time the expiry counts refer to (ms since the Unix epoch).
+    pub now_ms: u64,
+    /// Every memoizer recorded in the file, by name.
+    pub memoizers: Vec<MemoizerInfo>,
+    /// Every zone recorded in the file, by name.
+    pub zones: Vec<ZoneInfo>,
+}
+
+impl CacheInfo {
+    /// Entries across all memoizers.
+    pub fn entries(&self) -> u64 {
+        self.memoizers.iter().map(|m| m.entries).sum()
+    }
+
+    /// Entries past their deadline (not served; removed by the next sweep or purge).
+    pub fn expired(&self) -> u64 {
+        self.memoizers.iter().map(|m| m.expired).sum()
+    }
+
+    /// Bytes of keys and values stored in the memoizers' tables.
+    pub fn stored_bytes(&self) -> u64 {
+        self.memoizers.iter().map(|m| m.stored_bytes).sum()
+    }
+}
+
+/// One memoizer recorded in a cache file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoizerInfo {
+    /// Its name.
+    pub name: String,
+    /// Its id in the file (names its table).
+    pub id: u64,
+    /// Entries stored.
+    pub entries: u64,
+    /// Bytes of its rows (entry headers, keys, dependency rows and values).
+    pub stored_bytes: u64,
+    /// Entries past their deadline.
+    pub expired: u64,
+    /// Names of the zones it belongs to.
+    pub zones: Vec<String>,
+}
+
+/// One zone recorded in a cache file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ZoneInfo {
+    /// Its name.
+    pub name: String,
+    /// Its id in the file.
+    pub id: u64,
+    /// Names of its member memoizers.
+    pub members: Vec<String>,
+    /// Rows in the dependency index under this zone: (dependency key, entry) pairs.
+    pub dependency_rows: u64,
+}
+
+/// What [`Cache::compact_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// File size before.
+    pub bytes_before: u64,
+    /// File size after.
+    pub bytes_after: u64,
+}
+
+/// What [`Cache::verify_file`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileCheck {
+    /// Whether redb had to repair its own structures (their checksums failed; the last
+    /// commits that were not yet durable were rolled back). `false`: they were sound.
+    pub redb_repaired: bool,
+    /// The cache's own invariants (entries parse; the dependency and expiry indexes
+    /// match the entries exactly).
+    pub invariants: IntegrityReport,
+}
+
+impl FileCheck {
+    /// Whether the file is sound (nothing repaired, no invariant violated).
+    pub fn is_ok(&self) -> bool {
+        !self.redb_repaired && self.invariants.is_ok()
+    }
+}
+
+type R<T> = std::result::Result<T, redb::Error>;
+
+impl Cache {
+    /// What the cache holds: its memoizers (entries, bytes, expired entries, zones) and
+    /// zones (members, dependency index rows), including memoizers this run has not
+    /// built. Commits pending writes first. Reads the expiry index and each table's
+    /// metadata, not the entries.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, Store};
+    ///
+    /// let cache = Cache::in_memory()?;
+    /// let squares = cache.memoizer::<u64, u64>("squares").store(Store::Persistent).build()?;
+    /// squares.get_or_compute(&3, |n| n * n);
+    /// let info = cache.inspect()?;
+    /// assert_eq!(info.memoizers[0].name, "squares");
+    /// assert_eq!(info.entries(), 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn inspect(&self) -> Result<CacheInfo> {
+        self.flush()?;
+        let storage = &self.inner.storage;
+        let now_ms = self.inner.clock.now_ms();
+        let mut info =
+            guarded(|| read_info(&*storage.db()?, now_ms)).map_err(|e| storage.error(e))?;
+        info.path = storage.path().map(Path::to_path_buf);
+        info.file_bytes = storage
+            .path()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len());
+        Ok(info)
+    }
+
+    /// Removes every entry of the memoizer named `name`, which this run need not have
+    /// built (for one it has built, the same as its
+    /// [`invalidate_all`](crate::Memoizer::invalidate_all)). Returns how many entries
+    /// were removed, or `None` if the file records no memoizer of that name.
+    pub fn invalidate_memoizer(&self, name: &str) -> Result<Option<u64>> {
+        if let Some(core) = self.live_core(name) {
+            return core.invalidate_all().map(Some);
+        }
+        let owned = name.to_string();
+        self.inner
+            .writer
+            .run(move |txn| match ops::memoizer_record(txn, &owned)? {
+                Some(record) => ops::clear(txn, &record).map(Some),
+                None => Ok(None),
+            })
+    }
+
+    /// Removes the entry of the memoizer named `name` stored under `key` - the key as
+    /// stored, that is after the memoizer's keyfunc, if it has one. `key` must encode
+    /// like the memoizer's key type: the same serde shape (a `u64` for a `u64`, a tuple
+    /// for a tuple). Returns whether an entry was removed, or `None` if the file records
+    /// no memoizer of that name.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, Store};
+    ///
+    /// let cache = Cache::in_memory()?;
+    /// let m = cache.memoizer::<(u64, String), u64>("m").store(Store::Persistent).build()?;
+    /// m.get_or_compute(&(1, "a".into()), |_| 7);
+    /// drop(m);
+    /// assert_eq!(cache.invalidate_memoizer_key("m", &(1u64, "a"))?, Some(true));
+    /// assert_eq!(cache.invalidate_memoizer_key("m", &(1u64, "a"))?, Some(false));
+    /// assert_eq!(cache.invalidate_memoizer_key("nope", &1u64)?, None);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn invalidate_memoizer_key<K: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        key: &K,
+    ) -> Result<Option<bool>> {
+        let bytes = KeyBytes::encode(key).map_err(Error::KeyEncoding)?;
+        if let Some(core) = self.live_core(name) {
+            return core
+                .invalidate_hash((core.hasher)(bytes.as_slice()))
+                .map(Some);
+        }
+        let hash = xxh3_key_hash(bytes.as_slice());
+        let owned = name.to_string();
+        self.inner
+            .writer
+            .run(move |txn| match ops::memoizer_record(txn, &owned)? {
+                Some(record) => ops::remove(txn, record.id, &hash).map(Some),
+                None => Ok(None),
+            })
+    }
+
+    /// Compacts a cache file that no `Cache` holds open, giving free pages back to the
+    /// file system. The file must exist and be a cache; it is never created.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// {
+    ///     let cache = Cache::open(&path)?;
+    ///     let blobs = cache.memoizer::<u32, Vec<u8>>("blobs").build()?;
+    ///     for i in 0..100 {
+    ///         blobs.get_or_compute(&i, |_| vec![0; 16 << 10]);
+    ///     }
+    ///     blobs.invalidate_all()?;
+    /// }
+    /// let report = Cache::compact_file(&path)?;
+    /// assert!(report.bytes_after < report.bytes_before);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn compact_file(path: impl AsRef<Path>) -> Result<CompactReport> {
+        let path = path.as_ref();
+        let bytes_before = file_len(path)?;
+        let mut db = open_closed(path)?;
+        guarded(|| {
+            // Each pass moves pages towards the start; stop when one finds nothing to do.
+            for _ in 0..64 {
+                if !db.compact()? {
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|source| Error::Storage {
+            path: Some(path.to_path_buf()),
+            source,
+        })?;
+        drop(db);
+        Ok(CompactReport {
+            bytes_before,
+            bytes_after: file_len(path)?,
+        })
+    }
+
+    /// Checks a cache file that no `Cache` holds open: redb verifies the checksums of its
+    /// own structures (repairing them if it can), then the cache's invariants are checked
+    /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is
+    /// never created, moved or recreated. A file redb cannot repair is
+    /// [`Error::Corrupted`].
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// Cache::open(&path)?.memoizer::<u32, u32>("m").build()?.get_or_compute(&1, |n| n + 1);
+    /// let check = Cache::verify_file(&path)?;
+    /// assert!(check.is_ok(), "{check:?}");
+    /// assert_eq!(check.invariants.entries, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn verify_file(path: impl AsRef<Path>) -> Result<FileCheck> {
+        let path = path.as_ref();
+        let mut db = open_closed(path)?;
+        let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
+            redb::Error::Io(source) => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => Error::Corrupted {
+                path: path.to_path_buf(),
+                detail: other.to_string(),
+            },
+        })?;
+        drop(db);
+        let cache = CacheBuilder::new()
+            .sweep_interval(None)
+            .on_corruption(OnCorruption::Fail)
+            .open_existing(path)?;
+        Ok(FileCheck {
+            redb_repaired: !sound,
+            invariants: cache.check_integrity()?,
+        })
+    }
+
+    fn live_core(&self, name: &str) -> Option<std::sync::Arc<MemoCore>> {
+        let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.get(name).and_then(Weak::upgrade)
+    }
+}
+
+/// Opens an existing cache file directly (for the maintenance redb needs `&mut` for).
+fn open_closed(path: &Path) -> Result<redb::Database> {
+    Origin::File {
+        path: path.to_path_buf(),
+        page_cache_bytes: 16 << 20,
+        verify_on_open: false,
+        create: false,
+    }
+    .open()
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn read_info(db: &redb::Database, now_ms: u64) -> R<CacheInfo> {
+    let txn = db.begin_read()?;
+    let format_version = txn
+        .open_table(META)?
+        .get(KEY_FORMAT_VERSION)?
+        .map_or(0, |v| v.value());
+
+    let names: BTreeMap<u64, String> = {
+        let table = txn.open_table(MEMOIZER_NAMES)?;
+        let mut out = BTreeMap::new();
+        for item in table.iter()? {
+            let (id, name) = item?;
+            out.insert(id.value(), name.value().to_string());
+        }
+        out
+    };
+
+    // Expired entries per memoizer: one range read of the expiry index.
+    let mut expired: BTreeMap<u64, u64> = BTreeMap::new();
+    {
+        let expiry = txn.open_table(EXPIRY)?;
+        let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
+        for item in expiry.range::<&[u8; 32]>(..=&end)? {
+            let (_, memo_id, _) = split_expiry_key(item?.0.value());
+            *expired.entry(memo_id).or_default() += 1;
+        }
+    }
+
+    let mut zones = Vec::new();
+    let mut zones_of: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    {
+        let members = txn.open_multimap_table(ZONE_MEMBERS)?;
+        let deps = txn.open_multimap_table(DEPS)?;
+        for item in txn.open_table(ZONES)?.iter()? {
+            let (name, id) = item?;
+            let (name, id) = (name.value().to_string(), id.value());
+            let mut member_names = Vec::new();
+            for m in members.get(id)? {
+                let memo_id = m?.value();
+                zones_of.entry(memo_id).or_default().insert(name.clone());
+                member_names.push(
+                    names
+                        .get(&memo_id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("#{memo_id}")),
+                );
+            }
+            member_names.sort();
+            // A zone's dependency rows are contiguous: its id is their big-endian prefix.
+            let mut lo = [0u8; 24];
+            lo[..8].copy_from_slice(&id.to_be_bytes());
+            let mut hi = [0xffu8; 24];
+            hi[..8].copy_from_slice(&id.to_be_bytes());
+            let mut dependency_rows = 0;
+            for row in deps.range::<&[u8; 24]>(&lo..=&hi)? {
+                dependency_rows += row?.1.len();
+            }
+            zones.push(ZoneInfo {
+                name,
+                id,
+                members: member_names,
+                dependency_rows,
+            });
+        }
+    }
+
+    let mut memoizers = Vec::new();
+    for item in txn.open_table(MEMOIZERS)?.iter()? {
+        let (name, record) = item?;
+        let Some(record) = MemoRecord::decode(record.value()) else {
+            continue;
+        };
+        let table_name = entries_name(record.id);
+        let (entries, stored_bytes) = match txn.open_table(EntriesDef::new(&table_name)) {
+            Ok(t) => (t.len()?, t.stats()?.stored_bytes()),
+            Err(redb::TableError::TableDoesNotExist(_)) => (0, 0),
+            Err(e) => return Err(e.into()),
+        };
+        memoizers.push(MemoizerInfo {
+            name: name.value().to_string(),
+            id: record.id,
+            entries,
+            stored_bytes,
+            expired: expired.get(&record.id).copied().unwrap_or(0),
+            zones: zones_of
+                .remove(&record.id)
+                .map(|z| z.into_iter().collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(CacheInfo {
+        path: None,
+        file_bytes: None,
+        format_version,
+        now_ms,
+        memoizers,
+        zones,
+    })
+}

@@ -1,0 +1,267 @@
+//! The expiry sweeper: a background thread per [`Cache`] that removes expired entries
+//! (with their dependency and expiry index rows) every `sweep_interval`.
+//!
+//! - It never blocks hits: it removes at most [`BATCH`] entries per write transaction,
+//!   through the one writer like any other write, so a hit (which reads a snapshot) never
+//!   waits on it and other writes wait at most one batch. An idle sweep is one read of
+//!   the expiry index and opens no write transaction.
+//! - It holds only a weak reference to the cache, and never outlives it: dropping the
+//!   last `Cache` handle waits for a sweep under way, stops the thread and joins it, so
+//!   the file is closed when `drop` returns. (Should a memoizer rather than a handle be
+//!   the last to go, during a sweep, the file closes as that sweep ends.)
+//! - The interval is measured on the real (monotonic) clock; "expired" is judged by the
+//!   cache's [`Clock`](crate::Clock), so tests advance a `ManualClock` and then ask for a
+//!   sweep.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crate::Cache;
+use crate::cache::CacheInner;
+use crate::error::{Error, Result};
+use crate::key::KeyHash;
+use crate::storage::ops;
+
+/// Most entries removed by one write transaction of a sweep or a purge.
+pub(crate) const BATCH: usize = 1024;
+
+/// Removes every entry expired at the cache clock's `now`, in batches of `batch`
+/// entries per write transaction, on disk and in this run's in-memory stores. Returns
+/// how many entries were removed.
+///
+/// The first batch always goes through the writer, behind every write queued before
+/// the call, so entries stored just before are seen. With `peek`, a read of the expiry
+/// index decides first whether the disk holds anything expired at all (an idle sweep
+/// then opens no write transaction).
+pub(crate) fn purge(inner: &CacheInner, batch: usize, peek: bool) -> Result<u64> {
+    let now = inner.clock.now_ms();
+    let mut on_disk: Vec<(u64, KeyHash)> = Vec::new();
+    if !peek || inner.storage.has_expired(now)? {
+        loop {
+            let removed = inner
+                .writer
+                .run(move |txn| ops::purge_expired(txn, now, batch))?;
+            let full = removed.len() >= batch;
+            on_disk.extend(removed);
+            if !full {
+                break;
+            }
+        }
+    }
+    let live: Vec<_> = {
+        let live = inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.values().filter_map(Weak::upgrade).collect()
+    };
+    let touched: std::collections::BTreeSet<u64> = on_disk.iter().map(|(id, _)| *id).collect();
+    let mut in_memory_only = 0;
+    for core in live {
+        let mine = core
+            .persistent
+            .as_ref()
+            .is_some_and(|p| touched.contains(&p.id));
+        // Only memoizers with a deadline (or whose disk entries just went) have anything
+        // to drop; the others' stores are not scanned.
+        if core.expires.is_none() && !mine {
+            continue;
+        }
+        let n = core.purge_expired_in_memory(now, &on_disk);
+        if core.persistent.is_none() {
+            in_memory_only += n;
+        }
+    }
+    Ok(on_disk.len() as u64 + in_memory_only)
+}
+
+#[derive(Default)]
+struct State {
+    stop: bool,
+    /// A sweep was asked for now (test hook).
+    kick: bool,
+    /// A sweep is under way.
+    running: bool,
+    sweeps: u64,
+    removed: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the thread: stop or kick.
+    wake: Condvar,
+    /// Signalled after every sweep.
+    swept: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Handle to a cache's sweeper thread; stops and joins it when dropped.
+pub(crate) struct Sweeper {
+    shared: Arc<Shared>,
+    thread: ThreadId,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Sweeper {
+    pub(crate) fn spawn(cache: Weak<CacheInner>, every: Duration) -> Result<Sweeper> {
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("fresco-sweeper".into())
+            .spawn(move || run(&theirs, &cache, every))
+            .map_err(|source| Error::Io {
+                path: "<sweeper thread>".into(),
+                source,
+            })?;
+        Ok(Sweeper {
+            shared,
+            thread: handle.thread().id(),
+            handle: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stops the thread and waits for it (unless called from it: the cache's last
+    /// reference may be dropped by the sweeper itself, which then simply exits).
+    pub(crate) fn stop(&self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        self.shared.swept.notify_all();
+        if std::thread::current().id() == self.thread {
+            return;
+        }
+        if let Some(handle) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Sweeper {
+    /// Called as a `Cache` handle is dropped. If it is the cache's last reference, waits
+    /// for a sweep under way to end and stops the sweeper, so that the cache closes on
+    /// the caller's thread, at once - and the file can be reopened right away. (The
+    /// sweeper takes its reference to the cache under the same lock, and only when not
+    /// stopped.)
+    pub(crate) fn release(&self, inner: &Arc<CacheInner>) {
+        if std::thread::current().id() == self.thread {
+            return;
+        }
+        let mut state = self.shared.lock();
+        while state.running {
+            state = self
+                .shared
+                .swept
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if Arc::strong_count(inner) == 1 {
+            state.stop = true;
+            drop(state);
+            self.shared.wake.notify_all();
+        }
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(shared: &Shared, cache: &Weak<CacheInner>, every: Duration) {
+    loop {
+        {
+            let mut state = shared.lock();
+            let due = Instant::now() + every;
+            while !state.stop && !state.kick {
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = shared
+                    .wake
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if state.stop {
+                return;
+            }
+            state.kick = false;
+            state.running = true;
+        }
+        // Taken after `running` is set, so `release` waits for this sweep to end.
+        // `inner` lives for this statement only. It is the last reference only if the
+        // cache's other holders let go during the sweep without a `Cache` handle's
+        // `release` (say a memoizer was dropped last): the cache then closes on this
+        // thread, and `Sweeper::stop` returns without joining.
+        let removed = cache.upgrade().map(|inner| {
+            purge(&inner, BATCH, true).unwrap_or_else(|e| {
+                inner.storage.reporter.report(&e);
+                0
+            })
+        });
+        let mut state = shared.lock();
+        state.running = false;
+        state.sweeps += removed.is_some() as u64;
+        state.removed += removed.unwrap_or(0);
+        let gone = removed.is_none();
+        drop(state);
+        shared.swept.notify_all();
+        if gone {
+            return;
+        }
+    }
+}
+
+/// Sweeper observation for tests. Not a stable API.
+impl Cache {
+    /// Sweeps completed so far and entries they removed; `None` without a sweeper.
+    #[doc(hidden)]
+    pub fn __sweeps(&self) -> Option<(u64, u64)> {
+        let sweeper = self.inner.sweeper.get()?;
+        let state = sweeper.shared.lock();
+        Some((state.sweeps, state.removed))
+    }
+
+    /// Waits (up to `timeout`) until at least `sweeps` sweeps have completed; returns
+    /// the count reached. Waits on a notification, not by polling.
+    #[doc(hidden)]
+    pub fn __wait_sweeps(&self, sweeps: u64, timeout: Duration) -> Option<u64> {
+        let sweeper = self.inner.sweeper.get()?;
+        let deadline = Instant::now() + timeout;
+        let mut state = sweeper.shared.lock();
+        while state.sweeps < sweeps && !state.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = sweeper
+                .shared
+                .swept
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Some(state.sweeps)
+    }
+
+    /// Asks the sweeper for a sweep now and waits (up to `timeout`) until one that
+    /// started after the request has completed. Returns the sweeps completed.
+    #[doc(hidden)]
+    pub fn __sweep_now(&self, timeout: Duration) -> Option<u64> {
+        let sweeper = self.inner.sweeper.get()?;
+        let target = {
+            let mut state = sweeper.shared.lock();
+            state.kick = true;
+            // A sweep under way may have read the clock before the request: then wait
+            // for the next one, which the kick starts at once.
+            state.sweeps + if state.running { 2 } else { 1 }
+        };
+        sweeper.shared.wake.notify_all();
+        self.__wait_sweeps(target, timeout)
+    }
+}

@@ -1,0 +1,13 @@
+//! The synchronization primitives of the modules that are model-checked with shuttle.
+//!
+//! `tests/shuttle_flight.rs` compiles `src/flight.rs` by path next to its own `sync`
+//! module, which maps these names to shuttle's primitives; here they are std's.
+
+pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use std::sync::{Arc, Condvar, Mutex};
+pub(crate) use std::thread::ThreadId;
+
+/// The calling thread's id.
+pub(crate) fn current_thread() -> ThreadId {
+    std::thread::current().id()
+}
