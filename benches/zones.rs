@@ -3,7 +3,11 @@
 //! reading every entry (what a cache without index, like the Python original, must do).
 //!
 //! Every measured iteration removes 200 freshly stored entries: the setup (not timed)
-//! recomputes them and waits for their commit. Run with `cargo bench --bench zones`.
+//! recomputes them and waits for their commit. A third series, `redb_floor`, deletes 200
+//! random keys from a plain redb table of the same size in one non-durable commit: the
+//! storage engine's own cost for removing that many rows, which no index can avoid.
+//!
+//! Run with `cargo bench --bench zones`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -34,7 +38,11 @@ fn settle(authors: &Zone) {
 fn fixture(entries: u64) -> Fixture {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(dir.path().join("zones-bench.memo")).unwrap();
+    // Durability is not what is measured: no periodic fsync lands in an iteration.
+    let cache = Cache::builder()
+        .durable_interval(Duration::from_secs(3600))
+        .open(dir.path().join("zones-bench.memo"))
+        .unwrap();
     let authors = cache.zone("Authors").unwrap();
     let books = cache
         .memoizer::<u64, u64>("books")
@@ -64,6 +72,47 @@ fn fixture(entries: u64) -> Fixture {
         books,
         target,
     }
+}
+
+/// Plain redb: `entries` rows keyed like entries (16-byte hashes), ~100-byte values.
+struct Floor {
+    _dir: tempfile::TempDir,
+    db: redb::Database,
+    target: u64,
+}
+
+const FLOOR_TABLE: redb::TableDefinition<&[u8; 16], &[u8]> = redb::TableDefinition::new("floor");
+
+fn floor_key(i: u64) -> [u8; 16] {
+    xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes()).to_le_bytes()
+}
+
+fn floor(entries: u64) -> Floor {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("floor.redb")).unwrap();
+    let mut next = 0;
+    while next < entries {
+        let end = (next + 4096).min(entries);
+        floor_txn(&db, |t| {
+            for i in next..end {
+                t.insert(&floor_key(i), &[7u8; 100][..]).unwrap();
+            }
+        });
+        next = end;
+    }
+    Floor {
+        _dir: dir,
+        db,
+        target: entries / 2,
+    }
+}
+
+/// Runs `f` on the floor table in one non-durable write transaction.
+fn floor_txn(db: &redb::Database, f: impl FnOnce(&mut redb::Table<&[u8; 16], &[u8]>)) {
+    let mut txn = db.begin_write().unwrap();
+    txn.set_durability(redb::Durability::None).unwrap();
+    f(&mut txn.open_table(FLOOR_TABLE).unwrap());
+    txn.commit().unwrap();
 }
 
 impl Fixture {
@@ -106,6 +155,28 @@ fn invalidate(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        let raw = floor(entries);
+        group.bench_function(BenchmarkId::new("redb_floor", label), |b| {
+            let keys = raw.target..raw.target + PER_AUTHOR;
+            b.iter_batched(
+                || {
+                    floor_txn(&raw.db, |t| {
+                        for i in keys.clone() {
+                            t.insert(&floor_key(i), &[7u8; 100][..]).unwrap();
+                        }
+                    })
+                },
+                |()| {
+                    floor_txn(&raw.db, |t| {
+                        for i in keys.clone() {
+                            assert!(t.remove(&floor_key(i)).unwrap().is_some());
+                        }
+                    })
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        drop(raw);
         let report = f.cache.check_integrity().unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);
         assert_eq!(report.entries, entries - PER_AUTHOR);

@@ -62,10 +62,20 @@ impl CacheInner {
         if let Some(z) = zones.get(name) {
             return Ok(z.clone());
         }
-        let owned = name.to_string();
-        let id = self
-            .writer
-            .run(move |txn| ops::register_zone(txn, &owned))?;
+        // Known from an earlier run (every start after the first): a read suffices.
+        let known = self
+            .storage
+            .read(|txn| ops::zone_id(txn, name))
+            .ok()
+            .flatten();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let owned = name.to_string();
+                self.writer
+                    .run(move |txn| ops::register_zone(txn, &owned))?
+            }
+        };
         let zone = Arc::new(ZoneInner::new(name, id, self));
         zones.insert(name.to_string(), zone.clone());
         Ok(zone)
@@ -180,7 +190,7 @@ impl Cache {
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
     ///
-    /// Removal goes in batches of a few hundred entries per write transaction, so other
+    /// Removal goes in batches of at most 1024 entries per write transaction, so other
     /// writes wait at most one batch and hits never wait. The background sweeper (see
     /// [`CacheBuilder::sweep_interval`]) does the same on its own.
     pub fn purge_expired(&self) -> Result<u64> {
@@ -251,8 +261,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Stored values are committed at once (visible to every call) but made durable
-    /// with an fsync at most this often; a crash loses at most this window. Default: 1 s.
+    /// Stored values are committed at once (visible to every call) and made durable with
+    /// an fsync as soon as writes pause for 50 ms, and at least this often while they do
+    /// not; a crash loses at most this window. Default: 1 s.
     pub fn durable_interval(mut self, interval: Duration) -> Self {
         self.durable_interval = interval;
         self
@@ -295,7 +306,7 @@ impl CacheBuilder {
     /// or `None` for no thread: expired entries then stay in the file, unserved, until
     /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
     ///
-    /// A sweep removes at most a few hundred entries per write transaction, so it never
+    /// A sweep removes at most 1024 entries per write transaction, so it never
     /// holds up hits (which never wait for writes) nor other writes for long; a sweep
     /// with nothing expired only reads the expiry index. The thread stops when the cache
     /// is dropped.

@@ -222,6 +222,18 @@ impl Storage {
         Ok(DbRef(guard))
     }
 
+    /// Runs `f` in a fresh read transaction of the committed state.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T> {
+        guarded(|| {
+            let txn = self.db()?.begin_read()?;
+            f(&txn)
+        })
+        .map_err(|e| self.error(e))
+    }
+
     /// Whether the database is open.
     fn is_open(&self) -> bool {
         self.db.read().unwrap_or_else(|e| e.into_inner()).is_some()
