@@ -484,9 +484,16 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// returns it.
     ///
     /// Concurrent calls for the same missing key compute once (single-flight); the others
-    /// wait and then read the stored value. If the cache itself fails (a full disk, a
-    /// damaged file), the value is still computed and returned, and the failure is
-    /// reported through [`Cache::health`](crate::Cache::health) and [`Stats::errors`].
+    /// wait and then read the stored value. Calls for different keys never wait for each
+    /// other. If the computation panics, the panic reaches its own caller and nothing is
+    /// stored; the calls waiting on it are released and **retry**: one of them computes,
+    /// the others wait for that one. If the cache itself fails (a full disk, a damaged
+    /// file), the value is still computed and returned, and the failure is reported
+    /// through [`Cache::health`](crate::Cache::health) and [`Stats::errors`].
+    ///
+    /// A stored value is visible to the next call at once, before its batch is committed
+    /// (it is served from the writer's queue), and is made durable within the cache's
+    /// [durable interval](crate::CacheBuilder::durable_interval).
     ///
     /// ```
     /// # use fresco_memoize::Cache;
@@ -629,7 +636,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     }
 
     /// Removes every entry of this memoizer - and nothing of any other memoizer - without
-    /// scanning the file. Returns how many entries were removed.
+    /// scanning the file. Returns how many entries were removed. When it returns, no
+    /// later call sees a value stored before it.
     pub fn invalidate_all(&self) -> Result<u64> {
         self.core.invalidate_all()
     }
