@@ -118,6 +118,7 @@ fn hit_threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("hit_threads");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     g.warm_up_time(Duration::from_secs(1));
+    let order = shuffled(ENTRIES);
     for threads in [1usize, 2] {
         // One element = one lookup; each thread performs `iters` of them.
         g.throughput(Throughput::Elements(threads as u64));
@@ -126,13 +127,14 @@ fn hit_threads(c: &mut Criterion) {
                 let start = Instant::now();
                 std::thread::scope(|s| {
                     for t in 0..threads {
-                        let m = &persistent;
+                        let (m, order) = (&persistent, &order);
                         s.spawn(move || {
-                            let mut keys = Keys::new(ENTRIES).offset(t * 50_000);
+                            // The threads walk the same order from different places.
+                            let mut at = t * order.len() / 2;
                             for _ in 0..iters {
-                                black_box(
-                                    m.get_or_compute(&keys.next_key(), |_| panic!("must hit")),
-                                );
+                                let key = order[at];
+                                at = if at + 1 == order.len() { 0 } else { at + 1 };
+                                black_box(m.get_or_compute(&key, |_| panic!("must hit")));
                             }
                         });
                     }

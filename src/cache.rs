@@ -62,10 +62,20 @@ impl CacheInner {
         if let Some(z) = zones.get(name) {
             return Ok(z.clone());
         }
-        let owned = name.to_string();
-        let id = self
-            .writer
-            .run(move |txn| ops::register_zone(txn, &owned))?;
+        // Known from an earlier run (every start after the first): a read suffices.
+        let known = self
+            .storage
+            .read(|txn| ops::zone_id(txn, name))
+            .ok()
+            .flatten();
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let owned = name.to_string();
+                self.writer
+                    .run(move |txn| ops::register_zone(txn, &owned))?
+            }
+        };
         let zone = Arc::new(ZoneInner::new(name, id, self));
         zones.insert(name.to_string(), zone.clone());
         Ok(zone)
@@ -179,6 +189,10 @@ impl Cache {
     /// Removes every entry past its deadline now, in every memoizer of the file (through
     /// the expiry index: the cost grows with the expired entries, not the cache) and in
     /// the in-memory stores of this run. Returns how many entries were removed.
+    ///
+    /// Removal goes in batches of at most 1024 entries per write transaction, so other
+    /// writes wait at most one batch and hits never wait. The background sweeper (see
+    /// [`CacheBuilder::sweep_interval`]) does the same on its own.
     pub fn purge_expired(&self) -> Result<u64> {
         crate::sweeper::purge(&self.inner, crate::sweeper::BATCH, false)
     }
@@ -247,8 +261,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Stored values are committed at once (visible to every call) but made durable
-    /// with an fsync at most this often; a crash loses at most this window. Default: 1 s.
+    /// Stored values are committed at once (visible to every call) and made durable with
+    /// an fsync as soon as writes pause for 50 ms, and at least this often while they do
+    /// not; a crash loses at most this window. Default: 1 s.
     pub fn durable_interval(mut self, interval: Duration) -> Self {
         self.durable_interval = interval;
         self
@@ -262,6 +277,10 @@ impl CacheBuilder {
 
     /// Receives every error the cache swallows (a store that failed, a file moved aside).
     /// Default: print to stderr, rate-limited.
+    ///
+    /// The hook runs on the thread that met the error, which may be the cache's
+    /// background writer: it may read the cache, but must not wait on it (`flush`, an
+    /// invalidation, building a memoizer), which would deadlock.
     pub fn on_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
@@ -287,7 +306,7 @@ impl CacheBuilder {
     /// or `None` for no thread: expired entries then stay in the file, unserved, until
     /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
     ///
-    /// A sweep removes at most a few hundred entries per write transaction, so it never
+    /// A sweep removes at most 1024 entries per write transaction, so it never
     /// holds up hits (which never wait for writes) nor other writes for long; a sweep
     /// with nothing expired only reads the expiry index. The thread stops when the cache
     /// is dropped.
@@ -340,14 +359,19 @@ impl CacheBuilder {
             }
             other => other?,
         };
-        let settings = (self.clock, self.durable_interval, self.on_corruption);
-        start(db, origin, true, reporter, settings, self.sweep_interval)
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            self.on_corruption,
+            self.sweep_interval,
+        );
+        start(db, origin, true, reporter, settings)
     }
 
     /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
-    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says. A missing
-    /// file is [`Error::Io`] (not found); a damaged one [`Error::Corrupted`]. For tools
-    /// that look into a cache, like the `fresco-memoize` command.
+    /// recreates a file, whatever [`on_corruption`](Self::on_corruption) says (a damaged
+    /// file is [`Error::Corrupted`]). A missing file is [`Error::Io`] (not found). For
+    /// tools that look into a cache, like the `fresco-memoize` command.
     ///
     /// ```
     /// use fresco_memoize::{Cache, Error};
@@ -361,17 +385,21 @@ impl CacheBuilder {
     /// # Ok::<(), fresco_memoize::Error>(())
     /// ```
     pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
-        let path = path.as_ref().to_path_buf();
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::File {
-            path,
+            path: path.as_ref().to_path_buf(),
             page_cache_bytes: self.page_cache_bytes,
             verify_on_open: self.verify_on_open,
             create: false,
         };
         let db = origin.open()?;
-        let settings = (self.clock, self.durable_interval, OnCorruption::Fail);
-        start(db, origin, true, reporter, settings, self.sweep_interval)
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            OnCorruption::Fail,
+            self.sweep_interval,
+        );
+        start(db, origin, true, reporter, settings)
     }
 
     /// A cache that keeps nothing on disk.
@@ -393,15 +421,13 @@ impl CacheBuilder {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
-        let settings = (self.clock, self.durable_interval, self.on_corruption);
-        start(
-            db,
-            origin,
-            file_backed,
-            reporter,
-            settings,
+        let settings = (
+            self.clock,
+            self.durable_interval,
+            self.on_corruption,
             self.sweep_interval,
-        )
+        );
+        start(db, origin, file_backed, reporter, settings)
     }
 }
 
@@ -410,8 +436,12 @@ fn start(
     origin: Origin,
     file_backed: bool,
     reporter: Arc<Reporter>,
-    (clock, durable_interval, on_corruption): (Arc<dyn Clock>, Duration, OnCorruption),
-    sweep_interval: Option<Duration>,
+    (clock, durable_interval, on_corruption, sweep_interval): (
+        Arc<dyn Clock>,
+        Duration,
+        OnCorruption,
+        Option<Duration>,
+    ),
 ) -> Result<Cache> {
     let storage = Arc::new(Storage::new(db, origin, on_corruption, reporter));
     let writer = Writer::spawn(storage.clone(), durable_interval)?;

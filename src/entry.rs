@@ -113,6 +113,11 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Offset of `expires_at_ms` in the header.
+pub(crate) const EXPIRES_AT: usize = 32;
+/// Offset of `entry_id` in the header.
+pub(crate) const ENTRY_ID: usize = 40;
+
 /// The header fields of an entry that [`decode`]s (zeros past the end of shorter bytes).
 pub(crate) fn meta(bytes: &[u8]) -> Meta {
     let field = |at: usize| {
@@ -124,8 +129,8 @@ pub(crate) fn meta(bytes: &[u8]) -> Meta {
     Meta {
         fingerprint: field(16),
         stored_at_ms: field(24),
-        expires_at_ms: field(32),
-        entry_id: field(40),
+        expires_at_ms: field(EXPIRES_AT),
+        entry_id: field(ENTRY_ID),
     }
 }
 

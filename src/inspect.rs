@@ -20,7 +20,7 @@ use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
 use crate::memoizer::MemoCore;
 use crate::storage::guarded;
-use crate::storage::open::open_file;
+use crate::storage::open::Origin;
 use crate::storage::ops;
 use crate::storage::tables::{
     DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
@@ -215,10 +215,28 @@ impl Cache {
 
     /// Compacts a cache file that no `Cache` holds open, giving free pages back to the
     /// file system. The file must exist and be a cache; it is never created.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// {
+    ///     let cache = Cache::open(&path)?;
+    ///     let blobs = cache.memoizer::<u32, Vec<u8>>("blobs").build()?;
+    ///     for i in 0..100 {
+    ///         blobs.get_or_compute(&i, |_| vec![0; 16 << 10]);
+    ///     }
+    ///     blobs.invalidate_all()?;
+    /// }
+    /// let report = Cache::compact_file(&path)?;
+    /// assert!(report.bytes_after < report.bytes_before);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
     pub fn compact_file(path: impl AsRef<Path>) -> Result<CompactReport> {
         let path = path.as_ref();
         let bytes_before = file_len(path)?;
-        let mut db = open_file(path, 16 << 20, false, false)?;
+        let mut db = open_closed(path)?;
         guarded(|| {
             // Each pass moves pages towards the start; stop when one finds nothing to do.
             for _ in 0..64 {
@@ -244,9 +262,21 @@ impl Cache {
     /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is
     /// never created, moved or recreated. A file redb cannot repair is
     /// [`Error::Corrupted`].
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// Cache::open(&path)?.memoizer::<u32, u32>("m").build()?.get_or_compute(&1, |n| n + 1);
+    /// let check = Cache::verify_file(&path)?;
+    /// assert!(check.is_ok(), "{check:?}");
+    /// assert_eq!(check.invariants.entries, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
     pub fn verify_file(path: impl AsRef<Path>) -> Result<FileCheck> {
         let path = path.as_ref();
-        let mut db = open_file(path, 16 << 20, false, false)?;
+        let mut db = open_closed(path)?;
         let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
             redb::Error::Io(source) => Error::Io {
                 path: path.to_path_buf(),
@@ -272,6 +302,17 @@ impl Cache {
         let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
         live.get(name).and_then(Weak::upgrade)
     }
+}
+
+/// Opens an existing cache file directly (for the maintenance redb needs `&mut` for).
+fn open_closed(path: &Path) -> Result<redb::Database> {
+    Origin::File {
+        path: path.to_path_buf(),
+        page_cache_bytes: 16 << 20,
+        verify_on_open: false,
+        create: false,
+    }
+    .open()
 }
 
 fn file_len(path: &Path) -> Result<u64> {

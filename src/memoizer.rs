@@ -135,10 +135,15 @@ impl MemoCore {
     /// or if it is not the value this process stored last under `hash` (a read that raced
     /// with a newer store: the caller looks again instead of serving an old value, whose
     /// hits were already counted).
+    #[inline]
     fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
-        let Some(limit) = self.max_hits else {
-            return true;
-        };
+        match self.max_hits {
+            None => true,
+            Some(limit) => self.take_counted_hit(hash, entry_id, limit),
+        }
+    }
+
+    fn take_counted_hit(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> bool {
         let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
         let slot = served.entry(*hash).or_insert((entry_id, 0));
         if slot.0 != entry_id {
@@ -168,8 +173,8 @@ impl MemoCore {
 
     /// Whether an entry with this header is still live. Reads the clock only for entries
     /// that have a deadline, so hits without `expires` never pay for it.
-    fn live(&self, meta: &Meta) -> bool {
-        meta.expires_at_ms == 0 || !meta.expired(self.now_ms())
+    fn live(&self, expires_at_ms: u64) -> bool {
+        expires_at_ms == 0 || self.now_ms() < expires_at_ms
     }
 
     /// Looks in the in-memory tier and runs `read` on a live entry for this key, under
@@ -189,7 +194,7 @@ impl MemoCore {
             if entry.key() != ek.bytes.as_slice() {
                 Counters::add(&self.stats.stale, 1);
                 Ok(None)
-            } else if !self.live(&entry.meta()) {
+            } else if !self.live(entry.expires_at_ms()) {
                 Err(())
             } else {
                 Ok(Some(read(entry)))
@@ -231,7 +236,7 @@ impl MemoCore {
             Counters::add(&self.stats.stale, 1);
             return None;
         }
-        if !self.live(&view.meta) {
+        if !self.live(view.meta.expires_at_ms) {
             Counters::add(&self.stats.expirations, 1);
             return None;
         }
@@ -435,7 +440,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
         let in_memory = core.in_memory(ek, |entry| {
-            if !core.take_hit(&ek.hash, entry.meta().entry_id) {
+            if !core.take_hit(&ek.hash, entry.entry_id()) {
                 return None;
             }
             let value = with_aligned(entry.payload(), align, |payload| {
@@ -479,9 +484,16 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// returns it.
     ///
     /// Concurrent calls for the same missing key compute once (single-flight); the others
-    /// wait and then read the stored value. If the cache itself fails (a full disk, a
-    /// damaged file), the value is still computed and returned, and the failure is
-    /// reported through [`Cache::health`](crate::Cache::health) and [`Stats::errors`].
+    /// wait and then read the stored value. Calls for different keys never wait for each
+    /// other. If the computation panics, the panic reaches its own caller and nothing is
+    /// stored; the calls waiting on it are released and **retry**: one of them computes,
+    /// the others wait for that one. If the cache itself fails (a full disk, a damaged
+    /// file), the value is still computed and returned, and the failure is reported
+    /// through [`Cache::health`](crate::Cache::health) and [`Stats::errors`].
+    ///
+    /// A stored value is visible to the next call at once, before its batch is committed
+    /// (it is served from the writer's queue), and is made durable within the cache's
+    /// [durable interval](crate::CacheBuilder::durable_interval).
     ///
     /// ```
     /// # use fresco_memoize::Cache;
@@ -586,7 +598,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             return Ok(None);
         };
         if let Some(entry) = in_memory {
-            let id = entry.meta().entry_id;
+            let id = entry.entry_id();
             let Some(hit) = ArchivedHit::from_memory(entry) else {
                 return Ok(None);
             };
@@ -624,7 +636,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     }
 
     /// Removes every entry of this memoizer - and nothing of any other memoizer - without
-    /// scanning the file. Returns how many entries were removed.
+    /// scanning the file. Returns how many entries were removed. When it returns, no
+    /// later call sees a value stored before it.
     pub fn invalidate_all(&self) -> Result<u64> {
         self.core.invalidate_all()
     }
@@ -780,13 +793,23 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             Store::Persistent | Store::Tiered(_) => {
                 let name = self.name.clone();
                 let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
-                let record = cache.writer.run(move |txn| {
-                    let record = ops::register_memoizer(txn, &name, fingerprint, indexed)?;
-                    for zone_id in zone_ids {
-                        ops::add_zone_member(txn, zone_id, record.id)?;
-                    }
-                    Ok(record)
-                })?;
+                // Rebuilt as registered before (every start of a program after the first):
+                // a read suffices, with no commit to wait for.
+                let known = cache
+                    .storage
+                    .read(|txn| ops::registered(txn, &name, fingerprint, indexed, &zone_ids))
+                    .ok()
+                    .flatten();
+                let record = match known {
+                    Some(record) => record,
+                    None => cache.writer.run(move |txn| {
+                        let record = ops::register_memoizer(txn, &name, fingerprint, indexed)?;
+                        for zone_id in zone_ids {
+                            ops::add_zone_member(txn, zone_id, record.id)?;
+                        }
+                        Ok(record)
+                    })?,
+                };
                 Some(Persistent {
                     id: record.id,
                     slot: cache.storage.slot(record.id),

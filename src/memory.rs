@@ -44,6 +44,23 @@ impl MemEntry {
         entry::meta(&self.bytes)
     }
 
+    /// The deadline (unix ms, 0 = never): one header field, read alone on the hit path.
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.field(entry::EXPIRES_AT)
+    }
+
+    /// The entry id (for `max_hits`).
+    pub(crate) fn entry_id(&self) -> u64 {
+        self.field(entry::ENTRY_ID)
+    }
+
+    fn field(&self, at: usize) -> u64 {
+        self.bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    }
+
     /// The encoded key.
     pub(crate) fn key(&self) -> &[u8] {
         &self.bytes[entry::HEADER_LEN..self.key_end as usize]
@@ -76,19 +93,22 @@ impl MemEntry {
     }
 }
 
-const NIL: usize = usize::MAX;
+/// A node's place in the recency list. 32 bits keep a node at 8 bytes, so the list
+/// updates of an LRU hit mostly stay in cache.
+type Ix = u32;
+const NIL: Ix = Ix::MAX;
 
 /// A place in the recency list.
+#[derive(Clone, Copy)]
 struct Node {
-    hash: KeyHash,
-    prev: usize,
-    next: usize,
+    prev: Ix,
+    next: Ix,
 }
 
 /// What the index holds per key: the entry itself (so a hit reads the bucket and then
 /// the entry's bytes, nothing else) and its place in the recency list.
 struct Slot {
-    node: usize,
+    node: Ix,
     entry: MemEntry,
 }
 
@@ -102,9 +122,11 @@ pub(crate) struct MemStore {
     capacity: Option<usize>,
     index: HashMapByKey<Slot>,
     nodes: Vec<Node>,
-    free: Vec<usize>,
-    head: usize,
-    tail: usize,
+    /// The key of each node (read only to evict).
+    hashes: Vec<KeyHash>,
+    free: Vec<Ix>,
+    head: Ix,
+    tail: Ix,
     deps: DepIndex,
 }
 
@@ -115,6 +137,7 @@ impl MemStore {
             capacity: capacity.map(|c| c.max(1)),
             index: HashMapByKey::default(),
             nodes: Vec::new(),
+            hashes: Vec::new(),
             free: Vec::new(),
             head: NIL,
             tail: NIL,
@@ -126,25 +149,32 @@ impl MemStore {
         self.index.len()
     }
 
-    fn unlink(&mut self, i: usize) {
-        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
+    fn node(&mut self, i: Ix) -> &mut Node {
+        &mut self.nodes[i as usize]
+    }
+
+    fn unlink(&mut self, i: Ix) {
+        let Node { prev, next } = *self.node(i);
         if prev == NIL {
             self.head = next
         } else {
-            self.nodes[prev].next = next
+            self.node(prev).next = next
         }
         if next == NIL {
             self.tail = prev
         } else {
-            self.nodes[next].prev = prev
+            self.node(next).prev = prev
         }
     }
 
-    fn push_front(&mut self, i: usize) {
-        self.nodes[i].prev = NIL;
-        self.nodes[i].next = self.head;
-        if self.head != NIL {
-            self.nodes[self.head].prev = i;
+    fn push_front(&mut self, i: Ix) {
+        let head = self.head;
+        *self.node(i) = Node {
+            prev: NIL,
+            next: head,
+        };
+        if head != NIL {
+            self.node(head).prev = i;
         }
         self.head = i;
         if self.tail == NIL {
@@ -207,28 +237,34 @@ impl MemStore {
         let mut evicted = Vec::new();
         if let Some(cap) = self.capacity {
             while self.index.len() >= cap && self.tail != NIL {
-                let victim = self.nodes[self.tail].hash;
+                let victim = self.hashes[self.tail as usize];
                 if let Some(e) = self.remove(&victim) {
                     evicted.push((victim, e));
                 }
             }
         }
-        self.index_deps(hash, &entry);
         let node = Node {
-            hash,
             prev: NIL,
             next: NIL,
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.nodes[i] = node;
+                *self.node(i) = node;
+                self.hashes[i as usize] = hash;
                 i
             }
             None => {
+                // Past 2^32 - 1 entries a value is simply not kept in memory.
+                let i = match Ix::try_from(self.nodes.len()) {
+                    Ok(i) if i != NIL => i,
+                    _ => return evicted,
+                };
                 self.nodes.push(node);
-                self.nodes.len() - 1
+                self.hashes.push(hash);
+                i
             }
         };
+        self.index_deps(hash, &entry);
         self.index.insert(hash, Slot { node: i, entry });
         self.push_front(i);
         evicted
@@ -286,15 +322,16 @@ impl MemStore {
         let mut i = self.head;
         let mut prev = NIL;
         while i != NIL {
-            if self.nodes[i].prev != prev {
+            let node = self.nodes[i as usize];
+            if node.prev != prev {
                 return Err(format!("node {i} has a wrong back link"));
             }
-            if self.index.get(&self.nodes[i].hash).map(|s| s.node) != Some(i) {
+            if self.index.get(&self.hashes[i as usize]).map(|s| s.node) != Some(i) {
                 return Err(format!("node {i} is linked but not indexed"));
             }
             seen += 1;
             prev = i;
-            i = self.nodes[i].next;
+            i = node.next;
             if seen > self.nodes.len() {
                 return Err("the recency list has a cycle".into());
             }
@@ -307,7 +344,7 @@ impl MemStore {
         {
             return Err(format!("{seen} entries exceed capacity {cap}"));
         }
-        let free: HashSet<usize> = self.free.iter().copied().collect();
+        let free: HashSet<Ix> = self.free.iter().copied().collect();
         if let Some(slot) = self.index.values().find(|s| free.contains(&s.node)) {
             return Err(format!("free node {} is still indexed", slot.node));
         }

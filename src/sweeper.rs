@@ -5,8 +5,10 @@
 //!   through the one writer like any other write, so a hit (which reads a snapshot) never
 //!   waits on it and other writes wait at most one batch. An idle sweep is one read of
 //!   the expiry index and opens no write transaction.
-//! - It holds only a weak reference to the cache, and the cache stops and joins it when
-//!   dropped, so it never keeps a file open or outlives its cache.
+//! - It holds only a weak reference to the cache, and never outlives it: dropping the
+//!   last `Cache` handle waits for a sweep under way, stops the thread and joins it, so
+//!   the file is closed when `drop` returns. (Should a memoizer rather than a handle be
+//!   the last to go, during a sweep, the file closes as that sweep ends.)
 //! - The interval is measured on the real (monotonic) clock; "expired" is judged by the
 //!   cache's [`Clock`](crate::Clock), so tests advance a `ManualClock` and then ask for a
 //!   sweep.
@@ -22,7 +24,7 @@ use crate::key::KeyHash;
 use crate::storage::ops;
 
 /// Most entries removed by one write transaction of a sweep or a purge.
-pub(crate) const BATCH: usize = 256;
+pub(crate) const BATCH: usize = 1024;
 
 /// Removes every entry expired at the cache clock's `now`, in batches of `batch`
 /// entries per write transaction, on disk and in this run's in-memory stores. Returns
@@ -51,12 +53,13 @@ pub(crate) fn purge(inner: &CacheInner, batch: usize, peek: bool) -> Result<u64>
         let live = inner.live.lock().unwrap_or_else(|e| e.into_inner());
         live.values().filter_map(Weak::upgrade).collect()
     };
+    let touched: std::collections::BTreeSet<u64> = on_disk.iter().map(|(id, _)| *id).collect();
     let mut in_memory_only = 0;
     for core in live {
         let mine = core
             .persistent
             .as_ref()
-            .is_some_and(|p| on_disk.iter().any(|(id, _)| *id == p.id));
+            .is_some_and(|p| touched.contains(&p.id));
         // Only memoizers with a deadline (or whose disk entries just went) have anything
         // to drop; the others' stores are not scanned.
         if core.expires.is_none() && !mine {

@@ -310,42 +310,23 @@ fn expiry_deadline_survives_reopen() {
     let clock = ManualClock::new(5_000_000);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ttl.memo");
-    {
+    // Each call reopens the file, as a restarted program would.
+    let call = |value: u8| {
         let cache = Cache::builder().clock(clock.clone()).open(&path).unwrap();
         let m = cache
             .memoizer::<u8, u8>("ttl")
             .expires(Duration::from_secs(60))
             .build()
             .unwrap();
-        m.get_or_compute(&1, |_| 1);
-    }
+        let got = m.get_or_compute(&1, |_| value);
+        assert!(cache.check_integrity().unwrap().is_ok());
+        got
+    };
+    assert_eq!(call(1), 1);
     clock.advance(Duration::from_secs(30));
-    {
-        let cache = Cache::builder().clock(clock.clone()).open(&path).unwrap();
-        let m = cache
-            .memoizer::<u8, u8>("ttl")
-            .expires(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        assert_eq!(
-            m.get_or_compute(&1, |_| 2),
-            1,
-            "30 s of 60: still valid after reopen"
-        );
-    }
+    assert_eq!(call(2), 1, "30 s of 60: still valid after reopen");
     clock.advance(Duration::from_secs(31));
-    let cache = Cache::builder().clock(clock.clone()).open(&path).unwrap();
-    let m = cache
-        .memoizer::<u8, u8>("ttl")
-        .expires(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    assert_eq!(
-        m.get_or_compute(&1, |_| 3),
-        3,
-        "61 s: expired across reopen"
-    );
-    assert!(cache.check_integrity().unwrap().is_ok());
+    assert_eq!(call(3), 3, "61 s: expired across reopen");
 }
 
 #[test]
@@ -663,4 +644,25 @@ fn bumping_the_version_invalidates_stored_values() {
     }
     let (_c, m) = open("2");
     assert_eq!(m.get_or_compute(&1, |_| 12), 12, "new version: miss");
+}
+
+#[test]
+fn stores_become_durable_when_writes_pause_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder()
+        .durable_interval(Duration::from_secs(3600))
+        .open(dir.path().join("idle.memo"))
+        .unwrap();
+    let m = cache.memoizer::<u8, u8>("idle").build().unwrap();
+    let before = cache.health().durable_commits;
+    m.get_or_compute(&1, |_| 1);
+    // Bounded wait for the writer's idle commit; the interval alone would take an hour.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache.health().durable_commits == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no durable commit after the writes paused"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

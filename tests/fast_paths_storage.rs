@@ -1,4 +1,5 @@
-//! Fast paths, storage half (issue 4, points 1, 2, 4, 5): cached read snapshots never pin
+//! Fast paths, storage half (issue 4, points 1, 2, 4, 5): an `ArchivedHit` is `Send` and
+//! keeps its bytes through later commits; cached read snapshots never pin
 //! old pages for long (the file stays bounded while memoizers idle or readers run, but
 //! a held `ArchivedHit` does pin, as documented); non-durable commits survive a clean
 //! close, `Cache::flush` and the durable interval make them crash-safe; the tiered store
@@ -452,4 +453,27 @@ fn persistent_entry_counts_are_exact_without_flushing_and_after_reopen() {
     let a = cache.memoizer::<u64, u64>("a").build().unwrap();
     assert_eq!(a.stats().entries, Some(999));
     assert_eq!(a.stats().hits, 0, "counters start at zero for each build");
+}
+
+#[test]
+fn archived_hits_are_send_and_outlive_later_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("send.memo")).unwrap();
+    let m = cache.memoizer::<u64, String>("s").build().unwrap();
+    m.get_or_compute(&1, |_| "one".to_string());
+    cache.flush().unwrap();
+    let hit = m.get_archived(&1).unwrap().expect("stored");
+    // Commits after the hit (an overwrite of the same key included) leave the guard's
+    // bytes alone: it pins its own snapshot.
+    m.invalidate_key(&1).unwrap();
+    m.get_or_compute(&1, |_| "uno".to_string());
+    for k in 2..200 {
+        m.get_or_compute(&k, |k| k.to_string());
+    }
+    cache.flush().unwrap();
+    let seen = thread::spawn(move || hit.as_str().to_string())
+        .join()
+        .unwrap();
+    assert_eq!(seen, "one");
+    assert_eq!(&*m.get_archived(&1).unwrap().unwrap(), "uno");
 }

@@ -41,8 +41,8 @@ fn background_sweeps_remove_expired_entries_and_their_index_rows() {
         .expires(Duration::from_secs(10))
         .build()
         .unwrap();
-    // More than one batch (256) of expiring entries.
-    for i in 0..700 {
+    // More than one batch (1024) of expiring entries.
+    for i in 0..1500 {
         short.get_or_compute(&i, |i| format!("v{i}"));
     }
     for i in 0..50 {
@@ -53,7 +53,7 @@ fn background_sweeps_remove_expired_entries_and_their_index_rows() {
     let (before, _) = cache.__sweeps().unwrap();
     // Nothing has expired yet: sweeps come and go and remove nothing.
     cache.__wait_sweeps(before + 2, PATIENCE);
-    assert_eq!(short.stats().entries, Some(700));
+    assert_eq!(short.stats().entries, Some(1500));
 
     clock.advance(Duration::from_secs(11));
     let (now, removed_before) = cache.__sweeps().unwrap();
@@ -61,7 +61,7 @@ fn background_sweeps_remove_expired_entries_and_their_index_rows() {
     let reached = cache.__wait_sweeps(now + 2, PATIENCE).unwrap();
     assert!(reached >= now + 2, "no sweep within {PATIENCE:?}");
     let (_, removed_after) = cache.__sweeps().unwrap();
-    assert_eq!(removed_after - removed_before, 750);
+    assert_eq!(removed_after - removed_before, 1550);
     assert_eq!(short.stats().entries, Some(0));
     assert_eq!(long.stats().entries, Some(50));
     assert_eq!(memory.stats().entries, Some(0));
@@ -128,7 +128,7 @@ fn purge_expired_on_demand_goes_in_batches_and_counts_every_store() {
         .expires(Duration::from_secs(1))
         .build()
         .unwrap();
-    for i in 0..600 {
+    for i in 0..1300 {
         disk.get_or_compute(&i, |i| *i);
     }
     for i in 0..10 {
@@ -136,7 +136,7 @@ fn purge_expired_on_demand_goes_in_batches_and_counts_every_store() {
     }
     assert_eq!(cache.purge_expired().unwrap(), 0);
     clock.advance(Duration::from_secs(1));
-    assert_eq!(cache.purge_expired().unwrap(), 610);
+    assert_eq!(cache.purge_expired().unwrap(), 1310);
     assert_eq!(disk.stats().entries, Some(0));
     assert_eq!(mem.stats().entries, Some(0));
     assert!(cache.check_integrity().unwrap().is_ok());

@@ -99,12 +99,6 @@ impl Keys {
         }
     }
 
-    /// Starts at another offset (for a second thread).
-    pub fn offset(mut self, at: usize) -> Keys {
-        self.at = at % self.keys.len();
-        self
-    }
-
     #[inline]
     pub fn next_key(&mut self) -> u64 {
         let k = self.keys[self.at];

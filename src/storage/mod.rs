@@ -222,9 +222,16 @@ impl Storage {
         Ok(DbRef(guard))
     }
 
-    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
-    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
-        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
+    /// Runs `f` in a fresh read transaction of the committed state.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T> {
+        guarded(|| {
+            let txn = self.db()?.begin_read()?;
+            f(&txn)
+        })
+        .map_err(|e| self.error(e))
     }
 
     /// Whether the database is open.
@@ -332,24 +339,33 @@ impl Storage {
             // A close after a latched failure reports that failure again; it is known.
             let _ = catch_unwind(AssertUnwindSafe(|| old.close()));
         }
+        // Reported once the lock is released: the user's hook may read the cache.
+        let mut events = Vec::new();
         let reopened = if reset {
-            self.reset(registry)
+            self.reset(registry, &mut events)
         } else {
             self.origin.open()
         };
         match reopened {
             Ok(db) => *slot = Some(db),
-            Err(e) => self.reporter.report(&e),
+            Err(e) => events.push(e),
         }
         self.incarnation.fetch_add(1, Ordering::SeqCst);
         // Damage reported against the old database while this ran is dealt with.
         self.suspect.store(false, Ordering::SeqCst);
         drop(slot);
         self.committed();
+        for e in &events {
+            self.reporter.report(e);
+        }
     }
 
     /// Moves the damaged file aside and opens a fresh one with `registry` written into it.
-    fn reset(&self, registry: Option<registry::Registry>) -> Result<redb::Database> {
+    fn reset(
+        &self,
+        registry: Option<registry::Registry>,
+        events: &mut Vec<Error>,
+    ) -> Result<redb::Database> {
         let path = self.path.clone().unwrap_or_default();
         let moved = open::move_aside(&path);
         let reopened = moved.and_then(|aside| {
@@ -358,7 +374,7 @@ impl Storage {
                 aside.display()
             );
             self.reporter.set_moved_aside(aside);
-            self.reporter.report(&Error::Corrupted {
+            events.push(Error::Corrupted {
                 path: path.clone(),
                 detail: what,
             });
@@ -384,6 +400,11 @@ impl Storage {
             self.dead.store(true, Ordering::SeqCst);
         }
         reopened
+    }
+
+    /// Whether some entry is past its deadline at `now_ms` (a read, no write).
+    pub(crate) fn has_expired(&self, now_ms: u64) -> Result<bool> {
+        guarded(|| ops::has_expired(&*self.db()?, now_ms)).map_err(|e| self.error(e))
     }
 
     /// Wraps a redb error with this cache's path.

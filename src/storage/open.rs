@@ -18,7 +18,7 @@ pub(crate) enum Origin {
         path: PathBuf,
         page_cache_bytes: usize,
         verify_on_open: bool,
-        /// Whether a missing file is created (false for tools that only inspect).
+        /// Whether a missing file is created (`false`: it is an error).
         create: bool,
     },
     /// A backend shared with the caller (memory, or a fault-injecting wrapper): reopened
@@ -58,7 +58,7 @@ fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
 
 /// Opens the redb file at `path` (creating it if missing and `create`) and checks it is
 /// ours.
-pub(crate) fn open_file(
+fn open_file(
     path: &Path,
     page_cache_bytes: usize,
     verify: bool,

@@ -2,7 +2,7 @@
 //! exact: an entry's dependency rows are written and removed together with the entry.
 
 use redb::{
-    MultimapTableHandle, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    MultimapTableHandle, ReadTransaction, ReadableDatabase, ReadableMultimapTable, ReadableTable,
     ReadableTableMetadata, TableHandle, WriteTransaction,
 };
 
@@ -127,6 +127,43 @@ pub(crate) fn register_memoizer(
     Ok(record)
 }
 
+/// The record of `name` if it is registered exactly as [`register_memoizer`] and
+/// [`add_zone_member`] would leave it (same fingerprint, indexed if asked, a member of
+/// every zone in `zone_ids`), so building it again needs no write transaction.
+pub(crate) fn registered(
+    txn: &ReadTransaction,
+    name: &str,
+    fingerprint: u64,
+    indexed: bool,
+    zone_ids: &[u64],
+) -> R<Option<MemoRecord>> {
+    let table = match txn.open_table(MEMOIZERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(record) = table.get(name)?.and_then(|v| MemoRecord::decode(v.value())) else {
+        return Ok(None);
+    };
+    if record.fingerprint != fingerprint || (indexed && !record.indexed) {
+        return Ok(None);
+    }
+    if !zone_ids.is_empty() {
+        let members = match txn.open_multimap_table(ZONE_MEMBERS) {
+            Ok(members) => members,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        for zone_id in zone_ids {
+            let mut of_zone = members.get(zone_id)?;
+            if !of_zone.any(|m| m.is_ok_and(|m| m.value() == record.id)) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(record))
+}
+
 /// Reads a memoizer's record.
 pub(crate) fn memoizer_record(txn: &WriteTransaction, name: &str) -> R<Option<MemoRecord>> {
     let table = txn.open_table(MEMOIZERS)?;
@@ -154,6 +191,15 @@ pub(crate) fn register_zone(txn: &WriteTransaction, name: &str) -> R<u64> {
     let id = next_id(txn, KEY_NEXT_ZONE)?;
     txn.open_table(ZONES)?.insert(name, id)?;
     Ok(id)
+}
+
+/// The id of zone `name` if it is registered already (so no write is needed).
+pub(crate) fn zone_id(txn: &ReadTransaction, name: &str) -> R<Option<u64>> {
+    match txn.open_table(ZONES) {
+        Ok(zones) => Ok(zones.get(name)?.map(|v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Records that memoizer `memo_id` belongs to zone `zone_id`.

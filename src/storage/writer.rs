@@ -6,7 +6,9 @@
 //! - A batch that carries a synchronous job (`Run`: an invalidation, a registration, a
 //!   purge) commits durably: once an invalidation has returned, no crash and no rollback
 //!   can bring the old entry back. Only stored values (`Put`) ride on non-durable commits,
-//!   and losing one of those costs a recomputation, never a wrong value.
+//!   and losing one of those costs a recomputation, never a wrong value. They are made
+//!   durable when the writes pause for `IDLE_DURABLE`, and at least every
+//!   `durable_interval` while they do not.
 //! - A failed batch is reported (every `Run` in it gets the error, its puts are dropped),
 //!   and the database is reopened before the next batch ([`Storage::recover`]): redb
 //!   refuses writes after a failed commit until then, and its recovery rolls the file back
@@ -25,6 +27,9 @@ use redb::{Durability, WriteTransaction};
 use super::{PendingKey, Storage, guarded, ops};
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
+
+/// How long the writer waits for more writes before making the ones it has durable.
+const IDLE_DURABLE: Duration = Duration::from_millis(50);
 
 /// Most jobs in one transaction; bounds the latency of a synchronous job behind a burst.
 const MAX_BATCH: usize = 4096;
@@ -167,10 +172,20 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
     let mut dirty = false;
     let mut last_durable = Instant::now();
     loop {
+        // While non-durable commits are outstanding, wait at most until the interval ends
+        // or the writes pause for `IDLE_DURABLE`: a program that computes a burst and then
+        // exits without dropping its cache (a `static`) keeps that burst.
+        let mut idle = false;
         let first = if dirty {
-            match rx.recv_timeout(durable_interval.saturating_sub(last_durable.elapsed())) {
+            let wait = durable_interval
+                .saturating_sub(last_durable.elapsed())
+                .min(IDLE_DURABLE);
+            match rx.recv_timeout(wait) {
                 Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Timeout) => {
+                    idle = true;
+                    None
+                }
                 Err(RecvTimeoutError::Disconnected) => Some(Job::Shutdown),
             }
         } else {
@@ -199,12 +214,13 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         let synchronous = batch
             .iter()
             .any(|j| matches!(j, Job::Flush(_) | Job::Run { durable: true, .. }));
-        let durable = shutdown || synchronous || last_durable.elapsed() >= durable_interval;
+        let durable = shutdown || synchronous || idle || last_durable.elapsed() >= durable_interval;
         if !batch.is_empty() || (durable && dirty) {
             match commit_batch(storage, batch, durable) {
                 Ok(()) if durable => {
                     dirty = false;
                     last_durable = Instant::now();
+                    storage.reporter.durable_commit();
                 }
                 Ok(()) => dirty = true,
                 // The reopened database holds only what was durable.
@@ -222,22 +238,9 @@ enum Reply {
     Flush(Sender<Result<()>>),
 }
 
-/// Sorts every run of consecutive puts by table and key (stably: two puts of one key keep
-/// their order), so the B-tree is walked in order instead of at random. Puts never move
-/// across another job.
-fn sort_put_runs(batch: &mut [Job]) {
-    for run in batch.split_mut(|job| !matches!(job, Job::Put { .. })) {
-        run.sort_by_key(|job| match job {
-            Job::Put { key, .. } => Some(*key),
-            _ => None,
-        });
-    }
-}
-
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
 /// the error and reopens the database for the next batch.
-fn commit_batch(storage: &Storage, mut batch: Vec<Job>, durable: bool) -> Result<(), ()> {
-    sort_put_runs(&mut batch);
+fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(), ()> {
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let open = storage.ensure_open();
@@ -323,46 +326,4 @@ fn commit_batch(storage: &Storage, mut batch: Vec<Job>, durable: bool) -> Result
         }
     }
     if committed { Ok(()) } else { Err(()) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(memo: u64, key: u8, seq: u64) -> Job {
-        Job::Put {
-            key: (memo, [key; 16]),
-            bytes: Arc::from(&[][..]),
-            seq,
-        }
-    }
-
-    fn seqs(batch: &[Job]) -> Vec<Option<u64>> {
-        batch
-            .iter()
-            .map(|j| match j {
-                Job::Put { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn put_runs_are_sorted_stably_and_never_cross_other_jobs() {
-        let (tx, _rx) = channel::bounded(1);
-        let mut batch = vec![
-            put(2, 1, 0),
-            put(1, 9, 1),
-            put(1, 3, 2),
-            put(1, 9, 3), // same key as seq 1: must stay after it
-            Job::Flush(tx),
-            put(1, 0, 4),
-            put(0, 5, 5),
-        ];
-        sort_put_runs(&mut batch);
-        assert_eq!(
-            seqs(&batch),
-            vec![Some(2), Some(1), Some(3), Some(0), None, Some(5), Some(4)]
-        );
-    }
 }
