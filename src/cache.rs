@@ -261,8 +261,9 @@ impl CacheBuilder {
         self
     }
 
-    /// Stored values are committed at once (visible to every call) but made durable
-    /// with an fsync at most this often; a crash loses at most this window. Default: 1 s.
+    /// Stored values are committed at once (visible to every call) and made durable with
+    /// an fsync as soon as writes pause for 50 ms, and at least this often while they do
+    /// not; a crash loses at most this window. Default: 1 s.
     pub fn durable_interval(mut self, interval: Duration) -> Self {
         self.durable_interval = interval;
         self

@@ -17,6 +17,7 @@ pub(crate) struct Reporter {
     errors: AtomicU64,
     last: Mutex<Option<String>>,
     moved_aside: Mutex<Option<PathBuf>>,
+    durable_commits: AtomicU64,
     hook: Option<ErrorHook>,
 }
 
@@ -26,6 +27,7 @@ impl Reporter {
             errors: AtomicU64::new(0),
             last: Mutex::new(None),
             moved_aside: Mutex::new(None),
+            durable_commits: AtomicU64::new(0),
             hook,
         }
     }
@@ -46,6 +48,11 @@ impl Reporter {
         *self.moved_aside.lock().unwrap_or_else(|e| e.into_inner()) = Some(path);
     }
 
+    /// Counts a commit that reached the disk (an fsync).
+    pub(crate) fn durable_commit(&self) {
+        self.durable_commits.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn health(&self) -> Health {
         Health {
             errors: self.errors.load(Ordering::Relaxed),
@@ -55,6 +62,7 @@ impl Reporter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            durable_commits: self.durable_commits.load(Ordering::Relaxed),
         }
     }
 }
@@ -69,4 +77,6 @@ pub struct Health {
     pub last_error: Option<String>,
     /// Where a damaged cache file was moved when the cache started afresh, if it did.
     pub moved_aside: Option<PathBuf>,
+    /// Commits made durable (fsynced) since the cache was opened.
+    pub durable_commits: u64,
 }

@@ -164,8 +164,8 @@ impl Zone {
     /// this run or not), whose dependency keys include `dep`, and nothing else. The cache
     /// file's entries go in one write transaction (a reader of the file sees all of the
     /// removal or none of it); the in-memory stores of this run are purged as soon as it
-    /// has committed, before this returns. The cost grows with the removed entries, not
-    /// with the cache. Returns how many entries were removed (a tiered entry counts once).
+    /// has committed, before this returns. The commit is durable: no crash brings the
+    /// removed entries back. The cost grows with the removed entries, not with the cache. Returns how many entries were removed (a tiered entry counts once).
     ///
     /// `dep` must encode like the key functions' results (postcard): `42u64` matches a
     /// key function returning `u64`, `"x"` one returning `String`.

@@ -645,3 +645,24 @@ fn bumping_the_version_invalidates_stored_values() {
     let (_c, m) = open("2");
     assert_eq!(m.get_or_compute(&1, |_| 12), 12, "new version: miss");
 }
+
+#[test]
+fn stores_become_durable_when_writes_pause_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder()
+        .durable_interval(Duration::from_secs(3600))
+        .open(dir.path().join("idle.memo"))
+        .unwrap();
+    let m = cache.memoizer::<u8, u8>("idle").build().unwrap();
+    let before = cache.health().durable_commits;
+    m.get_or_compute(&1, |_| 1);
+    // Bounded wait for the writer's idle commit; the interval alone would take an hour.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cache.health().durable_commits == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no durable commit after the writes paused"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

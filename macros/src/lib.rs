@@ -201,9 +201,10 @@ fn push_rkyv_attrs(shape: &mut String, attrs: &[syn::Attribute]) {
 /// are compile errors. In an `impl` block, a function without `self` must mention `Self`
 /// in its signature (or be written as a free function); methods of generic types and
 /// trait impls are not supported. A free function's companion is a type of the same
-/// name (a function and a type can share one). A `static` cache is never dropped: call
-/// `CACHE.flush()` before the program exits, or the last `durable_interval` (1 s by
-/// default) of stored values may be lost - never served wrong.
+/// name (a function and a type can share one). A `static` cache is never dropped: the
+/// writer makes stored values durable once writes pause for 50 ms, but a program that
+/// exits right after computing should call `CACHE.flush()` first, or those last values
+/// may be lost - never served wrong.
 ///
 /// [`Cache`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/struct.Cache.html
 /// [`Store`]: https://docs.rs/fresco-memoize/latest/fresco_memoize/enum.Store.html

@@ -6,7 +6,9 @@
 //! - A batch that carries a synchronous job (`Run`: an invalidation, a registration, a
 //!   purge) commits durably: once an invalidation has returned, no crash and no rollback
 //!   can bring the old entry back. Only stored values (`Put`) ride on non-durable commits,
-//!   and losing one of those costs a recomputation, never a wrong value.
+//!   and losing one of those costs a recomputation, never a wrong value. They are made
+//!   durable when the writes pause for `IDLE_DURABLE`, and at least every
+//!   `durable_interval` while they do not.
 //! - A failed batch is reported (every `Run` in it gets the error, its puts are dropped),
 //!   and the database is reopened before the next batch ([`Storage::recover`]): redb
 //!   refuses writes after a failed commit until then, and its recovery rolls the file back
@@ -25,6 +27,9 @@ use redb::{Durability, WriteTransaction};
 use super::{PendingKey, Storage, guarded, ops};
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
+
+/// How long the writer waits for more writes before making the ones it has durable.
+const IDLE_DURABLE: Duration = Duration::from_millis(50);
 
 /// Most jobs in one transaction; bounds the latency of a synchronous job behind a burst.
 const MAX_BATCH: usize = 4096;
@@ -167,10 +172,20 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
     let mut dirty = false;
     let mut last_durable = Instant::now();
     loop {
+        // While non-durable commits are outstanding, wait at most until the interval ends
+        // or the writes pause for `IDLE_DURABLE`: a program that computes a burst and then
+        // exits without dropping its cache (a `static`) keeps that burst.
+        let mut idle = false;
         let first = if dirty {
-            match rx.recv_timeout(durable_interval.saturating_sub(last_durable.elapsed())) {
+            let wait = durable_interval
+                .saturating_sub(last_durable.elapsed())
+                .min(IDLE_DURABLE);
+            match rx.recv_timeout(wait) {
                 Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Timeout) => {
+                    idle = true;
+                    None
+                }
                 Err(RecvTimeoutError::Disconnected) => Some(Job::Shutdown),
             }
         } else {
@@ -199,12 +214,13 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         let synchronous = batch
             .iter()
             .any(|j| matches!(j, Job::Flush(_) | Job::Run { durable: true, .. }));
-        let durable = shutdown || synchronous || last_durable.elapsed() >= durable_interval;
+        let durable = shutdown || synchronous || idle || last_durable.elapsed() >= durable_interval;
         if !batch.is_empty() || (durable && dirty) {
             match commit_batch(storage, batch, durable) {
                 Ok(()) if durable => {
                     dirty = false;
                     last_durable = Instant::now();
+                    storage.reporter.durable_commit();
                 }
                 Ok(()) => dirty = true,
                 // The reopened database holds only what was durable.
