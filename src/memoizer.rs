@@ -465,16 +465,20 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         };
         let bytes = stored.bytes();
         let (offset, meta) = core.admit(ek, bytes)?;
+        // Validate, then spend the max_hits budget, then deserialize: a used-up value is
+        // never decoded (the in-memory path above keeps the same order).
         let value = with_aligned(&bytes[offset..], align, |payload| {
-            V::__access(payload).and_then(V::__deserialize).ok()
+            let archived = V::__access(payload).ok()?;
+            if !core.take_hit(&ek.hash, meta.entry_id) {
+                return Some(None);
+            }
+            Some(V::__deserialize(archived).ok())
         });
         let Some(value) = value else {
             Counters::add(&core.stats.stale, 1);
             return None;
         };
-        if !core.take_hit(&ek.hash, meta.entry_id) {
-            return None;
-        }
+        let value = value?;
         Counters::add(&core.stats.hits, 1);
         core.promote(ek, bytes, generation);
         Some(value)
