@@ -14,11 +14,15 @@
 //!  50     6  reserved (zero)
 //!  56     .. key bytes (key_len), dep rows (dep_count x 24), rkyv archive (to the end)
 //! ```
+//!
+//! The dependency rows start with the entry's *primary* row (the first key of its first
+//! keyed zone, which decides where the entry is filed, see [`crate::key::place`]); the
+//! others follow sorted, without duplicates.
 
 use crate::key::KeyHash;
 
 /// Version of the whole on-disk format (tables and entry layout). Bump it on any change.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 4] = b"FMZ1";
 pub(crate) const HEADER_LEN: usize = 56;
@@ -33,6 +37,20 @@ pub(crate) fn dep_row(zone_id: u64, dep_hash: KeyHash) -> DepRow {
     row[..8].copy_from_slice(&zone_id.to_be_bytes());
     row[8..].copy_from_slice(&dep_hash);
     row
+}
+
+/// Puts dependency rows in their stored order: the first one given (the primary row)
+/// first, then the others sorted and without duplicates.
+pub(crate) fn order_deps(mut rows: Vec<DepRow>) -> Vec<DepRow> {
+    let Some(&primary) = rows.first() else {
+        return rows;
+    };
+    rows.sort_unstable();
+    rows.dedup();
+    if let Some(at) = rows.iter().position(|r| *r == primary) {
+        rows[..=at].rotate_right(1);
+    }
+    rows
 }
 
 /// The header fields a writer supplies.
@@ -166,6 +184,17 @@ pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malfor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn primary_row_leads_and_the_rest_is_sorted_and_unique() {
+        let row = |b: u8| [b; 24];
+        assert_eq!(
+            order_deps(vec![row(5), row(9), row(1), row(5), row(9)]),
+            vec![row(5), row(1), row(9)]
+        );
+        assert_eq!(order_deps(vec![row(1), row(2)]), vec![row(1), row(2)]);
+        assert_eq!(order_deps(Vec::new()), Vec::<DepRow>::new());
+    }
 
     fn sample() -> Vec<u8> {
         let meta = Meta {

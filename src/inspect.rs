@@ -180,6 +180,11 @@ impl Cache {
     /// for a tuple). Returns whether an entry was removed, or `None` if the file records
     /// no memoizer of that name.
     ///
+    /// Cost: one lookup, except for a memoizer with zone key functions, whose entries
+    /// are filed under their dependency keys: without its typed key functions this call
+    /// reads that memoizer's entries to find the key. Its own
+    /// [`invalidate_key`](crate::Memoizer::invalidate_key) needs one lookup.
+    ///
     /// ```
     /// use fresco_memoize::{Cache, Store};
     ///
@@ -199,15 +204,33 @@ impl Cache {
     ) -> Result<Option<bool>> {
         let bytes = KeyBytes::encode(key).map_err(Error::KeyEncoding)?;
         if let Some(core) = self.live_core(name) {
-            return core
-                .invalidate_hash((core.hasher)(bytes.as_slice()))
-                .map(Some);
+            let hash = (core.hasher)(bytes.as_slice());
+            let placed = core.persistent.as_ref().filter(|_| core.placed);
+            let Some(p) = placed else {
+                return core.invalidate_hash(hash).map(Some);
+            };
+            // Its zone key functions take the typed key, which this call does not have.
+            let (id, key) = (p.id, bytes.as_slice().to_vec());
+            let row = self
+                .inner
+                .writer
+                .run(move |txn| ops::find_placed(txn, id, &hash, &key))?;
+            return match row {
+                Some(row) => core.invalidate_hash(row).map(Some),
+                None => Ok(Some(false)),
+            };
         }
         let hash = xxh3_key_hash(bytes.as_slice());
-        let owned = name.to_string();
+        let (owned, key) = (name.to_string(), bytes.as_slice().to_vec());
         self.inner
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
+                Some(record) if record.placed => {
+                    match ops::find_placed(txn, record.id, &hash, &key)? {
+                        Some(row) => ops::remove(txn, record.id, &row).map(Some),
+                        None => Ok(Some(false)),
+                    }
+                }
                 Some(record) => ops::remove(txn, record.id, &hash).map(Some),
                 None => Ok(None),
             })

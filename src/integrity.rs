@@ -7,6 +7,7 @@ use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 use crate::cache::CacheInner;
 use crate::entry;
 use crate::error::Result;
+use crate::key::filed_under;
 use crate::storage::tables::{
     DEPS, EXPIRY, EntriesDef, MEMOIZER_NAMES, MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name,
     entry_ref, expiry_key,
@@ -64,6 +65,7 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
     let names = txn.open_table(MEMOIZER_NAMES)?;
     let records = txn.open_table(MEMOIZERS)?;
     let mut ids = BTreeSet::new();
+    let mut placed = BTreeSet::new();
     for item in records.iter()? {
         let (name, value) = item?;
         report.memoizers += 1;
@@ -73,6 +75,9 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
                 .push(format!("memoizer {:?}: unreadable record", name.value())),
             Some(record) => {
                 ids.insert(record.id);
+                if record.placed {
+                    placed.insert(record.id);
+                }
                 let back = names.get(record.id)?.map(|n| n.value().to_string());
                 if back.as_deref() != Some(name.value()) {
                     report.problems.push(format!(
@@ -101,6 +106,15 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
                     .problems
                     .push(format!("memoizer {id}: malformed entry ({e:?})")),
                 Ok(view) => {
+                    if let Some(primary) = view.deps().next()
+                        && placed.contains(&id)
+                        && !filed_under(hash.value(), &primary)
+                    {
+                        report.problems.push(format!(
+                            "memoizer {id}: entry {:02x?} is not filed under its primary dependency",
+                            hash.value()
+                        ));
+                    }
                     for row in view.deps() {
                         expected.insert((row, entry_ref(id, hash.value())));
                     }

@@ -2,8 +2,12 @@
 //!
 //! Tables are keyed by `xxh3_128(encoded key)`; the encoded key itself is kept inside each
 //! entry and compared on every hit, so a hash collision costs a miss, never a wrong value.
+//! An entry with dependency keys is *filed* under its primary dependency instead (see
+//! [`place`]), so that the entries one invalidation removes sit side by side in the file.
 
 use serde::Serialize;
+
+use crate::entry::DepRow;
 
 /// The 16-byte hash a table row is keyed by.
 pub(crate) type KeyHash = [u8; 16];
@@ -50,10 +54,57 @@ pub(crate) fn xxh3_key_hash(bytes: &[u8]) -> KeyHash {
     xxhash_rust::xxh3::xxh3_128(bytes).to_le_bytes()
 }
 
+/// The row hash of an entry filed under dependency row `primary`: the first eight bytes
+/// of the dependency's hash, then the first eight of the key's own hash.
+///
+/// Rows sort by their bytes, so every entry whose primary dependency is the same key lies
+/// in one run of the entries table: invalidating that key deletes from a few adjacent
+/// B-tree pages instead of one page per entry (at a million entries, the difference
+/// between 0.6 ms and 4 ms for 200 entries, see `benches/zones.rs`). Half of the key hash
+/// still separates the entries of one dependency; a collision costs a miss as before.
+pub(crate) fn place(key_hash: &KeyHash, primary: &DepRow) -> KeyHash {
+    let mut placed = [0u8; 16];
+    placed[..8].copy_from_slice(&primary[8..16]);
+    placed[8..].copy_from_slice(&key_hash[..8]);
+    placed
+}
+
+/// Whether `hash` is where [`place`] files an entry whose primary row is `primary`.
+pub(crate) fn filed_under(hash: &KeyHash, primary: &DepRow) -> bool {
+    hash[..8] == primary[8..16]
+}
+
 /// An encoded key and its row hash.
 pub(crate) struct EncodedKey {
     pub(crate) bytes: KeyBytes,
     pub(crate) hash: KeyHash,
+    /// The entry's dependency rows, when they had to be derived to find its row (a
+    /// memoizer that files entries under their dependencies); a miss stores them. An
+    /// error means the entry cannot be stored, so it is looked for under its plain hash,
+    /// where it is never found.
+    pub(crate) deps: Option<crate::Result<Vec<DepRow>>>,
+}
+
+impl EncodedKey {
+    /// The key of a memoizer that does not file by dependency.
+    pub(crate) fn plain(bytes: KeyBytes, hash: KeyHash) -> Self {
+        EncodedKey {
+            bytes,
+            hash,
+            deps: None,
+        }
+    }
+
+    /// The key of a memoizer that files entries under their primary dependency row.
+    pub(crate) fn placed(bytes: KeyBytes, hash: KeyHash, deps: crate::Result<Vec<DepRow>>) -> Self {
+        let primary = deps.as_ref().ok().and_then(|rows| rows.first());
+        let hash = primary.map_or(hash, |primary| place(&hash, primary));
+        EncodedKey {
+            bytes,
+            hash,
+            deps: Some(deps),
+        }
+    }
 }
 
 /// A `BuildHasher` for maps keyed by [`KeyHash`]: the key is already a good hash, so the

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-use crate::entry::{DepRow, dep_row};
+use crate::entry::{DepRow, dep_row, order_deps};
 use crate::error::{Error, Result};
 use crate::key::{EncodedKey, KeyBytes, xxh3_key_hash};
 use crate::memoizer::{Memoizer, MemoizerBuilder};
@@ -66,11 +66,10 @@ impl Deps {
         }
     }
 
-    /// The rows, sorted and without duplicates, within what an entry can carry.
+    /// The rows in their stored order (see [`order_deps`]), within what an entry can
+    /// carry.
     fn finish(self, memoizer: &str) -> Result<Vec<DepRow>> {
-        let mut rows = self.0?;
-        rows.sort_unstable();
-        rows.dedup();
+        let rows = order_deps(self.0?);
         if rows.len() > u16::MAX as usize {
             return Err(Error::TooManyDependencies {
                 memoizer: memoizer.to_string(),
@@ -217,14 +216,21 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Deps,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
+        let mut deps = Some(deps);
         let ek = match key(&args).0 {
             KeyRepr::Encoded(ek) => ek,
             KeyRepr::Bytes(bytes) => bytes.map_err(Error::KeyEncoding).map(|bytes| {
                 let hash = (self.core.hasher)(bytes.as_slice());
-                EncodedKey { bytes, hash }
+                if !self.core.placed {
+                    return EncodedKey::plain(bytes, hash);
+                }
+                // Filed under its dependencies: they are needed to find the row.
+                let rows = deps.take().map_or_else(Deps::new, |f| f(&args));
+                EncodedKey::placed(bytes, hash, rows.finish(self.name()))
             }),
         };
-        self.run(args, ek, |a| deps(a).finish(self.name()), compute)
+        let deps = |a: &A| deps.map_or_else(Deps::new, |f| f(a)).finish(self.name());
+        self.run(args, ek, deps, compute)
     }
 
     /// `#[memoize]`: the key of a single argument, through this memoizer's keyfunc.

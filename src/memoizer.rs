@@ -60,6 +60,9 @@ pub(crate) struct MemoCore {
     pub max_hits: Option<u32>,
     pub verify: bool,
     pub hasher: KeyHasher,
+    /// Whether entries are filed under their primary dependency row ([`crate::key::place`]):
+    /// persistent memoizers with zone keys. Finding a row then needs the key's dependencies.
+    pub placed: bool,
     pub memory: Option<Mutex<MemStore>>,
     pub persistent: Option<Persistent>,
     /// Bumped by every invalidation; a computation that started under an older epoch
@@ -432,7 +435,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
         let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
         let hash = (self.core.hasher)(bytes.as_slice());
-        Ok(EncodedKey { bytes, hash })
+        if self.core.placed {
+            return Ok(EncodedKey::placed(bytes, hash, (self.deps)(key)));
+        }
+        Ok(EncodedKey::plain(bytes, hash))
     }
 
     /// Looks `ek` up in every tier and deserializes a live hit.
@@ -534,8 +540,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     }
 
     /// The memoized call itself, for any form of the arguments: `ek` is their encoded
-    /// key, `deps` their dependency rows (asked for only on a miss; an error means the
-    /// value must not be stored), and `args` reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    /// key, `deps` their dependency rows (asked for only on a miss, and only if `ek` does
+    /// not carry them already; an error means the value must not be stored), and `args`
+    /// reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
     pub(crate) fn run<A, E>(
         &self,
         args: A,
@@ -544,7 +551,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
         let core = &*self.core;
-        let ek = match ek {
+        let mut ek = match ek {
             Ok(ek) => ek,
             Err(e) => {
                 core.report(e);
@@ -577,7 +584,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
             let epoch = core.epoch.load(Ordering::SeqCst);
             Counters::add(&core.stats.misses, 1);
-            let deps = deps(&args);
+            let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
             let value = compute(args)?;
             match value.__archive() {
                 Ok(archive) => match deps {
@@ -680,13 +687,20 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     verify: bool,
     hasher: KeyHasher,
     encode: Arc<KeyEncoder<K>>,
+    /// Whether the key is the whole argument (no keyfunc): only then are dependency keys,
+    /// derived from the arguments, a function of the key, so that the key can be looked
+    /// up where its dependencies file it.
+    whole_key: bool,
     pub(crate) zones: Vec<crate::zone::Membership<K>>,
     _value: PhantomData<fn() -> V>,
 }
 
 impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     pub(crate) fn new(cache: Arc<CacheInner>, name: &str) -> Self {
-        Self::with_encoder(cache, name, Arc::new(|k: &K| KeyBytes::encode(k)))
+        MemoizerBuilder {
+            whole_key: true,
+            ..Self::with_encoder(cache, name, Arc::new(|k: &K| KeyBytes::encode(k)))
+        }
     }
 }
 
@@ -708,6 +722,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             verify: true,
             hasher: xxh3_key_hash,
             encode,
+            whole_key: false,
             zones: Vec::new(),
             _value: PhantomData,
         }
@@ -750,6 +765,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// ```
     pub fn keyfunc<T: Serialize>(mut self, f: impl Fn(&K) -> T + Send + Sync + 'static) -> Self {
         self.encode = Arc::new(move |k: &K| KeyBytes::encode(&f(k)));
+        self.whole_key = false;
         self
     }
 
@@ -792,7 +808,10 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         }
         let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
         let fingerprint = crate::zone::keyed_fingerprint(fingerprint, &zones);
-        let indexed = self.expires.is_some() || zones.iter().any(|z| z.key.is_some());
+        let keyed = zones.iter().any(|z| z.key.is_some());
+        let indexed = self.expires.is_some() || keyed;
+        let placed =
+            keyed && self.whole_key && matches!(store, Store::Persistent | Store::Tiered(_));
         let persistent = match store {
             Store::Persistent | Store::Tiered(_) => {
                 let name = self.name.clone();
@@ -801,13 +820,16 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                 // a read suffices, with no commit to wait for.
                 let known = cache
                     .storage
-                    .read(|txn| ops::registered(txn, &name, fingerprint, indexed, &zone_ids))
+                    .read(|txn| {
+                        ops::registered(txn, &name, fingerprint, indexed, placed, &zone_ids)
+                    })
                     .ok()
                     .flatten();
                 let record = match known {
                     Some(record) => record,
                     None => cache.writer.run(move |txn| {
-                        let record = ops::register_memoizer(txn, &name, fingerprint, indexed)?;
+                        let record =
+                            ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
                         for zone_id in zone_ids {
                             ops::add_zone_member(txn, zone_id, record.id)?;
                         }
@@ -833,6 +855,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             max_hits: self.max_hits,
             verify: self.verify,
             hasher: self.hasher,
+            placed,
             memory: memory.map(Mutex::new),
             persistent,
             epoch: AtomicU64::new(0),

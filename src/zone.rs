@@ -7,6 +7,11 @@
 //! plus one removal per affected entry, in one write transaction; zone membership lives
 //! in `fresco/zone_members`, so both work for memoizers this run has not built.
 //!
+//! A persistent memoizer keyed by its whole argument files each entry under its primary
+//! dependency row (see `key::place`): the entries of one primary dependency are adjacent
+//! in its table, so removing them copies a few B-tree pages, not one page per entry, and
+//! the cost does not grow with the table.
+//!
 //! Ordering with in-flight work (see also `MemoCore::store`):
 //! 1. Under the storage's pending lock, every live member's epoch is bumped and the job
 //!    is queued: a computation that started earlier either queued its store before the
@@ -24,7 +29,7 @@ use serde::Serialize;
 
 use crate::Value;
 use crate::cache::CacheInner;
-use crate::entry::{DepRow, dep_row};
+use crate::entry::{DepRow, dep_row, order_deps};
 use crate::error::{Error, Result};
 use crate::key::{KeyBytes, KeyHash, xxh3_key_hash};
 use crate::memoizer::{MemoCore, MemoizerBuilder};
@@ -352,6 +357,27 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     }
 
     /// Joins `zone` with a key function yielding several dependency keys per entry.
+    ///
+    /// The first key yielded for the first zone that keys a memoizer is the entry's
+    /// *primary* dependency: unless the memoizer has a [`keyfunc`](Self::keyfunc), its
+    /// persistent entries are stored next to the others sharing that key, which makes
+    /// invalidating it cheapest at any cache size. Put first the key you invalidate most.
+    /// Invalidating any other key costs a B-tree removal per entry wherever it lies.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// # #[derive(serde::Serialize)]
+    /// # struct Book { author_id: u64, publisher_id: u64 }
+    /// let cache = Cache::in_memory()?;
+    /// let deps = cache.zone("Deps")?;
+    /// let reviews = cache
+    ///     .memoizer::<Book, String>("reviews")
+    ///     .zone_keys(&deps, |b: &Book| [("author", b.author_id), ("publisher", b.publisher_id)])
+    ///     .build()?;
+    /// reviews.get_or_compute(&Book { author_id: 1, publisher_id: 9 }, |_| "good".into());
+    /// assert_eq!(deps.invalidate(&("publisher", 9u64))?, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
     pub fn zone_keys<T: Serialize, I: IntoIterator<Item = T>>(
         mut self,
         zone: &Zone,
@@ -448,8 +474,7 @@ pub(crate) fn deps_fn<K: ?Sized + 'static>(
                 rows.push(dep_row(*zone_id, xxh3_key_hash(bytes.as_slice())));
             }
         }
-        rows.sort_unstable();
-        rows.dedup();
+        let rows = order_deps(rows);
         if rows.len() > MAX_DEPS {
             return Err(Error::TooManyDependencies {
                 memoizer: memoizer.clone(),

@@ -719,3 +719,71 @@ fn an_entry_whose_dependencies_cannot_be_recorded_is_not_stored() {
     assert_sound(&cache);
     assert!(cache.health().errors >= 2);
 }
+
+/// Entries of a persistent memoizer keyed by its whole argument are filed under their
+/// primary dependency (so one invalidation deletes from adjacent pages); every way of
+/// finding one by key must still reach it: the memoizer's own `invalidate_key`, and
+/// `Cache::invalidate_memoizer_key`, which has no typed zone key function, for a live
+/// memoizer and for one this run has not built.
+#[test]
+fn entries_filed_under_their_dependency_are_found_by_every_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path().join("z.memo")).unwrap();
+    let authors = cache.zone("Authors").unwrap();
+    let build = || {
+        cache
+            .memoizer::<(u64, u64), String>("cover")
+            .store(Store::Tiered(8))
+            .zone_key(&authors, |&(_book, author): &(u64, u64)| author)
+            .build()
+            .unwrap()
+    };
+    let cover = build();
+    for book in 0..6 {
+        cover.get_or_compute(&(book, book % 2), |k| format!("{k:?}"));
+    }
+    assert_eq!(assert_sound(&cache), 6);
+    assert!(cover.invalidate_key(&(0, 0)).unwrap());
+    assert!(!cached(&cover, &(0, 0)) && cached(&cover, &(2, 0)));
+    assert_eq!(
+        cache
+            .invalidate_memoizer_key("cover", &(1u64, 1u64))
+            .unwrap(),
+        Some(true)
+    );
+    assert!(
+        !cached(&cover, &(1, 1)),
+        "the live memory tier is purged too"
+    );
+    assert_eq!(
+        cache
+            .invalidate_memoizer_key("cover", &(1u64, 1u64))
+            .unwrap(),
+        Some(false)
+    );
+    // The same book under another author is another key, never stored.
+    assert_eq!(
+        cache
+            .invalidate_memoizer_key("cover", &(2u64, 1u64))
+            .unwrap(),
+        Some(false)
+    );
+    drop(cover);
+    assert_eq!(
+        cache
+            .invalidate_memoizer_key("cover", &(2u64, 0u64))
+            .unwrap(),
+        Some(true)
+    );
+    assert_eq!(assert_sound(&cache), 3);
+    let cover = build();
+    assert!(!cached(&cover, &(2, 0)));
+    for book in 3..6 {
+        assert_eq!(
+            cover.get_or_compute(&(book, book % 2), |_| unreachable!()),
+            format!("{:?}", (book, book % 2))
+        );
+    }
+    assert_eq!(authors.invalidate(&1u64).unwrap(), 2, "books 3 and 5");
+    assert_eq!(assert_sound(&cache), 1);
+}

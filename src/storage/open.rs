@@ -138,7 +138,10 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
         Ok(guarded(|| ops::inspect(&db)).ok().flatten())
     });
     match looked {
-        Err(_) | Ok(Ok(None)) | Ok(Ok(Some(InitOutcome::Ready))) => Ok(None),
+        Err(_)
+        | Ok(Ok(None))
+        | Ok(Ok(Some(InitOutcome::Ready)))
+        | Ok(Ok(Some(InitOutcome::Older))) => Ok(None),
         Ok(Err(())) => Err(Error::AlreadyOpen {
             path: path.to_path_buf(),
         }),
@@ -176,12 +179,12 @@ fn storage_error(source: redb::Error) -> Error {
 }
 
 /// Runs [`ops::init`]: creates our tables in a fresh database, or checks an existing one
-/// is ours and not newer.
+/// is ours and not newer (upgrading an older one).
 fn checked(db: redb::Database, path: Option<&Path>) -> Result<redb::Database> {
     let outcome = guarded(|| ops::init(&db));
     let Some(path) = path else {
         return match outcome {
-            Ok(InitOutcome::Ready) => Ok(db),
+            Ok(InitOutcome::Ready | InitOutcome::Older) => Ok(db),
             Ok(InitOutcome::Foreign(reason)) => Err(storage_error(redb::Error::Corrupted(reason))),
             Ok(InitOutcome::Newer(found)) => Err(storage_error(redb::Error::Corrupted(format!(
                 "format version {found} is newer than this build"
@@ -190,7 +193,7 @@ fn checked(db: redb::Database, path: Option<&Path>) -> Result<redb::Database> {
         };
     };
     match outcome {
-        Ok(InitOutcome::Ready) => Ok(db),
+        Ok(InitOutcome::Ready | InitOutcome::Older) => Ok(db),
         Ok(InitOutcome::Foreign(reason)) => Err(Error::NotACache {
             path: path.to_path_buf(),
             reason,

@@ -7,9 +7,9 @@ use redb::{
 };
 
 use super::tables::{
-    DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMOIZER_NAMES,
-    MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name, entry_ref, expiry_key,
-    split_entry_ref, split_expiry_key,
+    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE,
+    MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name,
+    entry_ref, expiry_key, split_entry_ref, split_expiry_key,
 };
 use crate::entry::{self, DepRow, FORMAT_VERSION};
 use crate::key::KeyHash;
@@ -19,12 +19,15 @@ type R<T> = Result<T, redb::Error>;
 /// What [`init`] found in the file.
 pub(crate) enum InitOutcome {
     Ready,
+    /// Ours, written by an earlier format version ([`init`] upgrades it).
+    Older,
     Foreign(String),
     Newer(u32),
 }
 
-/// Checks an existing database: ours and current (`Ready`), someone else's (`Foreign`),
-/// newer (`Newer`), or `None` when our tables still need creating.
+/// Checks an existing database: ours and current (`Ready`), ours but older (`Older`),
+/// someone else's (`Foreign`), newer (`Newer`), or `None` when our tables still need
+/// creating.
 pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
     let read = db.begin_read()?;
     match read.open_table(META) {
@@ -38,6 +41,9 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
             }
             if version == FORMAT_VERSION as u64 {
                 return Ok(Some(InitOutcome::Ready));
+            }
+            if version > 0 {
+                return Ok(Some(InitOutcome::Older));
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {
@@ -61,10 +67,15 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
 
 /// Creates our tables in a fresh file, or checks an existing file is ours and not newer.
 pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
-    if let Some(outcome) = inspect(db)? {
-        return Ok(outcome);
-    }
-    let txn = db.begin_write()?;
+    let txn = match inspect(db)? {
+        None => db.begin_write()?,
+        Some(InitOutcome::Older) => {
+            let txn = db.begin_write()?;
+            drop_entries(&txn)?;
+            txn
+        }
+        Some(outcome) => return Ok(outcome),
+    };
     {
         let mut meta = txn.open_table(META)?;
         meta.insert(KEY_FORMAT_VERSION, FORMAT_VERSION as u64)?;
@@ -77,6 +88,25 @@ pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
     }
     txn.commit()?;
     Ok(InitOutcome::Ready)
+}
+
+/// Upgrading a file of an earlier format: drops every entry and both indexes, keeping the
+/// registry (ids, zones, memberships). Entries could not be kept anyway: every
+/// memoizer's fingerprint includes the format version, and format 1 filed entries
+/// without regard to their dependencies. Costs a table drop per memoizer, no per-entry
+/// work.
+fn drop_entries(txn: &WriteTransaction) -> R<()> {
+    let names: Vec<String> = txn
+        .list_tables()?
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(ENTRIES_PREFIX))
+        .collect();
+    for name in names {
+        txn.delete_table(EntriesDef::new(&name))?;
+    }
+    txn.delete_multimap_table(DEPS)?;
+    txn.delete_table(EXPIRY)?;
+    Ok(())
 }
 
 fn next_id(txn: &WriteTransaction, counter: &str) -> R<u64> {
@@ -93,23 +123,31 @@ pub(crate) fn register_memoizer(
     name: &str,
     fingerprint: u64,
     indexed: bool,
+    placed: bool,
 ) -> R<MemoRecord> {
     let existing = {
         let table = txn.open_table(MEMOIZERS)?;
         table.get(name)?.and_then(|v| MemoRecord::decode(v.value()))
     };
     let record = match existing {
-        Some(old) if old.fingerprint == fingerprint && (old.indexed || !indexed) => {
+        Some(old)
+            if old.fingerprint == fingerprint
+                && (old.indexed || !indexed)
+                && old.placed == placed =>
+        {
             return Ok(old);
         }
         Some(old) => {
-            if old.fingerprint != fingerprint {
+            // Entries of another value type, or filed the other way (they would never be
+            // found again), go.
+            if old.fingerprint != fingerprint || old.placed != placed {
                 clear(txn, &old)?;
             }
             MemoRecord {
                 id: old.id,
                 fingerprint,
                 indexed: indexed || old.indexed,
+                placed,
             }
         }
         None => {
@@ -119,6 +157,7 @@ pub(crate) fn register_memoizer(
                 id,
                 fingerprint,
                 indexed,
+                placed,
             }
         }
     };
@@ -128,13 +167,15 @@ pub(crate) fn register_memoizer(
 }
 
 /// The record of `name` if it is registered exactly as [`register_memoizer`] and
-/// [`add_zone_member`] would leave it (same fingerprint, indexed if asked, a member of
-/// every zone in `zone_ids`), so building it again needs no write transaction.
+/// [`add_zone_member`] would leave it (same fingerprint and placement, indexed if asked,
+/// a member of every zone in `zone_ids`), so building it again needs no write
+/// transaction.
 pub(crate) fn registered(
     txn: &ReadTransaction,
     name: &str,
     fingerprint: u64,
     indexed: bool,
+    placed: bool,
     zone_ids: &[u64],
 ) -> R<Option<MemoRecord>> {
     let table = match txn.open_table(MEMOIZERS) {
@@ -145,7 +186,8 @@ pub(crate) fn registered(
     let Some(record) = table.get(name)?.and_then(|v| MemoRecord::decode(v.value())) else {
         return Ok(None);
     };
-    if record.fingerprint != fingerprint || (indexed && !record.indexed) {
+    if record.fingerprint != fingerprint || (indexed && !record.indexed) || record.placed != placed
+    {
         return Ok(None);
     }
     if !zone_ids.is_empty() {
@@ -340,6 +382,33 @@ pub(crate) fn remove(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash) -> R<
         }
         None => Ok(false),
     }
+}
+
+/// The row of the entry whose encoded key is `key`, in a memoizer that files entries
+/// under their primary dependency ([`crate::key::place`]), found without knowing the
+/// dependency: the entry is under `key_hash` itself if it has no dependency rows, else
+/// under a row whose second half is the start of `key_hash`, and its stored key says
+/// which. Reads the memoizer's whole table: only for invalidating by key when the
+/// memoizer's zone key functions are not at hand.
+pub(crate) fn find_placed(
+    txn: &WriteTransaction,
+    memo_id: u64,
+    key_hash: &KeyHash,
+    key: &[u8],
+) -> R<Option<KeyHash>> {
+    let name = entries_name(memo_id);
+    let table = txn.open_table(EntriesDef::new(&name))?;
+    let holds_key = |bytes: &[u8]| entry::decode(bytes, false).is_ok_and(|v| v.key == key);
+    if table.get(key_hash)?.is_some_and(|v| holds_key(v.value())) {
+        return Ok(Some(*key_hash));
+    }
+    for item in table.iter()? {
+        let (row, bytes) = item?;
+        if row.value()[8..] == key_hash[..8] && holds_key(bytes.value()) {
+            return Ok(Some(*row.value()));
+        }
+    }
+    Ok(None)
 }
 
 /// Removes every entry of a memoizer. Cost: O(1) table drop, plus O(entries) only when

@@ -4,7 +4,8 @@ use redb::{MultimapTableDefinition, TableDefinition};
 
 /// Format version, id counters. Its presence marks a file as ours.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("fresco/meta");
-/// Memoizer name -> record (id u64 LE, fingerprint u64 LE, flags u64 LE).
+/// Memoizer name -> record (id u64 LE, fingerprint u64 LE, flags u64 LE: bit 0 indexed,
+/// bit 1 placed).
 pub(crate) const MEMOIZERS: TableDefinition<&str, &[u8]> = TableDefinition::new("fresco/memoizers");
 /// Memoizer id -> name.
 pub(crate) const MEMOIZER_NAMES: TableDefinition<u64, &str> =
@@ -52,9 +53,12 @@ pub(crate) const PREFIX: &str = "fresco/";
 /// The entries table of one memoizer, keyed by row hash.
 pub(crate) type EntriesDef<'a> = TableDefinition<'a, &'static [u8; 16], &'static [u8]>;
 
+/// Prefix of every entries table's name.
+pub(crate) const ENTRIES_PREFIX: &str = "fresco/entries/";
+
 /// Name of the entries table of memoizer `id`.
 pub(crate) fn entries_name(id: u64) -> String {
-    format!("fresco/entries/{id}")
+    format!("{ENTRIES_PREFIX}{id}")
 }
 
 /// An entry reference as stored in [`DEPS`]: memoizer id (BE) and key hash, padded.
@@ -82,14 +86,21 @@ pub(crate) struct MemoRecord {
     /// Set once any entry of this memoizer may carry dependency rows or a deadline, i.e.
     /// rows in [`DEPS`] or [`EXPIRY`] that clearing it must remove too.
     pub indexed: bool,
+    /// Whether entries with dependency rows are filed under their primary row
+    /// ([`crate::key::place`]) rather than under their key's hash.
+    pub placed: bool,
 }
+
+const FLAG_INDEXED: u64 = 1;
+const FLAG_PLACED: u64 = 2;
 
 impl MemoRecord {
     pub(crate) fn encode(&self) -> [u8; 24] {
         let mut out = [0u8; 24];
         out[..8].copy_from_slice(&self.id.to_le_bytes());
         out[8..16].copy_from_slice(&self.fingerprint.to_le_bytes());
-        out[16..24].copy_from_slice(&(self.indexed as u64).to_le_bytes());
+        let flags = (self.indexed as u64 * FLAG_INDEXED) | (self.placed as u64 * FLAG_PLACED);
+        out[16..24].copy_from_slice(&flags.to_le_bytes());
         out
     }
 
@@ -105,7 +116,8 @@ impl MemoRecord {
         Some(MemoRecord {
             id: word(0),
             fingerprint: word(8),
-            indexed: word(16) != 0,
+            indexed: word(16) & FLAG_INDEXED != 0,
+            placed: word(16) & FLAG_PLACED != 0,
         })
     }
 }
