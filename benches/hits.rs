@@ -1,7 +1,8 @@
 //! Hits, side by side with the peers in one run (issue 4, point 6):
 //!
 //! - `hit_100k`: 100k entries, u64 key -> ~100-byte struct, one lookup per iteration in a
-//!   fixed shuffled key order. Persistent (owned and archived) vs `cached::RedbCache` get
+//!   fixed shuffled key order. Persistent (owned and archived; and owned in a memoizer
+//!   with a zone key, whose lookups derive the dependency row first) vs `cached::RedbCache` get
 //!   (default, durable); tiered and in-memory vs `moka` 0.12 sync, `quick_cache` 0.7 and
 //!   a `Mutex<HashMap>` memo. Every owned variant returns an owned value (ours
 //!   deserializes, the peers clone or decode).
@@ -29,6 +30,7 @@ fn hit_100k(c: &mut Criterion) {
     let cache = Cache::open(dir.path().join("hits.memo")).unwrap();
     let persistent = filled(&cache, "persistent", Store::Persistent, ENTRIES, record);
     let tiered = filled(&cache, "tiered", Store::Tiered(CAPACITY), ENTRIES, record);
+    let zoned = filled_zoned(&cache, "zoned", ENTRIES, record);
     let mem_cache = Cache::in_memory().unwrap();
     let memory = filled(&mem_cache, "memory", Store::Memory, ENTRIES, record);
     let redb_cache = redb_cache_filled(dir.path(), "peer", ENTRIES, record);
@@ -56,6 +58,9 @@ fn hit_100k(c: &mut Criterion) {
             black_box(hit.id.to_native())
         })
     });
+    g.bench_function("persistent_zoned_owned", |b| {
+        b.iter(|| zoned.get_or_compute(&keys.next_key(), unreachable))
+    });
     g.bench_function("redb_cache_get", |b| {
         b.iter(|| redb_cache.cache_get(&keys.next_key()).unwrap().unwrap())
     });
@@ -78,6 +83,7 @@ fn hit_100k(c: &mut Criterion) {
     for (stats, before) in [
         (persistent.stats(), ENTRIES),
         (tiered.stats(), ENTRIES),
+        (zoned.stats(), ENTRIES),
         (memory.stats(), ENTRIES),
     ] {
         assert_eq!(stats.misses, before, "a benchmark lookup missed");

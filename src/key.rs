@@ -78,10 +78,7 @@ pub(crate) fn filed_under(hash: &KeyHash, primary: &DepRow) -> bool {
 pub(crate) struct EncodedKey {
     pub(crate) bytes: KeyBytes,
     pub(crate) hash: KeyHash,
-    /// The entry's dependency rows, when they had to be derived to find its row (a
-    /// memoizer that files entries under their dependencies); a miss stores them. An
-    /// error means the entry cannot be stored, so it is looked for under its plain hash,
-    /// where it is never found.
+    /// The entry's dependency rows, if they were derived already (a miss stores them).
     pub(crate) deps: Option<crate::Result<Vec<DepRow>>>,
 }
 
@@ -95,15 +92,12 @@ impl EncodedKey {
         }
     }
 
-    /// The key of a memoizer that files entries under their primary dependency row.
-    pub(crate) fn placed(bytes: KeyBytes, hash: KeyHash, deps: crate::Result<Vec<DepRow>>) -> Self {
-        let primary = deps.as_ref().ok().and_then(|rows| rows.first());
+    /// The key of a memoizer that files entries under their primary dependency row,
+    /// for an entry whose primary row is `primary` (`None`: no rows, or rows that could
+    /// not be derived, in which case nothing is ever stored and the lookup misses).
+    pub(crate) fn placed(bytes: KeyBytes, hash: KeyHash, primary: Option<&DepRow>) -> Self {
         let hash = primary.map_or(hash, |primary| place(&hash, primary));
-        EncodedKey {
-            bytes,
-            hash,
-            deps: Some(deps),
-        }
+        EncodedKey::plain(bytes, hash)
     }
 }
 

@@ -226,7 +226,11 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 }
                 // Filed under its dependencies: they are needed to find the row.
                 let rows = deps.take().map_or_else(Deps::new, |f| f(&args));
-                EncodedKey::placed(bytes, hash, rows.finish(self.name()))
+                let rows = rows.finish(self.name());
+                let primary = rows.as_ref().ok().and_then(|rows| rows.first());
+                let mut ek = EncodedKey::placed(bytes, hash, primary);
+                ek.deps = Some(rows);
+                ek
             }),
         };
         let deps = |a: &A| deps.map_or_else(Deps::new, |f| f(a)).finish(self.name());
@@ -243,6 +247,6 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// zone key functions.
     #[doc(hidden)]
     pub fn __deps_of(&self, arg: &K) -> Deps {
-        Deps((self.deps)(arg))
+        Deps((self.deps.all)(arg))
     }
 }

@@ -95,7 +95,7 @@ pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> 
 pub struct Memoizer<K: ?Sized, V> {
     pub(crate) core: Arc<MemoCore>,
     encode: Arc<KeyEncoder<K>>,
-    pub(crate) deps: Arc<crate::zone::DepsFn<K>>,
+    pub(crate) deps: Arc<crate::zone::DepFns<K>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -417,7 +417,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) fn from_parts(
         core: Arc<MemoCore>,
         encode: Arc<KeyEncoder<K>>,
-        deps: Arc<crate::zone::DepsFn<K>>,
+        deps: Arc<crate::zone::DepFns<K>>,
     ) -> Self {
         Memoizer {
             core,
@@ -436,7 +436,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
         let hash = (self.core.hasher)(bytes.as_slice());
         if self.core.placed {
-            return Ok(EncodedKey::placed(bytes, hash, (self.deps)(key)));
+            // Only the primary row is needed to find the entry; on an error the lookup
+            // misses, and the miss reports it (the entry cannot be stored).
+            let primary = (self.deps.primary)(key).ok().flatten();
+            return Ok(EncodedKey::placed(bytes, hash, primary.as_ref()));
         }
         Ok(EncodedKey::plain(bytes, hash))
     }
@@ -536,7 +539,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         key: &K,
         compute: impl FnOnce(&K) -> Result<V, E>,
     ) -> Result<V, E> {
-        self.run(key, self.encode(key), |k| (self.deps)(k), compute)
+        self.run(key, self.encode(key), |k| (self.deps.all)(k), compute)
     }
 
     /// The memoized call itself, for any form of the arguments: `ek` is their encoded
@@ -869,7 +872,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         for z in &zones {
             z.zone.attach(&core);
         }
-        let deps = crate::zone::deps_fn(&self.name, zones);
+        let deps = crate::zone::dep_fns(&self.name, zones);
         Ok(Memoizer::from_parts(core, self.encode, deps))
     }
 }

@@ -22,6 +22,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -37,10 +38,24 @@ use crate::stats::Counters;
 use crate::storage::ops;
 
 /// Maps a memoizer's arguments to its dependency keys, encoded.
-pub(crate) type KeysFn<K> = dyn Fn(&K) -> Result<Vec<KeyBytes>, postcard::Error> + Send + Sync;
+///
+/// It hands each encoded key to a visitor, which may stop it: a lookup that needs only
+/// the primary key stops at the first, without collecting anything.
+pub(crate) type KeysFn<K> = dyn Fn(&K, &mut dyn FnMut(KeyBytes) -> ControlFlow<()>) -> Result<(), postcard::Error>
+    + Send
+    + Sync;
 /// Maps a memoizer's arguments to the dependency rows of its entry. An error means the
 /// entry must not be stored: it could not be found again by its dependencies.
 pub(crate) type DepsFn<K> = dyn Fn(&K) -> Result<Vec<DepRow>> + Send + Sync;
+/// Maps a memoizer's arguments to the primary row of its entry (the first of the rows
+/// [`DepsFn`] gives), if it has any: where a placed memoizer files the entry.
+pub(crate) type PrimaryFn<K> = dyn Fn(&K) -> Result<Option<DepRow>> + Send + Sync;
+
+/// A memoizer's two views of its zone key functions.
+pub(crate) struct DepFns<K: ?Sized> {
+    pub all: Box<DepsFn<K>>,
+    pub primary: Box<PrimaryFn<K>>,
+}
 
 /// Most dependency rows one entry can carry (the entry header counts them in a `u16`).
 const MAX_DEPS: usize = u16::MAX as usize;
@@ -123,10 +138,17 @@ impl std::fmt::Debug for Zone {
     }
 }
 
-fn encode_all<T: Serialize>(
+/// Encodes `keys` one by one for `visit`, until it breaks.
+fn visit_all<T: Serialize>(
     keys: impl IntoIterator<Item = T>,
-) -> Result<Vec<KeyBytes>, postcard::Error> {
-    keys.into_iter().map(|k| KeyBytes::encode(&k)).collect()
+    visit: &mut dyn FnMut(KeyBytes) -> ControlFlow<()>,
+) -> Result<(), postcard::Error> {
+    for key in keys {
+        if visit(KeyBytes::encode(&key)?).is_break() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Which (memoizer id, hash) pairs a disk job removed.
@@ -156,7 +178,7 @@ impl Zone {
         self,
         f: impl Fn(&A) -> I + Send + Sync + 'static,
     ) -> Self {
-        let keys: Arc<KeysFn<A>> = Arc::new(move |a: &A| encode_all(f(a)));
+        let keys: Arc<KeysFn<A>> = Arc::new(move |a: &A, visit| visit_all(f(a), visit));
         *self
             .inner
             .default_key
@@ -383,7 +405,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         zone: &Zone,
         f: impl Fn(&K) -> I + Send + Sync + 'static,
     ) -> Self {
-        let keys: Arc<KeysFn<K>> = Arc::new(move |k: &K| encode_all(f(k)));
+        let keys: Arc<KeysFn<K>> = Arc::new(move |k: &K, visit| visit_all(f(k), visit));
         self.zones.push(Membership {
             zone: zone.inner.clone(),
             key: Some(keys),
@@ -457,22 +479,25 @@ pub(crate) fn keyed_fingerprint<K: ?Sized>(fingerprint: u64, zones: &[Resolved<K
     crate::fingerprint::mix(fingerprint, &ids)
 }
 
-/// The function computing an entry's dependency rows.
-pub(crate) fn deps_fn<K: ?Sized + 'static>(
+/// The functions computing an entry's dependency rows, all of them or the primary one.
+pub(crate) fn dep_fns<K: ?Sized + 'static>(
     memoizer: &str,
     zones: Vec<Resolved<K>>,
-) -> Arc<DepsFn<K>> {
-    let keyed: Vec<(u64, Arc<KeysFn<K>>)> = zones
+) -> Arc<DepFns<K>> {
+    let keyed: Arc<[(u64, Arc<KeysFn<K>>)]> = zones
         .into_iter()
         .filter_map(|z| z.key.map(|k| (z.zone.id, k)))
         .collect();
     let memoizer = memoizer.to_string();
-    Arc::new(move |k: &K| {
+    let all_keyed = keyed.clone();
+    let all = Box::new(move |k: &K| {
         let mut rows = Vec::new();
-        for (zone_id, f) in &keyed {
-            for bytes in f(k).map_err(Error::KeyEncoding)? {
+        for (zone_id, f) in all_keyed.iter() {
+            f(k, &mut |bytes| {
                 rows.push(dep_row(*zone_id, xxh3_key_hash(bytes.as_slice())));
-            }
+                ControlFlow::Continue(())
+            })
+            .map_err(Error::KeyEncoding)?;
         }
         let rows = order_deps(rows);
         if rows.len() > MAX_DEPS {
@@ -482,5 +507,20 @@ pub(crate) fn deps_fn<K: ?Sized + 'static>(
             });
         }
         Ok(rows)
-    })
+    });
+    let primary = Box::new(move |k: &K| {
+        for (zone_id, f) in keyed.iter() {
+            let mut first = None;
+            f(k, &mut |bytes| {
+                first = Some(dep_row(*zone_id, xxh3_key_hash(bytes.as_slice())));
+                ControlFlow::Break(())
+            })
+            .map_err(Error::KeyEncoding)?;
+            if first.is_some() {
+                return Ok(first);
+            }
+        }
+        Ok(None)
+    });
+    Arc::new(DepFns { all, primary })
 }

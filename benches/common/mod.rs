@@ -123,6 +123,33 @@ pub fn filled<V: fresco_memoize::Value>(
         .store(store)
         .build()
         .expect("build memoizer");
+    fill(cache, m, n, make)
+}
+
+/// Like [`filled`] for a persistent memoizer in zone "Authors", entry `k` depending on
+/// author `k / 200` (so its entries are filed under their author).
+pub fn filled_zoned<V: fresco_memoize::Value>(
+    cache: &Cache,
+    name: &str,
+    n: u64,
+    make: fn(u64) -> V,
+) -> Memoizer<u64, V> {
+    let authors = cache.zone("Authors").expect("zone");
+    let m = cache
+        .memoizer::<u64, V>(name)
+        .store(Store::Persistent)
+        .zone_key(&authors, |k: &u64| *k / 200)
+        .build()
+        .expect("build memoizer");
+    fill(cache, m, n, make)
+}
+
+fn fill<V: fresco_memoize::Value>(
+    cache: &Cache,
+    m: Memoizer<u64, V>,
+    n: u64,
+    make: fn(u64) -> V,
+) -> Memoizer<u64, V> {
     for i in 0..n {
         m.get_or_compute(&i, |k| make(*k));
     }
