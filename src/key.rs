@@ -59,9 +59,9 @@ pub(crate) fn xxh3_key_hash(bytes: &[u8]) -> KeyHash {
 ///
 /// Rows sort by their bytes, so every entry whose primary dependency is the same key lies
 /// in one run of the entries table: invalidating that key deletes from a few adjacent
-/// B-tree pages instead of one page per entry (at a million entries, the difference
-/// between 0.6 ms and 4 ms for 200 entries, see `benches/zones.rs`). Half of the key hash
-/// still separates the entries of one dependency; a collision costs a miss as before.
+/// B-tree pages instead of one page per entry, so its cost does not grow with the table
+/// (`benches/zones.rs`). Half of the key hash still separates the entries of one
+/// dependency; a collision costs a miss as before.
 pub(crate) fn place(key_hash: &KeyHash, primary: &DepRow) -> KeyHash {
     let mut placed = [0u8; 16];
     placed[..8].copy_from_slice(&primary[8..16]);

@@ -61,7 +61,8 @@ pub(crate) struct MemoCore {
     pub verify: bool,
     pub hasher: KeyHasher,
     /// Whether entries are filed under their primary dependency row ([`crate::key::place`]):
-    /// persistent memoizers with zone keys. Finding a row then needs the key's dependencies.
+    /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
+    /// key's primary dependency row.
     pub placed: bool,
     pub memory: Option<Mutex<MemStore>>,
     pub persistent: Option<Persistent>,
