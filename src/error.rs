@@ -74,8 +74,9 @@ pub enum Error {
         /// The memoizer's name.
         name: String,
     },
-    /// A memoizer joined a zone whose default key function takes another argument type,
-    /// and gave no key function of its own (`zone_key`).
+    /// A memoizer joined a zone whose default key function does not apply to its
+    /// arguments (another argument type, or a `#[memoize]` function of several
+    /// arguments), and gave no key function of its own (`zone_key`, `zonekey`).
     MissingZoneKey {
         /// The memoizer's name.
         memoizer: String,
@@ -163,8 +164,10 @@ impl fmt::Display for Error {
             ),
             Error::MissingZoneKey { memoizer, zone } => write!(
                 f,
-                "memoizer {memoizer:?} joins zone {zone:?}, whose default key function takes \
-                 another argument type; give it its own with .zone_key(&zone, |args| key)"
+                "memoizer {memoizer:?} joins zone {zone:?}, whose default key function does \
+                 not apply to its arguments (another argument type, or a #[memoize] function \
+                 of several arguments); give it its own with .zone_key(&zone, |args| key), \
+                 or zonekey = |args| key in #[memoize]"
             ),
             Error::ForeignZone { memoizer, zone } => write!(
                 f,

@@ -333,6 +333,8 @@ fn with_affected<'a>(
 pub(crate) struct Membership<K: ?Sized> {
     zone: Arc<ZoneInner>,
     key: Option<Arc<KeysFn<K>>>,
+    /// Whether the zone's default key function may stand in for a missing own one.
+    use_default: bool,
 }
 
 /// A membership checked at build time.
@@ -350,6 +352,22 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         self.zones.push(Membership {
             zone: zone.inner.clone(),
             key: None,
+            use_default: true,
+        });
+        self
+    }
+
+    /// Joins `zone` without a key function; building fails with
+    /// [`Error::MissingZoneKey`] if the zone has a default one. `#[memoize]` uses it for
+    /// functions of several arguments, whose calls derive dependency keys from the
+    /// borrowed arguments and so cannot apply a default key function over the owned
+    /// key tuple.
+    #[doc(hidden)]
+    pub fn __zone_without_default(mut self, zone: &Zone) -> Self {
+        self.zones.push(Membership {
+            zone: zone.inner.clone(),
+            key: None,
+            use_default: false,
         });
         self
     }
@@ -409,6 +427,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         self.zones.push(Membership {
             zone: zone.inner.clone(),
             key: Some(keys),
+            use_default: false,
         });
         self
     }
@@ -446,8 +465,8 @@ pub(crate) fn resolve<K: ?Sized + 'static>(
                     match default {
                         None => None,
                         Some(any) => match any.downcast_ref::<Arc<KeysFn<K>>>() {
-                            Some(f) => Some(f.clone()),
-                            None => {
+                            Some(f) if m.use_default => Some(f.clone()),
+                            _ => {
                                 return Err(Error::MissingZoneKey {
                                     memoizer: memoizer.to_string(),
                                     zone: m.zone.name.clone(),

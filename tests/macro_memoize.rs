@@ -436,3 +436,30 @@ fn a_memoizer_that_cannot_be_built_leaves_the_function_working_uncached() {
     let panicked = std::panic::catch_unwind(|| unkeyed::memoizer().name().to_string());
     assert!(panicked.is_err());
 }
+
+static PAIRS: LazyLock<Zone> =
+    LazyLock::new(|| CACHE.zone("Pairs").unwrap().key(|pair: &(u64, u64)| pair.0));
+counter!(PAIRED);
+/// Two arguments, and a zone whose default key function takes exactly the key tuple
+/// `(u64, u64)`. The call path derives dependency rows from the borrowed arguments and
+/// cannot apply it, while the builder could: entries would be stored without the rows
+/// the zone promises, and `PAIRS.invalidate(&a)` would leave them in place. The
+/// memoizer must refuse to build instead.
+#[memoize(cache = CACHE, zone = PAIRS)]
+fn paired(a: u64, b: u64) -> u64 {
+    bump(&PAIRED);
+    a + b
+}
+
+#[test]
+fn a_default_key_over_the_tuple_of_several_arguments_is_refused() {
+    let err = paired::try_memoizer().unwrap_err();
+    assert!(
+        matches!(err, fresco_memoize::Error::MissingZoneKey { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("zonekey"), "{err}");
+    assert_eq!(paired(1, 2), 3);
+    assert_eq!(paired(1, 2), 3);
+    assert_eq!(calls(&PAIRED), 2, "uncached, never stale");
+}

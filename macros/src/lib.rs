@@ -109,7 +109,7 @@ fn push_rkyv_attrs(shape: &mut String, attrs: &[syn::Attribute]) {
 /// | `max_hits = 5` | Serve a value at most this many times, then recompute | unlimited |
 /// | `keyfunc = \|s: &str\| s.to_lowercase()` | Maps the arguments (each taken by reference) to the stored key | the arguments |
 /// | `zone = AUTHORS` | Joins a [`Zone`] (a `&Zone` expression); repeat for several | the `"default"` zone |
-/// | `zonekey = \|b: &Book\| b.author_id` | The dependency key of the preceding `zone`, from the arguments; `zonekeys = ...` for several | the zone's own key function |
+/// | `zonekey = \|b: &Book\| b.author_id` | The dependency key of the preceding `zone`, from the arguments; `zonekeys = ...` for several | the zone's own key function (one argument only: with several, a zone that has one needs `zonekey`) |
 /// | `version = "2"` | Pins the version folded into stored values' fingerprint (see below) | a hash of the function's code |
 ///
 /// # Keys, methods and results

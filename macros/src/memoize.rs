@@ -474,7 +474,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
         let zone = &z.zone;
         let zref = quote_spanned!(zone.span()=> &(#zone));
         setters.push(match (&z.key, single) {
-            (None, _) => quote!(.zone(#zref)),
+            (None, true) => quote!(.zone(#zref)),
+            // The call path derives rows from the borrowed arguments: a default key
+            // function over the owned key tuple could not take part (a build error).
+            (None, false) => quote!(.__zone_without_default(#zref)),
             (Some(ZoneKey::One(k)), true) => quote_spanned!(k.span()=>
                 .zone_key(#zref, ::fresco_memoize::macro_support::key_fn::<#key_ty, _>(#k))
             ),
