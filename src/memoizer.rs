@@ -675,7 +675,11 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 .as_ref()
                 .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len() as u64),
         };
-        core.stats.snapshot(entries)
+        let mut stats = core.stats.snapshot(entries);
+        if let Some(p) = &core.persistent {
+            stats.errors += p.slot.lost_writes();
+        }
+        stats
     }
 }
 

@@ -116,7 +116,9 @@ pub struct Stats {
     /// Entries skipped because they were written for another value type or version, were
     /// damaged, or belonged to a colliding key.
     pub stale: u64,
-    /// Cache failures swallowed (the value was still returned; see [`Cache::health`](crate::Cache::health)).
+    /// Cache failures swallowed (the value was still returned; see
+    /// [`Cache::health`](crate::Cache::health)), including values of this memoizer that a
+    /// failed commit dropped.
     pub errors: u64,
     /// Entries currently stored: for a persistent memoizer read in O(1) from its table,
     /// after the stores queued before the call have committed; otherwise the map size.

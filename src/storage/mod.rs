@@ -64,9 +64,17 @@ type Shard = CachePadded<RwLock<Option<Snap>>>;
 pub(crate) struct SnapSlot {
     memo_id: u64,
     shards: Box<[Shard]>,
+    /// Stored values of this memoizer that a failed commit dropped: its share of the
+    /// failures the writer reports to the cache, for its `Stats::errors`.
+    lost_writes: AtomicU64,
 }
 
 impl SnapSlot {
+    /// How many stored values of this memoizer failed to commit.
+    pub(crate) fn lost_writes(&self) -> u64 {
+        self.lost_writes.load(Ordering::Relaxed)
+    }
+
     fn shard(&self) -> &RwLock<Option<Snap>> {
         &self.shards[thread_stripe(self.shards.len())]
     }
@@ -422,6 +430,7 @@ impl Storage {
             shards: (0..stripe_count())
                 .map(|_| CachePadded::new(RwLock::new(None)))
                 .collect(),
+            lost_writes: AtomicU64::new(0),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|w| w.strong_count() > 0);
@@ -479,6 +488,18 @@ impl Storage {
     }
 
     /// Drops overlay rows once their write has committed (or failed).
+    /// Charges the puts of a failed batch to their memoizers' slots.
+    fn count_lost_writes(&self, lost: &[(PendingKey, u64)]) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            let n = lost
+                .iter()
+                .filter(|((id, _), _)| *id == slot.memo_id)
+                .count();
+            slot.lost_writes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
     fn settle_pending(&self, done: &[(PendingKey, u64)]) {
         let mut pending = self.lock_pending();
         for (key, seq) in done {

@@ -291,6 +291,8 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     let committed = outcome.is_ok();
     if committed {
         storage.committed();
+    } else {
+        storage.count_lost_writes(&settled);
     }
     // Committed puts are now in the snapshot; failed ones are dropped (a later call
     // recomputes). Either way they leave the overlay.
