@@ -403,6 +403,9 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// persistent entries are stored next to the others sharing that key, which makes
     /// invalidating it cheapest at any cache size. Put first the key you invalidate most.
     /// Invalidating any other key costs a B-tree removal per entry wherever it lies.
+    /// Finding an entry then needs its primary key, so for such a memoizer the first key
+    /// function runs on every lookup, hits included (up to its first key): keep key
+    /// functions cheap, like reading a field.
     ///
     /// ```
     /// # use fresco_memoize::Cache;
