@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-use crate::entry::{DepRow, dep_row, order_deps};
+use crate::entry::{DepRow, dep_row};
 use crate::error::{Error, Result};
 use crate::key::{EncodedKey, KeyBytes, xxh3_key_hash};
 use crate::memoizer::{Memoizer, MemoizerBuilder};
@@ -66,17 +66,9 @@ impl Deps {
         }
     }
 
-    /// The rows in their stored order (see [`order_deps`]), within what an entry can
-    /// carry.
+    /// The rows as stored (see [`crate::zone::stored_rows`]).
     fn finish(self, memoizer: &str) -> Result<Vec<DepRow>> {
-        let rows = order_deps(self.0?);
-        if rows.len() > u16::MAX as usize {
-            return Err(Error::TooManyDependencies {
-                memoizer: memoizer.to_string(),
-                count: rows.len(),
-            });
-        }
-        Ok(rows)
+        crate::zone::stored_rows(memoizer, self.0?)
     }
 }
 

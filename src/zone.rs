@@ -60,6 +60,19 @@ pub(crate) struct DepFns<K: ?Sized> {
 /// Most dependency rows one entry can carry (the entry header counts them in a `u16`).
 const MAX_DEPS: usize = u16::MAX as usize;
 
+/// An entry's dependency rows as stored (see [`order_deps`]), or the error that keeps
+/// the entry from being stored: more rows than an entry can carry.
+pub(crate) fn stored_rows(memoizer: &str, rows: Vec<DepRow>) -> Result<Vec<DepRow>> {
+    let rows = order_deps(rows);
+    if rows.len() > MAX_DEPS {
+        return Err(Error::TooManyDependencies {
+            memoizer: memoizer.to_string(),
+            count: rows.len(),
+        });
+    }
+    Ok(rows)
+}
+
 pub(crate) struct ZoneInner {
     pub name: String,
     pub id: u64,
@@ -521,14 +534,7 @@ pub(crate) fn dep_fns<K: ?Sized + 'static>(
             })
             .map_err(Error::KeyEncoding)?;
         }
-        let rows = order_deps(rows);
-        if rows.len() > MAX_DEPS {
-            return Err(Error::TooManyDependencies {
-                memoizer: memoizer.clone(),
-                count: rows.len(),
-            });
-        }
-        Ok(rows)
+        stored_rows(&memoizer, rows)
     });
     let primary = Box::new(move |k: &K| {
         for (zone_id, f) in keyed.iter() {
