@@ -331,6 +331,21 @@ fn damaged_under_open_cache(dir: &Path, name: &str, policy: OnCorruption) -> (Pa
     (path, o)
 }
 
+/// Waits (at most 20 s) until the cache has moved its damaged file aside, calling `poke`
+/// between looks: a read that meets the damage is what wakes the writer.
+fn wait_until_moved_aside(o: &Opened, mut poke: impl FnMut()) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while o.cache.health().moved_aside.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "damage never acted on: {:?}",
+            o.cache.health()
+        );
+        poke();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn zero_page_under(path: &Path, needle: &str) {
     let mut bytes = std::fs::read(path).unwrap();
     zero_pages_holding(&mut bytes, needle);
@@ -346,16 +361,9 @@ fn damage_found_after_open_resets_the_cache() {
     // Reads never fail and never serve a wrong value; the damaged read wakes the writer,
     // which moves the file aside and starts a fresh one under the same registry.
     read_everything(&o);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while o.cache.health().moved_aside.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "damage never acted on: {:?}",
-            o.cache.health()
-        );
+    wait_until_moved_aside(&o, || {
         let _ = o.memos[0].get_archived(&250);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    });
     assert_moved_aside(&o, &path);
     assert!(
         o.errors
@@ -495,16 +503,9 @@ fn damage_to_the_registry_itself_leaves_the_cache_running_without_its_file() {
     let o = open_with(&path, builder).unwrap();
     zero_page_under(&path, "fresco/memoizers");
     read_everything(&o);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while o.cache.health().moved_aside.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "never acted on: {:?}",
-            o.cache.health()
-        );
+    wait_until_moved_aside(&o, || {
         read_everything(&o);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    });
     assert!(
         o.errors
             .lock()
