@@ -78,7 +78,7 @@ fn open_file(
     if let Some(refusal) = inspect_read_only(path)? {
         return Err(refusal);
     }
-    let opened = std::panic::catch_unwind(|| {
+    let opened = crate::panics::catch_quietly(|| {
         let mut builder = redb::Builder::new();
         builder
             .set_cache_size(page_cache_bytes)
@@ -129,7 +129,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
-    let looked = std::panic::catch_unwind(|| {
+    let looked = crate::panics::catch_quietly(|| {
         let db = match redb::Builder::new().open_read_only(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(()),
@@ -159,9 +159,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
 
 /// Opens (or creates) a database over `backend`.
 fn open_backend(backend: FaultyBackend) -> Result<redb::Database> {
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        redb::Builder::new().create_with_backend(backend)
-    }));
+    let opened = crate::panics::catch_quietly(|| redb::Builder::new().create_with_backend(backend));
     let db = match opened {
         Err(_) => {
             return Err(storage_error(redb::Error::Corrupted(
