@@ -41,7 +41,7 @@ impl Reporter {
     /// Records an error that no caller will see.
     pub(crate) fn report(&self, error: &Error) {
         let n = self.record(error.to_string());
-        log_report(n, error);
+        log_line(n, log_level(error), &error.to_string());
         let Some(hook) = &self.hook else { return };
         if let Err(panic) = crate::panics::catch_quietly(|| hook(error)) {
             let rendered = format!("the on_error hook panicked ({panic}) while reporting: {error}");
@@ -110,20 +110,15 @@ fn log_level(error: &Error) -> Level {
     }
 }
 
-fn log_report(n: u64, error: &Error) {
-    log_line(n, log_level(error), &error.to_string());
-}
-
 /// Logs the `n`th report (counted from 0): the first few and then every thousandth, so
 /// that a full disk cannot flood the log.
 #[cfg_attr(not(feature = "log"), allow(unused_variables))]
 fn log_line(n: u64, level: Level, text: &str) {
-    if n >= 10 && !n.is_multiple_of(1000) {
-        return;
-    }
     #[cfg(feature = "log")]
-    match level {
-        Level::Warn => log::warn!(target: "fresco_memoize", "{text}"),
-        Level::Error => log::error!(target: "fresco_memoize", "{text}"),
+    if n < 10 || n.is_multiple_of(1000) {
+        match level {
+            Level::Warn => log::warn!(target: "fresco_memoize", "{text}"),
+            Level::Error => log::error!(target: "fresco_memoize", "{text}"),
+        }
     }
 }
