@@ -469,3 +469,65 @@ fn missing_foreign_damaged_and_busy_files_fail_clearly_and_stay_untouched() {
     drop(cache);
     ok(&["stats", s(&busy)]);
 }
+
+/// Issue #11, D8: a malformed `--key` is a clear error naming the problem, and nothing is
+/// removed. It used to be guessed at: an object with several `$` tags was taken as a
+/// struct (`{"$some": 1, "$none": null}` removed author 1's entries), an integer beyond
+/// 64 bits became a float, an overflowing `$f32` became infinity.
+#[test]
+fn malformed_keys_are_refused_and_remove_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = library(dir.path());
+    let p = s(&path);
+    let before: Vec<u64> = ["books.synopsis", "authors.bio"]
+        .iter()
+        .map(|m| entries(&path, m))
+        .collect();
+    for (target, key, message) in [
+        (
+            ["--zone", "Authors"],
+            r#"{"$some": 1, "$none": null}"#,
+            "must have that one key only",
+        ),
+        (
+            ["--zone", "Authors"],
+            r#"{"$u64": 1, "id": 2}"#,
+            "must have that one key only",
+        ),
+        (
+            ["--memoizer", "books.synopsis"],
+            "18446744073709551616",
+            "does not fit a 64-bit integer",
+        ),
+        (
+            ["--memoizer", "books.synopsis"],
+            "-9223372036854775809",
+            "does not fit a 64-bit integer",
+        ),
+        (
+            ["--memoizer", "books.synopsis"],
+            r#"{"$f32": 1e39}"#,
+            "within f32's range",
+        ),
+    ] {
+        let mut args = vec!["invalidate", p];
+        args.extend(target);
+        args.extend(["--key", key]);
+        fails(&args, message);
+    }
+    let after: Vec<u64> = ["books.synopsis", "authors.bio"]
+        .iter()
+        .map(|m| entries(&path, m))
+        .collect();
+    assert_eq!(before, after, "a refused key removed entries");
+    // Tagged integers still take their literal exactly, beyond 64 bits too.
+    let o = fm(&[
+        "invalidate",
+        p,
+        "--memoizer",
+        "books.synopsis",
+        "--key",
+        r#"{"$u128": 18446744073709551616}"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
