@@ -531,3 +531,73 @@ fn malformed_keys_are_refused_and_remove_nothing() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Issue #11, D5: the commands that only read leave the file byte-identical (`stats` used
+/// to open it read-write and rewrite thousands of bytes; `check` ran redb's repairing
+/// check on it), and the commands that change a file refuse a damaged one - damaged
+/// pages (redb's checksums fail) or a broken index - with a clear message, instead of
+/// rewriting it.
+#[test]
+fn reading_commands_never_write_and_writing_commands_refuse_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = library(dir.path());
+    let p = s(&path);
+    let intact = std::fs::read(&path).unwrap();
+    for args in [
+        &["stats", p][..],
+        &["--json", "stats", p],
+        &["check", p],
+        &["--json", "check", p],
+    ] {
+        ok(args);
+        assert!(
+            std::fs::read(&path).unwrap() == intact,
+            "{args:?} wrote to an intact file"
+        );
+    }
+
+    // Damaged pages: one flipped byte inside a stored value (the file still opens).
+    let flipped = dir.path().join("flipped.memo");
+    let mut bytes = intact.clone();
+    let needle = b"synopsis of book 17";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the value is in the file");
+    bytes[at + 3] ^= 0x01;
+    std::fs::write(&flipped, &bytes).unwrap();
+
+    // A broken index: a dangling expiry row, written behind the library's back.
+    let dangling = dir.path().join("dangling.memo");
+    std::fs::write(&dangling, &intact).unwrap();
+    {
+        let db = redb::Database::open(&dangling).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&[u8; 32], ()> =
+                redb::TableDefinition::new("fresco/expiry");
+            txn.open_table(def).unwrap().insert(&[1u8; 32], ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    for damaged in [&flipped, &dangling] {
+        let d = s(damaged);
+        let before = std::fs::read(damaged).unwrap();
+        let o = fm(&["check", d]);
+        assert_eq!(o.status.code(), Some(1), "check passes {d}: {}", stdout(&o));
+        ok(&["stats", d]);
+        for args in [
+            &["compact", d][..],
+            &["purge-expired", d],
+            &["invalidate", d, "--memoizer", "books.synopsis"],
+            &["invalidate", d, "--zone", "Authors", "--key", "1"],
+        ] {
+            fails(args, "is damaged");
+        }
+        assert!(
+            std::fs::read(damaged).unwrap() == before,
+            "{d} was written to"
+        );
+    }
+}

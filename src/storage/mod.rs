@@ -26,6 +26,7 @@ pub(crate) mod faults;
 pub(crate) mod open;
 pub(crate) mod ops;
 mod registry;
+pub(crate) mod scratch;
 pub(crate) mod tables;
 pub(crate) mod writer;
 
