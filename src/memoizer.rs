@@ -805,7 +805,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         } else {
             Store::Memory
         });
-        let fingerprint = fingerprint::value_fingerprint::<V>(&self.version);
+        // The name is part of what a hit checks: should a table ever be filed under
+        // another memoizer's id, its entries read as misses, never as that one's values.
+        let fingerprint = fingerprint::mix(
+            fingerprint::value_fingerprint::<V>(&self.version),
+            &[fingerprint::name_hash(&self.name)],
+        );
         let mut live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
         if live.get(&self.name).is_some_and(|w| w.strong_count() > 0) {
             return Err(Error::MemoizerInUse { name: self.name });
@@ -831,14 +836,18 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                     .flatten();
                 let record = match known {
                     Some(record) => record,
-                    None => cache.writer.run(move |txn| {
-                        let record =
-                            ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
-                        for zone_id in zone_ids {
-                            ops::add_zone_member(txn, zone_id, record.id)?;
-                        }
-                        Ok(record)
-                    })?,
+                    None => {
+                        let record = cache.writer.run(move |txn| {
+                            let record =
+                                ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
+                            for zone_id in zone_ids {
+                                ops::add_zone_member(txn, zone_id, record.id)?;
+                            }
+                            Ok(record)
+                        })?;
+                        cache.storage.registered();
+                        record
+                    }
                 };
                 Some(Persistent {
                     id: record.id,
