@@ -100,6 +100,7 @@ mod key;
 pub mod macro_support;
 mod memoizer;
 mod memory;
+mod panics;
 mod report;
 mod stats;
 mod storage;

@@ -224,14 +224,10 @@ impl MemoCore {
                 // Only damage makes an entry fail these checks: report it, read a miss
                 // (the recomputed value then overwrites the entry).
                 Counters::add(&self.stats.stale, 1);
-                let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
-                self.report(Error::Corrupted {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
-                         as a miss",
-                        self.name
-                    ),
+                self.report(Error::DamagedEntry {
+                    path: self.cache.storage.path().map(Path::to_path_buf),
+                    memoizer: self.name.clone(),
+                    detail: format!("{malformed:?}"),
                 });
                 return None;
             }
