@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 
-use crossbeam::utils::CachePadded;
+use crossbeam_utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::cache::OnCorruption;

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use redb::{Durability, WriteTransaction};
 
 use super::{PendingKey, Storage, guarded, ops};
