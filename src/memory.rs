@@ -501,7 +501,7 @@ mod tests {
                         let n = store.remove_expired(now).len();
                         let before = model.len();
                         model.retain(|_, (_, at)| now < *at);
-                        assert_eq!(n as usize, before - model.len());
+                        assert_eq!(n, before - model.len());
                     }
                     _ => {
                         if rng.below(20) == 0 {
