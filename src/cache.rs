@@ -279,7 +279,9 @@ impl CacheBuilder {
     }
 
     /// Receives every error the cache swallows (a store that failed, a file moved aside).
-    /// Default: print to stderr, rate-limited.
+    /// Default: none. Either way every report also goes to [`Cache::health`] and, with the
+    /// `log` feature (default), to the `log` crate (target `fresco_memoize`), rate-limited.
+    /// A panic in the hook is caught and reported there, not to the hook.
     ///
     /// The hook runs on the thread that met the error, which may be the cache's
     /// background writer: it may read the cache, but must not wait on it (`flush`, an
