@@ -86,6 +86,7 @@ extern crate self as fresco_memoize;
 #[doc(hidden)]
 #[path = "entry_hooks.rs"]
 pub mod __entry;
+mod asynchronous;
 mod cache;
 mod clock;
 mod entry;
