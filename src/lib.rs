@@ -87,6 +87,7 @@ extern crate self as fresco_memoize;
 #[path = "entry_hooks.rs"]
 pub mod __entry;
 mod asynchronous;
+mod borrowed;
 mod cache;
 mod clock;
 mod entry;
@@ -109,6 +110,7 @@ mod sync;
 mod value;
 mod zone;
 
+pub use borrowed::KeyLike;
 pub use cache::{Cache, CacheBuilder, OnCorruption};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

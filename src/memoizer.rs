@@ -69,6 +69,10 @@ pub(crate) struct MemoCore {
     /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
     /// key's primary dependency row.
     pub placed: bool,
+    /// Whether the stored key is the argument as serialized, with no dependency rows
+    /// (no keyfunc, no zone keys): then a borrowed form of the key that serializes
+    /// alike finds and stores the same entry ([`crate::KeyLike`]).
+    pub plain_keys: bool,
     pub memory: Option<Mutex<MemStore>>,
     pub persistent: Option<Persistent>,
     /// Bumped by every invalidation; a computation that started under an older epoch
@@ -767,25 +771,95 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
+        let look = |ek: &EncodedKey, due| self.lookup(ek, due);
+        self.drive(args, ek, deps, compute, look, |value, _| Ok(value))
+    }
+
+    /// [`run`](Self::run) for any form of the answer: `look` finds a hit, `finish` turns
+    /// a computed value (and its archive, if it was archived) into the answer.
+    fn drive<A, E, R>(
+        &self,
+        args: A,
+        ek: Result<EncodedKey>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
+        compute: impl FnOnce(A) -> Result<V, E>,
+        look: impl Fn(&EncodedKey, bool) -> Looked<R>,
+        finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let Some(mut ek) = self.core.encoded(ek) else {
-            return compute(args);
+            return finish(compute(args)?, None);
         };
         loop {
-            match self
-                .core
-                .step(&ek, Caller::Thread, |due| self.lookup(&ek, due))
-            {
+            match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {
                 Step::Served(v) => return Ok(v),
                 Step::Wait(flight) => flight.wait(),
-                Step::Alone => return compute(args),
+                Step::Alone => return finish(compute(args)?, None),
                 Step::Lead(lead) => {
                     let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
                     let value = compute(args)?;
-                    self.core.land(lead, &ek, deps, &value);
-                    return Ok(value);
+                    let archive = self.core.land(lead, &ek, deps, &value);
+                    return finish(value, archive);
                 }
             }
         }
+    }
+
+    /// The value for `key` read in place, computed and stored first on a miss: a large
+    /// value is then never deserialized, on a hit or on the call that computed it.
+    /// Single-flight, `max_hits`, `refresh_after` and errors behave as in
+    /// [`get_or_compute`](Self::get_or_compute).
+    ///
+    /// `Err` only if the value cannot be archived at all ([`Error::ValueEncoding`]; it
+    /// could not be cached either - [`get_or_compute`](Self::get_or_compute) returns
+    /// such a value owned).
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let pages = cache.memoizer::<u32, Vec<u8>>("pages").build()?;
+    /// let page = pages.get_archived_or_compute(&1, |_| vec![7; 50 << 10])?;
+    /// assert_eq!(page.len(), 50 << 10);
+    /// let again = pages.get_archived_or_compute(&1, |_| unreachable!())?;
+    /// assert_eq!(again[0], 7);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn get_archived_or_compute(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> V,
+    ) -> Result<ArchivedHit<V>> {
+        self.try_get_archived_or_compute(key, |k| Ok(compute(k)))
+    }
+
+    /// [`get_archived_or_compute`](Self::get_archived_or_compute) for a computation that
+    /// can fail: its `Err` is returned untouched and nothing is cached. The cache's own
+    /// error (a value that cannot be archived) is converted into `E`.
+    pub fn try_get_archived_or_compute<E: From<Error>>(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<ArchivedHit<V>, E> {
+        let core = &*self.core;
+        let look = |ek: &EncodedKey, due| {
+            self.lookup_archived(ek, due).unwrap_or_else(|e| {
+                core.report(e);
+                Looked::Miss
+            })
+        };
+        let finish = |value: V, archive: Option<AlignedVec>| {
+            let archive = match archive {
+                Some(archive) => Ok(archive),
+                None => value.__archive(),
+            };
+            archive
+                .map_err(|e| e.to_string())
+                .and_then(|a| {
+                    ArchivedHit::from_archive(a).ok_or_else(|| "it does not validate".into())
+                })
+                .map_err(|e| E::from(Error::ValueEncoding(e)))
+        };
+        let ek = self.encode(key);
+        self.drive(key, ek, |k| (self.deps.all)(k), compute, look, finish)
     }
 
     /// The cached value for `key` read in place, without computing anything.
@@ -1059,6 +1133,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             verify: self.verify,
             hasher: self.hasher,
             placed,
+            plain_keys: self.whole_key && !keyed,
             memory: memory.map(Mutex::new),
             persistent,
             epoch: AtomicU64::new(0),
