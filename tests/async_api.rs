@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use fresco_memoize::{Cache, Store};
+use fresco_memoize::{Cache, Memoizer, Store};
 
 fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -15,6 +15,28 @@ fn tokio_rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// `n` tasks on the current tokio runtime asking for key 1; each computation they make
+/// is counted in `computed` and gives `value`.
+fn waiters(
+    m: &Memoizer<u64, u64>,
+    n: usize,
+    computed: &Arc<AtomicU32>,
+    value: u64,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..n)
+        .map(|_| {
+            let (m, computed) = (m.clone(), computed.clone());
+            tokio::spawn(async move {
+                let compute = async move {
+                    computed.fetch_add(1, Ordering::SeqCst);
+                    value
+                };
+                m.get_or_compute_async(&1, compute).await
+            })
+        })
+        .collect()
 }
 
 #[test]
@@ -112,18 +134,7 @@ fn a_cancelled_leader_hands_the_computation_to_a_waiter() {
             })
         };
         started.await.unwrap(); // the leader is computing
-        let waiters: Vec<_> = (0..50)
-            .map(|_| {
-                let (m, computed) = (m.clone(), computed.clone());
-                tokio::spawn(async move {
-                    let compute = async move {
-                        computed.fetch_add(1, Ordering::SeqCst);
-                        7
-                    };
-                    m.get_or_compute_async(&1, compute).await
-                })
-            })
-            .collect();
+        let waiters = waiters(&m, 50, &computed, 7);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(computed.load(Ordering::SeqCst), 0, "a waiter did not wait");
         leader.abort();
@@ -155,18 +166,7 @@ fn a_panicking_leader_fails_only_its_own_task() {
             })
         };
         started.await.unwrap();
-        let waiters: Vec<_> = (0..20)
-            .map(|_| {
-                let (m, computed) = (m.clone(), computed.clone());
-                tokio::spawn(async move {
-                    let compute = async move {
-                        computed.fetch_add(1, Ordering::SeqCst);
-                        9
-                    };
-                    m.get_or_compute_async(&1, compute).await
-                })
-            })
-            .collect();
+        let waiters = waiters(&m, 20, &computed, 9);
         tokio::time::sleep(Duration::from_millis(20)).await;
         go.send(()).unwrap();
         assert!(leader.await.unwrap_err().is_panic());
@@ -199,18 +199,7 @@ fn a_thread_and_tasks_share_one_flight_either_way() {
         })
     };
     started.recv().unwrap();
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let (m, computed) = (m.clone(), computed.clone());
-            rt.spawn(async move {
-                let compute = async move {
-                    computed.fetch_add(1, Ordering::SeqCst);
-                    0
-                };
-                m.get_or_compute_async(&1, compute).await
-            })
-        })
-        .collect();
+    let tasks = rt.block_on(async { waiters(&m, 20, &computed, 0) });
     // The runtime's two workers are free while its tasks wait: another task runs.
     assert_eq!(rt.block_on(rt.spawn(async { 5 })).unwrap(), 5);
     go.send(()).unwrap();
