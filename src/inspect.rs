@@ -8,24 +8,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
 use crate::Cache;
-use crate::cache::{CacheBuilder, OnCorruption};
+use crate::cache::CacheBuilder;
 use crate::error::{Error, Result};
 use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
-use crate::memoizer::MemoCore;
 use crate::storage::guarded;
+use crate::storage::open::OnCorruption;
 use crate::storage::open::Origin;
 use crate::storage::ops;
 use crate::storage::tables::{
     DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
     ZONE_MEMBERS, ZONES, entries_name, expiry_key, split_expiry_key,
 };
+use crate::tiers::Remove;
 
 /// What a cache holds, as [`Cache::inspect`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +145,8 @@ impl Cache {
     /// ```
     pub fn inspect(&self) -> Result<CacheInfo> {
         self.flush()?;
-        let storage = &self.inner.storage;
-        let now_ms = self.inner.clock.now_ms();
+        let storage = &self.inner.shared.storage;
+        let now_ms = self.inner.shared.clock.now_ms();
         let mut info =
             guarded(|| read_info(&*storage.db()?, now_ms)).map_err(|e| storage.error(e))?;
         info.path = storage.path().map(Path::to_path_buf);
@@ -162,11 +162,12 @@ impl Cache {
     /// [`invalidate_all`](crate::Memoizer::invalidate_all)). Returns how many entries
     /// were removed, or `None` if the file records no memoizer of that name.
     pub fn invalidate_memoizer(&self, name: &str) -> Result<Option<u64>> {
-        if let Some(core) = self.live_core(name) {
-            return core.invalidate_all().map(Some);
+        if let Some(core) = self.inner.live_by_name(name) {
+            return core.invalidate(Remove::All).map(Some);
         }
         let owned = name.to_string();
         self.inner
+            .shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
                 Some(record) => ops::clear(txn, &record).map(Some),
@@ -203,26 +204,29 @@ impl Cache {
         key: &K,
     ) -> Result<Option<bool>> {
         let bytes = KeyBytes::encode(key).map_err(Error::KeyEncoding)?;
-        if let Some(core) = self.live_core(name) {
-            let hash = (core.hasher)(bytes.as_slice());
-            let placed = core.persistent.as_ref().filter(|_| core.placed);
-            let Some(p) = placed else {
-                return core.invalidate_hash(hash).map(Some);
+        if let Some(core) = self.inner.live_by_name(name) {
+            let hash = (core.policy.hasher)(bytes.as_slice());
+            let placed = core.persistent.as_ref().filter(|_| core.policy.placed);
+            let row = match placed {
+                None => Some(hash),
+                // Its zone key functions take the typed key, which this call does not have.
+                Some(p) => {
+                    let (id, key) = (p.id, bytes.as_slice().to_vec());
+                    self.inner
+                        .shared
+                        .writer
+                        .run(move |txn| ops::find_placed(txn, id, &hash, &key))?
+                }
             };
-            // Its zone key functions take the typed key, which this call does not have.
-            let (id, key) = (p.id, bytes.as_slice().to_vec());
-            let row = self
-                .inner
-                .writer
-                .run(move |txn| ops::find_placed(txn, id, &hash, &key))?;
-            return match row {
-                Some(row) => core.invalidate_hash(row).map(Some),
-                None => Ok(Some(false)),
+            let Some(row) = row else {
+                return Ok(Some(false));
             };
+            return Ok(Some(core.invalidate(Remove::Key(row))? > 0));
         }
         let hash = xxh3_key_hash(bytes.as_slice());
         let (owned, key) = (name.to_string(), bytes.as_slice().to_vec());
         self.inner
+            .shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
                 Some(record) if record.placed => {
@@ -319,11 +323,6 @@ impl Cache {
             redb_repaired: !sound,
             invariants: cache.check_integrity()?,
         })
-    }
-
-    fn live_core(&self, name: &str) -> Option<std::sync::Arc<MemoCore>> {
-        let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.get(name).and_then(Weak::upgrade)
     }
 }
 

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 
-use crate::cache::CacheInner;
 use crate::entry;
 use crate::error::Result;
+use crate::inner::CacheInner;
 use crate::key::filed_under;
 use crate::storage::tables::{
     DEPS, EXPIRY, EntriesDef, MEMOIZER_NAMES, MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name,
@@ -39,17 +39,10 @@ impl IntegrityReport {
 
 /// Checks the in-memory store of every live memoizer; returns the problems found.
 pub(crate) fn check_memory(cache: &CacheInner) -> Vec<String> {
-    let live: Vec<_> = {
-        let live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.values().filter_map(std::sync::Weak::upgrade).collect()
-    };
     let mut problems = Vec::new();
-    for core in live {
-        if let Some(mem) = &core.memory {
-            let mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = mem.validate() {
-                problems.push(format!("memoizer {:?} in memory: {e}", core.name));
-            }
+    for tiers in cache.live_all() {
+        if let Err(e) = tiers.validate_memory() {
+            problems.push(format!("memoizer {:?} in memory: {e}", tiers.name()));
         }
     }
     problems

@@ -38,11 +38,11 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 use crossbeam::utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
-use crate::cache::OnCorruption;
 use crate::error::{Error, Result};
 use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
 use crate::stats::{stripe_count, thread_stripe};
+use open::OnCorruption;
 use open::Origin;
 use tables::{EntriesDef, entries_name};
 

@@ -11,7 +11,8 @@ use super::tables::{
     MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name,
     entry_ref, expiry_key, split_entry_ref, split_expiry_key,
 };
-use crate::entry::{self, DepRow, FORMAT_VERSION};
+use crate::entry::{self, FORMAT_VERSION};
+use crate::key::DepRow;
 use crate::key::KeyHash;
 
 type R<T> = Result<T, redb::Error>;
@@ -411,6 +412,73 @@ pub(crate) fn find_placed(
     Ok(None)
 }
 
+/// What an invalidation removes from the file, as [`remove_what`] carries it out.
+#[derive(Debug, Clone)]
+pub(crate) enum Removal {
+    /// One entry of memoizer `id`, under its row hash.
+    Key { id: u64, hash: KeyHash },
+    /// Every entry of memoizer `id`.
+    Memoizer(u64),
+    /// Every entry carrying the row, through the dependency index.
+    Dep(DepRow),
+    /// The same, found by reading every entry of zone `zone`'s members (the baseline
+    /// `benches/zones.rs` compares the index against).
+    DepByScan { zone: u64, row: DepRow },
+    /// Every entry of every memoizer recorded as a member of the zone.
+    Zone(u64),
+}
+
+/// What [`remove_what`] removed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Removed {
+    /// Entries removed one by one: (memoizer id, row hash).
+    pub keys: Vec<(u64, KeyHash)>,
+    /// Memoizers cleared whole: (memoizer id, entries it held).
+    pub cleared: Vec<(u64, u64)>,
+}
+
+impl Removed {
+    /// How many entries of memoizer `id` went.
+    pub(crate) fn of(&self, id: u64) -> u64 {
+        let keys = self.keys.iter().filter(|(m, _)| *m == id).count() as u64;
+        let cleared: u64 = self
+            .cleared
+            .iter()
+            .filter(|(m, _)| *m == id)
+            .map(|c| c.1)
+            .sum();
+        keys + cleared
+    }
+
+    /// How many entries went in all.
+    pub(crate) fn total(&self) -> u64 {
+        self.keys.len() as u64 + self.cleared.iter().map(|c| c.1).sum::<u64>()
+    }
+}
+
+/// Carries out `removal` in one transaction, keeping the indexes exact.
+pub(crate) fn remove_what(txn: &WriteTransaction, removal: &Removal) -> R<Removed> {
+    let mut removed = Removed::default();
+    match removal {
+        Removal::Key { id, hash } => {
+            if remove(txn, *id, hash)? {
+                removed.keys.push((*id, *hash));
+            }
+        }
+        Removal::Memoizer(id) => {
+            if let Some(record) = memoizer_record_by_id(txn, *id)? {
+                removed.cleared.push((*id, clear(txn, &record)?));
+            }
+        }
+        Removal::Dep(row) => removed.keys = invalidate_dep(txn, row)?,
+        Removal::DepByScan { zone, row } => {
+            removed.keys = invalidate_dep_by_scan(txn, *zone, row)?;
+        }
+        Removal::Zone(zone) => removed.cleared = clear_zone(txn, *zone)?,
+    }
+    Ok(removed)
+}
+
 /// Removes every entry of a memoizer. Cost: O(1) table drop, plus O(entries) only when
 /// the memoizer's entries may carry dependency rows that must leave the index too.
 pub(crate) fn clear(txn: &WriteTransaction, record: &MemoRecord) -> R<u64> {
@@ -477,6 +545,20 @@ fn remove_refs(
 /// The memoizers recorded as members of zone `zone_id` (by this run or an earlier one).
 fn zone_members(txn: &WriteTransaction, zone_id: u64) -> R<Vec<u64>> {
     let table = txn.open_multimap_table(ZONE_MEMBERS)?;
+    let mut out = Vec::new();
+    for v in table.get(zone_id)? {
+        out.push(v?.value());
+    }
+    Ok(out)
+}
+
+/// [`zone_members`], read from a snapshot (no write transaction).
+pub(crate) fn read_zone_members(txn: &ReadTransaction, zone_id: u64) -> R<Vec<u64>> {
+    let table = match txn.open_multimap_table(ZONE_MEMBERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
     let mut out = Vec::new();
     for v in table.get(zone_id)? {
         out.push(v?.value());

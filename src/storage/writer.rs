@@ -15,7 +15,6 @@
 //!   to the last durable commit. Damage (`Corrupted`, or a panic inside redb) instead
 //!   moves the file aside under `OnCorruption::Recreate`.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -34,18 +33,52 @@ const IDLE_DURABLE: Duration = Duration::from_millis(50);
 /// Most jobs in one transaction; bounds the latency of a synchronous job behind a burst.
 const MAX_BATCH: usize = 4096;
 
-type AnyBox = Box<dyn Any + Send>;
-type RunFn = Box<dyn FnOnce(&WriteTransaction) -> Result<AnyBox, redb::Error> + Send>;
+/// A synchronous job: runs inside a batch's transaction, and is answered once the batch
+/// has committed (or failed). Typed end to end: each job sends its own result type.
+trait Task: Send {
+    /// Applies the job; its result is kept until the commit.
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error>;
+    /// Answers the caller: the kept result if the batch committed, else `failure`.
+    fn answer(self: Box<Self>, failure: Option<Error>);
+}
 
-pub(super) enum Job {
+struct Typed<T, F> {
+    f: Option<F>,
+    value: Option<T>,
+    reply: Sender<Result<T>>,
+}
+
+impl<T, F> Task for Typed<T, F>
+where
+    T: Send,
+    F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        if let Some(f) = self.f.take() {
+            self.value = Some(f(txn)?);
+        }
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, failure: Option<Error>) {
+        let answer = match (failure, self.value) {
+            (None, Some(value)) => Ok(value),
+            (Some(e), _) => Err(e),
+            // Committed without reaching the job: only a batch that failed does that.
+            (None, None) => Err(Error::WriterStopped),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+enum Job {
     Put {
         key: PendingKey,
         bytes: Arc<[u8]>,
         seq: u64,
     },
     Run {
-        f: RunFn,
-        reply: Sender<Result<AnyBox>>,
+        task: Box<dyn Task>,
         /// Whether its batch must commit durably (everything but read-only queries).
         durable: bool,
     },
@@ -57,18 +90,13 @@ pub(super) enum Job {
 
 /// A synchronous job's future result.
 pub(crate) struct Ticket<T> {
-    rx: channel::Receiver<Result<AnyBox>>,
-    _t: std::marker::PhantomData<fn() -> T>,
+    rx: channel::Receiver<Result<T>>,
 }
 
-impl<T: 'static> Ticket<T> {
+impl<T> Ticket<T> {
     /// Waits until the job's transaction has committed (or failed).
     pub(crate) fn wait(self) -> Result<T> {
-        let boxed = self.rx.recv().map_err(|_| Error::WriterStopped)??;
-        boxed
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| Error::WriterStopped)
+        self.rx.recv().map_err(|_| Error::WriterStopped)?
     }
 }
 
@@ -118,6 +146,11 @@ impl Writer {
         self.send_run(f, true)
     }
 
+    /// Queues an invalidation's removal from the file (see [`ops::remove_what`]).
+    pub(crate) fn remove(&self, removal: ops::Removal) -> Ticket<ops::Removed> {
+        self.submit(move |txn| ops::remove_what(txn, &removal))
+    }
+
     /// Runs a read-only `f` after every job queued so far, without forcing a durable
     /// commit (it changes nothing that a crash could lose).
     pub(crate) fn query<T: Send + 'static>(
@@ -133,13 +166,15 @@ impl Writer {
         durable: bool,
     ) -> Ticket<T> {
         let (reply, rx) = channel::bounded(1);
-        let f: RunFn = Box::new(move |txn| f(txn).map(|t| Box::new(t) as AnyBox));
-        // If the writer is gone the reply sender is dropped and `wait` reports it.
-        let _ = self.tx.send(Job::Run { f, reply, durable });
-        Ticket {
-            rx,
-            _t: std::marker::PhantomData,
-        }
+        let task = Box::new(Typed {
+            f: Some(f),
+            value: None,
+            reply,
+        });
+        // If the writer is gone the task (and its reply sender) is dropped and `wait`
+        // reports it.
+        let _ = self.tx.send(Job::Run { task, durable });
+        Ticket { rx }
     }
 
     /// Runs `f` in the next transaction and waits for its commit.
@@ -234,7 +269,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
 }
 
 enum Reply {
-    Run(Sender<Result<AnyBox>>, Option<AnyBox>),
+    Run(Box<dyn Task>),
     Flush(Sender<Result<()>>),
 }
 
@@ -261,13 +296,11 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                     settled.push((key, seq));
                     puts.put(key.0, &key.1, &bytes)?;
                 }
-                Job::Run { f, reply, .. } => {
+                Job::Run { mut task, .. } => {
                     puts.close();
-                    replies.push(Reply::Run(reply, None));
-                    let value = f(&txn)?;
-                    if let Some(Reply::Run(_, slot)) = replies.last_mut() {
-                        *slot = Some(value);
-                    }
+                    let applied = task.apply(&txn);
+                    replies.push(Reply::Run(task));
+                    applied?;
                 }
                 Job::Flush(reply) => replies.push(Reply::Flush(reply)),
                 Job::Wake | Job::Shutdown => {}
@@ -283,7 +316,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     for job in jobs {
         match job {
             Job::Put { key, seq, .. } => settled.push((key, seq)),
-            Job::Run { reply, .. } => replies.push(Reply::Run(reply, None)),
+            Job::Run { task, .. } => replies.push(Reply::Run(task)),
             Job::Flush(reply) => replies.push(Reply::Flush(reply)),
             Job::Wake | Job::Shutdown => {}
         }
@@ -316,12 +349,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
             )
         };
         match reply {
-            Reply::Run(tx, Some(value)) if committed => {
-                let _ = tx.send(Ok(value));
-            }
-            Reply::Run(tx, _) => {
-                let _ = tx.send(Err(err()));
-            }
+            Reply::Run(task) => task.answer((!committed).then(err)),
             Reply::Flush(tx) => {
                 let _ = tx.send(if committed { Ok(()) } else { Err(err()) });
             }
