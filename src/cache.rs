@@ -115,9 +115,16 @@ impl Cache {
     ///
     /// Removal goes in batches of at most 1024 entries per write transaction, so other
     /// writes wait at most one batch and hits never wait. The background sweeper (see
-    /// [`CacheBuilder::sweep_interval`]) does the same on its own.
+    /// [`CacheBuilder::sweep_interval`]) does the same on its own. A cache without a
+    /// sweeper also reclaims here the space of memoizers cleared so far (see
+    /// [`Memoizer::invalidate_all`](crate::Memoizer::invalidate_all)).
     pub fn purge_expired(&self) -> Result<u64> {
-        sweeper::purge(&self.inner, sweeper::BATCH, false)
+        let removed = sweeper::purge(&self.inner, sweeper::BATCH, false)?;
+        if self.inner.background.get().is_none() {
+            // Without a sweeper nothing else reclaims cleared tables.
+            sweeper::reclaim_all(&self.inner)?;
+        }
+        Ok(removed)
     }
 
     /// Scans the whole file and checks every invariant: entries parse, their dependency
@@ -236,6 +243,10 @@ impl CacheBuilder {
     /// or `None` for no thread: expired entries then stay in the file, unserved, until
     /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
     ///
+    /// The same thread reclaims, in batches of at most 1024 entries, the space of
+    /// memoizers cleared by an `invalidate_all` (which itself costs the same at any
+    /// size); without it, [`Cache::purge_expired`] does.
+    ///
     /// A sweep removes at most 1024 entries per write transaction, so it never
     /// holds up hits (which never wait for writes) nor other writes for long; a sweep
     /// with nothing expired only reads the expiry index. The thread stops when the cache
@@ -281,9 +292,10 @@ impl CacheBuilder {
             {
                 let aside = move_aside(&path)?;
                 reporter.set_moved_aside(aside.clone());
-                reporter.report(&Error::Corrupted {
+                reporter.report(&Error::MovedAside {
                     path: path.clone(),
-                    detail: format!("{detail}; moved to {} and started afresh", aside.display()),
+                    moved_to: aside,
+                    detail,
                 });
                 origin.open()?
             }
@@ -377,6 +389,13 @@ fn start(
 
 /// Sweeper observation for tests. Not a stable API.
 impl Cache {
+    /// Reclaims one batch of at most `limit` entries of cleared tables; returns whether
+    /// more remain.
+    #[doc(hidden)]
+    pub fn __reclaim_step(&self, limit: usize) -> Result<bool> {
+        sweeper::reclaim(&self.inner, limit.max(1))
+    }
+
     /// Sweeps completed so far and entries they removed; `None` without a sweeper.
     #[doc(hidden)]
     pub fn __sweeps(&self) -> Option<(u64, u64)> {

@@ -26,11 +26,13 @@
 //! a closing, when every tier agreed. Windows never overlap: invalidations take turns
 //! (each costs a durable commit anyway).
 
-use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use crate::entry;
 use crate::key::{DepRow, KeyHash};
+use crate::storage::writer::Wait;
+use crate::sync::{Event, Listener};
 
 /// What an open window removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,15 +71,19 @@ pub(crate) enum Check {
 }
 
 /// A per-cache seqlock over invalidations (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Fence {
     /// Odd while a window is open; bumped at every opening and closing.
     seq: AtomicU64,
     /// What the open window removes, and its floor (set before the opening, cleared
     /// after the closing).
     covers: RwLock<Option<(Covers, u64)>>,
-    /// Held by the open window: windows take turns.
-    turn: Mutex<()>,
+    /// Held by the open window (or the invalidation about to open it): windows take
+    /// turns. A flag and an event rather than a mutex, so an async invalidation can
+    /// await its turn and hold it across its awaits.
+    busy: AtomicBool,
+    /// Fires when the turn is given back.
+    freed: Event,
 }
 
 impl Fence {
@@ -125,20 +131,44 @@ impl Fence {
         stamp & 1 == 0 && self.seq.load(Ordering::Relaxed) == stamp
     }
 
-    /// Waits for an open window to close, and holds the next turn. Taken before any
-    /// lock the writer needs (the window waits for the writer while it is open).
-    pub(crate) fn turn(&self) -> Turn<'_> {
-        Turn {
-            fence: self,
-            turn: self.turn.lock().unwrap_or_else(|e| e.into_inner()),
+    /// Waits (as `how` says) for an open window to close, and holds the next turn.
+    /// Taken before any lock the writer needs (the window waits for the writer while it
+    /// is open).
+    pub(crate) async fn turn(&self, how: Wait) -> Turn<'_> {
+        loop {
+            if let Some(turn) = self.try_turn() {
+                return turn;
+            }
+            // Registered before the second try, so a release in between is not lost.
+            let freed = self.freed.listen();
+            if let Some(turn) = self.try_turn() {
+                return turn;
+            }
+            match how {
+                Wait::Block => freed.wait(),
+                Wait::Await => freed.await,
+            }
         }
+    }
+
+    fn try_turn(&self) -> Option<Turn<'_>> {
+        self.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Turn { fence: self })
     }
 }
 
-/// The right to open the next window.
+/// The right to open the next window; given back when dropped.
 pub(crate) struct Turn<'a> {
     fence: &'a Fence,
-    turn: MutexGuard<'a, ()>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.fence.busy.store(false, Ordering::Release);
+        self.fence.freed.notify(1);
+    }
 }
 
 impl<'a> Turn<'a> {
@@ -150,24 +180,22 @@ impl<'a> Turn<'a> {
         fence.seq.fetch_add(1, Ordering::SeqCst);
         // Nothing the invalidation changes may become visible before the opening.
         std::sync::atomic::fence(Ordering::SeqCst);
-        Window {
-            fence,
-            _turn: self.turn,
-        }
+        Window { turn: self }
     }
 }
 
-/// An open window; closes on drop (also when the invalidation fails or panics).
+/// An open window; closes on drop (also when the invalidation fails, panics or - in an
+/// async call - is dropped), then gives the turn back.
 pub(crate) struct Window<'a> {
-    fence: &'a Fence,
-    _turn: MutexGuard<'a, ()>,
+    turn: Turn<'a>,
 }
 
 impl Drop for Window<'_> {
     fn drop(&mut self) {
+        let fence = self.turn.fence;
         // Every tier is clean by now: readers may see the state after the removal.
-        self.fence.seq.fetch_add(1, Ordering::SeqCst);
-        *self.fence.covers.write().unwrap_or_else(|e| e.into_inner()) = None;
+        fence.seq.fetch_add(1, Ordering::SeqCst);
+        *fence.covers.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -180,7 +208,8 @@ mod tests {
         let fence = Fence::default();
         let before = fence.stamp();
         assert_eq!(fence.check(before, 1, &[1; 16], b""), Check::Valid);
-        let window = fence.turn().open(
+        let turn = crate::storage::writer::now(fence.turn(Wait::Block));
+        let window = turn.open(
             Covers::Key {
                 uid: 1,
                 hash: [1; 16],

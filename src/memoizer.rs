@@ -4,17 +4,17 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rkyv::util::AlignedVec;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::flight::Role;
+use crate::flight::Caller;
 use crate::hit::ArchivedHit;
 use crate::inner::{CacheInner, check_name};
 use crate::key::{DepRow, EncodedKey, KeyBytes, KeyHasher, xxh3_key_hash};
-use crate::memory::MemEntry;
 use crate::stats::{Counters, Stats};
 use crate::storage::ops;
-use crate::tiers::{Persistent, Policy, Read, Remove, Tiers, Verdict};
+use crate::tiers::{Looked, Persistent, Policy, Read, Remove, Step, Tiers, Verdict};
 use crate::zone::{self, DepFns, KeysFn, Membership, Zone};
 use crate::{Value, fingerprint};
 
@@ -135,35 +135,39 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         Ok(EncodedKey::plain(bytes, hash))
     }
 
-    /// Looks `ek` up in every tier and deserializes a live hit.
-    pub(crate) fn lookup(&self, ek: &EncodedKey) -> Option<V> {
+    /// Looks `ek` up in every tier and deserializes a live hit. An entry due for a
+    /// refresh is served only if `serve_due`; otherwise it is [`Looked::Due`], and
+    /// nothing is counted or decoded.
+    pub(crate) fn lookup(&self, ek: &EncodedKey, serve_due: bool) -> Looked<V> {
         loop {
-            match self.lookup_once(ek) {
-                Read::Found(v) => return Some(v),
-                Read::Absent | Read::Miss => return None,
+            match self.lookup_once(ek, serve_due) {
+                Read::Found(found) => return found,
+                Read::Absent | Read::Miss => return Looked::Miss,
                 Read::Retry => continue,
             }
         }
     }
 
     /// One attempt of [`lookup`](Self::lookup): `Retry` if an invalidation overtook it.
-    fn lookup_once(&self, ek: &EncodedKey) -> Read<V> {
+    fn lookup_once(&self, ek: &EncodedKey, serve_due: bool) -> Read<Looked<V>> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
         let stamp = core.stamp();
-        let in_memory = core.in_memory(ek, stamp, |entry| {
-            with_aligned(entry.payload(), align, |payload| {
+        let in_memory = core.in_memory(ek, stamp, serve_due, |entry| {
+            let value = with_aligned(entry.payload(), align, |payload| {
                 V::__access(payload).and_then(V::__deserialize).ok()
-            })
+            });
+            match value {
+                Some(value) => {
+                    Counters::add(&core.stats.hits, 1);
+                    Looked::Hit(value)
+                }
+                None => Looked::Miss,
+            }
         });
         match in_memory {
-            Read::Found(Some(value)) => {
-                Counters::add(&core.stats.hits, 1);
-                return Read::Found(value);
-            }
-            Read::Found(None) | Read::Miss => return Read::Miss,
-            Read::Retry => return Read::Retry,
             Read::Absent => {}
+            other => return other,
         }
         let generation = core.generation();
         let Some(stored) = core.stored(ek) else {
@@ -173,6 +177,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let Some((offset, meta)) = core.admit(ek, bytes) else {
             return Read::Miss;
         };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Read::Found(Looked::Due);
+        }
         // Validate, then spend the max_hits budget, then deserialize: a used-up value is
         // never decoded (the in-memory path above keeps the same order).
         let value = with_aligned(&bytes[offset..], align, |payload| {
@@ -191,11 +198,78 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             Some(Read::Found(Some(value))) => {
                 Counters::add(&core.stats.hits, 1);
                 core.promote(ek, bytes, generation, stamp);
-                Read::Found(value)
+                Read::Found(Looked::Hit(value))
             }
             Some(Read::Found(None) | Read::Miss | Read::Absent) => Read::Miss,
             Some(Read::Retry) => Read::Retry,
         }
+    }
+
+    /// Looks `ek` up in every tier and hands out a live hit in place (see
+    /// [`lookup`](Self::lookup) for `serve_due`).
+    pub(crate) fn lookup_archived(
+        &self,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Result<Looked<ArchivedHit<V>>> {
+        loop {
+            match self.archived_once(ek, serve_due)? {
+                Read::Found(found) => return Ok(found),
+                Read::Absent | Read::Miss => return Ok(Looked::Miss),
+                Read::Retry => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`lookup_archived`](Self::lookup_archived).
+    fn archived_once(
+        &self,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Result<Read<Looked<ArchivedHit<V>>>> {
+        let core = &*self.core;
+        let stamp = core.stamp();
+        let in_memory = core.in_memory(
+            ek,
+            stamp,
+            serve_due,
+            |entry| match ArchivedHit::from_memory(entry.clone()) {
+                Some(hit) => {
+                    Counters::add(&core.stats.hits, 1);
+                    Looked::Hit(hit)
+                }
+                None => Looked::Miss,
+            },
+        );
+        match in_memory {
+            Read::Absent => {}
+            other => return Ok(other),
+        }
+        let Some(p) = &core.persistent else {
+            return Ok(Read::Miss);
+        };
+        let Some(stored) = core.shared.storage.get(&p.slot, &ek.hash)? else {
+            return Ok(Read::Miss);
+        };
+        let Some((offset, meta)) = core.admit(ek, stored.bytes()) else {
+            return Ok(Read::Miss);
+        };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Ok(Read::Found(Looked::Due));
+        }
+        let verdict = core.take_hit(stamp, &ek.hash, stored.bytes(), meta.entry_id);
+        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
+            Counters::add(&core.stats.stale, 1);
+            return Ok(Read::Miss);
+        };
+        Ok(match verdict {
+            Verdict::Serve => {
+                Counters::add(&core.stats.hits, 1);
+                Read::Found(Looked::Hit(hit))
+            }
+            Verdict::Miss => Read::Miss,
+            Verdict::Retry => Read::Retry,
+        })
     }
 
     /// Returns the cached value for `key`, or computes it with `compute`, stores it and
@@ -251,6 +325,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// key, `deps` their dependency rows (asked for only on a miss, and only if `ek` does
     /// not carry them already; an error means the value must not be stored), and `args`
     /// reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    /// [`run_async`](Self::run_async) is the same loop around the same steps.
     pub(crate) fn run<A, E>(
         &self,
         args: A,
@@ -258,52 +333,95 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
-        let core = &*self.core;
-        let mut ek = match ek {
-            Ok(ek) => ek,
-            Err(e) => {
-                core.report(e);
-                Counters::add(&core.stats.misses, 1);
-                return compute(args);
-            }
+        let look = |ek: &EncodedKey, due| self.lookup(ek, due);
+        self.drive(args, ek, deps, compute, look, |value, _| Ok(value))
+    }
+
+    /// [`run`](Self::run) for any form of the answer: `look` finds a hit, `finish` turns
+    /// a computed value (and its archive, if it was archived) into the answer.
+    fn drive<A, E, R>(
+        &self,
+        args: A,
+        ek: Result<EncodedKey>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
+        compute: impl FnOnce(A) -> Result<V, E>,
+        look: impl Fn(&EncodedKey, bool) -> Looked<R>,
+        finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let Some(mut ek) = self.core.encoded(ek) else {
+            return finish(compute(args)?, None);
         };
         loop {
-            let landed = core.flights.landed();
-            if let Some(v) = self.lookup(&ek) {
-                return Ok(v);
-            }
-            let leader = match core.flights.join(ek.hash) {
-                Role::Leader(leader) => leader,
-                Role::Waiter(flight) => {
-                    flight.wait();
-                    continue;
+            match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {
+                Step::Served(v) => return Ok(v),
+                Step::Wait(flight) => flight.wait(),
+                Step::Alone => return finish(compute(args)?, None),
+                Step::Lead(lead) => {
+                    let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
+                    let value = compute(args)?;
+                    let archive = self.core.land(lead, &ek, deps, &value);
+                    return finish(value, archive);
                 }
-                Role::Reentrant => {
-                    Counters::add(&core.stats.misses, 1);
-                    return compute(args);
-                }
-            };
-            // Another leader may have stored the value between our lookup and our join;
-            // only then is a second look worth its cost (and its counting).
-            if core.flights.landed() != landed
-                && let Some(v) = self.lookup(&ek)
-            {
-                return Ok(v);
             }
-            let epoch = core.epoch();
-            Counters::add(&core.stats.misses, 1);
-            let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
-            let value = compute(args)?;
-            match value.__archive() {
-                Ok(archive) => match deps {
-                    Ok(deps) => core.store(&ek, &archive, deps, epoch),
-                    Err(e) => core.report(e),
-                },
-                Err(e) => core.report(Error::ValueEncoding(e.to_string())),
-            }
-            drop(leader);
-            return Ok(value);
         }
+    }
+
+    /// The value for `key` read in place, computed and stored first on a miss: a large
+    /// value is then never deserialized, on a hit or on the call that computed it.
+    /// Single-flight, `max_hits`, `refresh_after` and errors behave as in
+    /// [`get_or_compute`](Self::get_or_compute).
+    ///
+    /// `Err` only if the value cannot be archived at all ([`Error::ValueEncoding`]; it
+    /// could not be cached either - [`get_or_compute`](Self::get_or_compute) returns
+    /// such a value owned).
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let pages = cache.memoizer::<u32, Vec<u8>>("pages").build()?;
+    /// let page = pages.get_archived_or_compute(&1, |_| vec![7; 50 << 10])?;
+    /// assert_eq!(page.len(), 50 << 10);
+    /// let again = pages.get_archived_or_compute(&1, |_| unreachable!())?;
+    /// assert_eq!(again[0], 7);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn get_archived_or_compute(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> V,
+    ) -> Result<ArchivedHit<V>> {
+        self.try_get_archived_or_compute(key, |k| Ok(compute(k)))
+    }
+
+    /// [`get_archived_or_compute`](Self::get_archived_or_compute) for a computation that
+    /// can fail: its `Err` is returned untouched and nothing is cached. The cache's own
+    /// error (a value that cannot be archived) is converted into `E`.
+    pub fn try_get_archived_or_compute<E: From<Error>>(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<ArchivedHit<V>, E> {
+        let core = &*self.core;
+        let look = |ek: &EncodedKey, due| {
+            self.lookup_archived(ek, due).unwrap_or_else(|e| {
+                core.report(e);
+                Looked::Miss
+            })
+        };
+        let finish = |value: V, archive: Option<AlignedVec>| {
+            let archive = match archive {
+                Some(archive) => Ok(archive),
+                None => value.__archive(),
+            };
+            archive
+                .map_err(|e| e.to_string())
+                .and_then(|a| {
+                    ArchivedHit::from_archive(a).ok_or_else(|| "it does not validate".into())
+                })
+                .map_err(|e| E::from(Error::ValueEncoding(e)))
+        };
+        let ek = self.encode(key);
+        self.drive(key, ek, |k| (self.deps.all)(k), compute, look, finish)
     }
 
     /// The cached value for `key` read in place, without computing anything.
@@ -311,50 +429,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// `Ok(None)` on a miss (absent, expired, used up by `max_hits`, or written for
     /// another type). A hit counts towards `max_hits` like any other.
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
-        let ek = self.encode(key)?;
-        loop {
-            match self.archived_once(&ek) {
-                Read::Found(hit) => return Ok(Some(hit)),
-                Read::Absent | Read::Miss => return Ok(None),
-                Read::Retry => continue,
-            }
-        }
-    }
-
-    /// One attempt of [`get_archived`](Self::get_archived).
-    fn archived_once(&self, ek: &EncodedKey) -> Read<ArchivedHit<V>> {
-        let core = &*self.core;
-        let stamp = core.stamp();
-        match core.in_memory(ek, stamp, MemEntry::clone) {
-            Read::Found(entry) => {
-                let Some(hit) = ArchivedHit::from_memory(entry) else {
-                    return Read::Miss;
-                };
-                Counters::add(&core.stats.hits, 1);
-                return Read::Found(hit);
-            }
-            Read::Miss => return Read::Miss,
-            Read::Retry => return Read::Retry,
-            Read::Absent => {}
-        }
-        let Some(stored) = core.stored(ek) else {
-            return Read::Miss;
-        };
-        let Some((offset, meta)) = core.admit(ek, stored.bytes()) else {
-            return Read::Miss;
-        };
-        let verdict = core.take_hit(stamp, &ek.hash, stored.bytes(), meta.entry_id);
-        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
-            Counters::add(&core.stats.stale, 1);
-            return Read::Miss;
-        };
-        match verdict {
-            Verdict::Serve => {
-                Counters::add(&core.stats.hits, 1);
-                Read::Found(hit)
-            }
-            Verdict::Miss => Read::Miss,
-            Verdict::Retry => Read::Retry,
+        match self.lookup_archived(&self.encode(key)?, true)? {
+            Looked::Hit(hit) => Ok(Some(hit)),
+            Looked::Due | Looked::Miss => Ok(None),
         }
     }
 
@@ -362,13 +439,14 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// When it returns, no later call sees the old value.
     pub fn invalidate_key(&self, key: &K) -> Result<bool> {
         let ek = self.encode(key)?;
-        let removed = self.core.invalidate(Remove::Key(ek.hash))?;
-        Ok(removed > 0)
+        Ok(self.core.invalidate(Remove::Key(ek.hash))? > 0)
     }
 
-    /// Removes every entry of this memoizer - and nothing of any other memoizer - without
-    /// scanning the file. Returns how many entries were removed. When it returns, no
-    /// later call sees a value stored before it.
+    /// Removes every entry of this memoizer - and nothing of any other memoizer - at a
+    /// cost independent of how many there are: the memoizer's table is set aside whole
+    /// (renamed; its index rows stay exact) and its space is reclaimed afterwards, in
+    /// bounded batches, by the cache's sweeper thread. Returns how many entries were
+    /// removed. When it returns, no later call sees a value stored before it.
     pub fn invalidate_all(&self) -> Result<u64> {
         self.core.invalidate(Remove::All)
     }
@@ -403,6 +481,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     name: String,
     store: Option<Store>,
     expires: Option<Duration>,
+    refresh_after: Option<Duration>,
     max_hits: Option<u32>,
     version: String,
     verify: bool,
@@ -438,6 +517,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             name: name.to_string(),
             store: None,
             expires: None,
+            refresh_after: None,
             max_hits: None,
             version: String::new(),
             verify: true,
@@ -462,6 +542,42 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// deadline is stored with the entry, so it holds across restarts. Default: never.
     pub fn expires(mut self, ttl: Duration) -> Self {
         self.expires = Some(ttl);
+        self
+    }
+
+    /// Serve while refreshing: once a stored value is `age` old, the next call
+    /// recomputes it, and calls that come while it does are served the stored value
+    /// instead of waiting (sync and async callers alike). [`expires`](Self::expires)
+    /// stays the hard limit: an expired value is never served, and waiters wait.
+    ///
+    /// - One caller refreshes at a time (single-flight); if its computation fails,
+    ///   panics or is cancelled, nothing changes and the next call tries again.
+    /// - A value served while stale counts as a hit for [`max_hits`](Self::max_hits);
+    ///   once used up it is not served, and callers wait for the refresh.
+    /// - An invalidation (of the key, the memoizer or a zone) removes the entry: it is
+    ///   gone, never stale, and the next call computes as on any miss.
+    /// - The age counts from the store, like `expires`, and holds across restarts.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(1_000_000);
+    /// let cache = Cache::builder().clock(clock.clone()).in_memory()?;
+    /// let rates = cache
+    ///     .memoizer::<str, u32>("rates")
+    ///     .refresh_after(Duration::from_secs(60))
+    ///     .expires(Duration::from_secs(3600))
+    ///     .build()?;
+    /// assert_eq!(rates.get_or_compute("EUR", |_| 1), 1);
+    /// clock.advance(Duration::from_secs(61));
+    /// // Due: this call refreshes (callers arriving meanwhile would get 1).
+    /// assert_eq!(rates.get_or_compute("EUR", |_| 2), 2);
+    /// assert_eq!(rates.get_or_compute("EUR", |_| unreachable!()), 2);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn refresh_after(mut self, age: Duration) -> Self {
+        self.refresh_after = Some(age);
         self
     }
 
@@ -514,6 +630,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
 
     /// Builds the memoizer. For a persistent store this registers it in the file; if its
     /// value type or version changed since the last run, its old entries are dropped.
+    /// Builds the memoizer. For a persistent store this registers it in the file; if its
+    /// value type or version changed since the last run, its old entries are dropped.
     pub fn build(self) -> Result<Memoizer<K, V>> {
         check_name(&self.name)?;
         let cache = self.cache.clone();
@@ -532,10 +650,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             name: self.name.clone(),
             fingerprint,
             expires: self.expires,
+            refresh_after: self.refresh_after,
             max_hits: self.max_hits,
             verify: self.verify,
             hasher: self.hasher,
             placed: keyed && self.whole_key && on_disk,
+            plain_keys: self.whole_key && !keyed,
         };
         let memory = match store {
             Store::Memory => Some(None),

@@ -76,6 +76,9 @@ struct State {
     kick: bool,
     /// A sweep is under way.
     running: bool,
+    /// Graves may await reclamation (set at start, by every clear, and while batches
+    /// leave some).
+    reclaim: bool,
     sweeps: u64,
     removed: u64,
 }
@@ -105,6 +108,15 @@ pub(crate) struct Sweeper {
 impl Sweeper {
     pub(crate) fn spawn(cache: Weak<CacheInner>, every: Duration) -> Result<Sweeper> {
         let shared = Arc::new(Shared::default());
+        // Graves left by an earlier run are looked for at once.
+        shared.lock().reclaim = true;
+        if let Some(inner) = cache.upgrade() {
+            let signal = shared.clone();
+            inner.shared.storage.set_reclaim_wake(move || {
+                signal.lock().reclaim = true;
+                signal.wake.notify_all();
+            });
+        }
         let theirs = shared.clone();
         let handle = std::thread::Builder::new()
             .name("fresco-sweeper".into())
@@ -208,12 +220,12 @@ impl Drop for Sweeper {
 }
 
 fn run(shared: &Shared, cache: &Weak<CacheInner>, every: Duration) {
+    let mut next_sweep = Instant::now() + every;
     loop {
-        {
+        let sweep = {
             let mut state = shared.lock();
-            let due = Instant::now() + every;
-            while !state.stop && !state.kick {
-                let left = due.saturating_duration_since(Instant::now());
+            while !state.stop && !state.kick && !state.reclaim {
+                let left = next_sweep.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
@@ -226,29 +238,68 @@ fn run(shared: &Shared, cache: &Weak<CacheInner>, every: Duration) {
             if state.stop {
                 return;
             }
+            let sweep = state.kick || Instant::now() >= next_sweep;
             state.kick = false;
             state.running = true;
-        }
+            sweep
+        };
         // Taken after `running` is set, so `release` waits for this sweep to end.
         // `inner` lives for this statement only. It is the last reference only if the
         // cache's other holders let go during the sweep without a `Cache` handle's
         // `release` (say a memoizer was dropped last): the cache then closes on this
         // thread, and `Sweeper::stop` returns without joining.
-        let removed = cache.upgrade().map(|inner| {
-            purge(&inner, BATCH, true).unwrap_or_else(|e| {
+        let outcome = cache.upgrade().map(|inner| {
+            // One batch of reclamation per turn of the loop: other writes wait at most
+            // one batch, and a stop or a drop is seen between batches.
+            let more = reclaim(&inner, BATCH).unwrap_or_else(|e| {
                 inner.shared.storage.reporter.report(&e);
-                0
-            })
+                false
+            });
+            let removed = sweep.then(|| {
+                purge(&inner, BATCH, true).unwrap_or_else(|e| {
+                    inner.shared.storage.reporter.report(&e);
+                    0
+                })
+            });
+            (more, removed)
         });
+        if sweep {
+            next_sweep = Instant::now() + every;
+        }
         let mut state = shared.lock();
         state.running = false;
-        state.sweeps += removed.is_some() as u64;
-        state.removed += removed.unwrap_or(0);
-        let gone = removed.is_none();
+        let gone = outcome.is_none();
+        if let Some((more, removed)) = outcome {
+            state.reclaim = more;
+            if let Some(removed) = removed {
+                state.sweeps += 1;
+                state.removed += removed;
+            }
+        }
         drop(state);
         shared.swept.notify_all();
         if gone {
             return;
         }
     }
+}
+
+/// Reclaims one batch of at most `batch` entries of cleared tables (graves), in one
+/// non-durable write transaction: a crash rolls it back, and the grave - never read,
+/// still indexed exactly - is reclaimed again. Returns whether graves remain.
+pub(crate) fn reclaim(inner: &CacheInner, batch: usize) -> Result<bool> {
+    let shared = &inner.shared;
+    if !shared.storage.has_graves()? {
+        return Ok(false);
+    }
+    let (_, more) = shared
+        .writer
+        .run_lazy(move |txn| ops::reclaim(txn, batch))?;
+    Ok(more)
+}
+
+/// Reclaims every grave, batch by batch (for a cache without a sweeper).
+pub(crate) fn reclaim_all(inner: &CacheInner) -> Result<()> {
+    while reclaim(inner, BATCH)? {}
+    Ok(())
 }

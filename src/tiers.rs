@@ -28,16 +28,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rkyv::util::AlignedVec;
+
 use crate::entry::{self, Meta};
 use crate::error::{Error, Result};
 use crate::fence::{Check, Covers};
-use crate::flight::Flights;
+use crate::flight::{Caller, Flight, Flights, Leader, Role};
 use crate::key::{DepRow, EncodedKey, HashMapByKey, KeyHash, KeyHasher};
 use crate::memory::{MemEntry, MemStore};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::ops::{Removal, Removed};
+use crate::storage::writer::{Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
+use crate::value::Value;
 
 /// The persistent half of a memoizer.
 pub(crate) struct Persistent {
@@ -50,6 +54,9 @@ pub(crate) struct Policy {
     pub name: String,
     pub fingerprint: u64,
     pub expires: Option<Duration>,
+    /// Age after which a live entry is recomputed by one caller while the others are
+    /// served it (`MemoizerBuilder::refresh_after`).
+    pub refresh_after: Option<Duration>,
     pub max_hits: Option<u32>,
     pub verify: bool,
     pub hasher: KeyHasher,
@@ -57,6 +64,10 @@ pub(crate) struct Policy {
     /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
     /// key's primary dependency row.
     pub placed: bool,
+    /// Whether the stored key is the argument as serialized, with no dependency rows
+    /// (no keyfunc, no zone keys): then a borrowed form of the key that serializes
+    /// alike finds and stores the same entry ([`crate::KeyLike`]).
+    pub plain_keys: bool,
 }
 
 /// The type-erased state of one memoizer, shared by its clones.
@@ -142,6 +153,15 @@ impl Tiers {
         expires_at_ms == 0 || self.now_ms() < expires_at_ms
     }
 
+    /// Whether a live entry stored at `stored_at_ms` is due for a refresh. Reads the
+    /// clock (and the header) only for memoizers with `refresh_after`.
+    pub(crate) fn due(&self, stored_at_ms: impl FnOnce() -> u64) -> bool {
+        self.policy.refresh_after.is_some_and(|after| {
+            let at = stored_at_ms().saturating_add(after.as_millis() as u64);
+            self.now_ms() >= at
+        })
+    }
+
     // ---- reads ----
 
     /// Taken before a lookup reads any tier; [`take_hit`](Self::take_hit) checks it.
@@ -199,13 +219,15 @@ impl Tiers {
     }
 
     /// Looks in the in-memory tier and, for a live entry the fence and `max_hits` let
-    /// through, runs `read` on it under the tier's lock (the entry is read in place).
+    /// through, runs `read` on it under the tier's lock (the entry is read in place). An
+    /// entry due for a refresh is [`Looked::Due`] unless `serve_due` (nothing counted).
     pub(crate) fn in_memory<R>(
         &self,
         ek: &EncodedKey,
         stamp: u64,
-        read: impl FnOnce(&MemEntry) -> R,
-    ) -> Read<R> {
+        serve_due: bool,
+        read: impl FnOnce(&MemEntry) -> Looked<R>,
+    ) -> Read<Looked<R>> {
         let Some(mem) = self.memory.as_ref() else {
             return Read::Absent;
         };
@@ -217,6 +239,9 @@ impl Tiers {
             }
             if !self.live(entry.expires_at_ms()) {
                 return None;
+            }
+            if !serve_due && self.due(|| entry.meta().stored_at_ms) {
+                return Some(Read::Found(Looked::Due));
             }
             // Under the memory lock: an invalidation's purge of this tier waits for it.
             Some(
@@ -267,15 +292,10 @@ impl Tiers {
                 // Only damage makes an entry fail these checks: report it, read a miss
                 // (the recomputed value then overwrites the entry).
                 Counters::add(&self.stats.stale, 1);
-                let storage = &self.shared.storage;
-                let path = storage.path().unwrap_or(Path::new("<memory>"));
-                self.report(Error::Corrupted {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
-                         as a miss",
-                        self.policy.name
-                    ),
+                self.report(Error::DamagedEntry {
+                    path: self.shared.storage.path().map(Path::to_path_buf),
+                    memoizer: self.policy.name.clone(),
+                    detail: format!("{malformed:?}"),
                 });
                 return None;
             }
@@ -390,7 +410,16 @@ impl Tiers {
 
     /// Removes `what` (`Key` or `All`) from this memoizer's tiers (see [`invalidate`]).
     pub(crate) fn invalidate(self: &Arc<Self>, what: Remove) -> Result<u64> {
-        invalidate(&self.shared, std::slice::from_ref(self), what)
+        now(self.invalidate_as(what, Wait::Block))
+    }
+
+    /// [`invalidate`](Self::invalidate), waiting as `how` says.
+    pub(crate) fn invalidate_as(
+        self: &Arc<Self>,
+        what: Remove,
+        how: Wait,
+    ) -> impl Future<Output = Result<u64>> + Send + '_ {
+        invalidate(&self.shared, std::slice::from_ref(self), what, how)
     }
 
     // Step 3 of the protocol.
@@ -443,6 +472,122 @@ impl Tiers {
                 }
             }
         }
+    }
+}
+
+// ---- the miss protocol (asked by every entry point: sync, async, archived) ----
+
+/// What a lookup found.
+pub(crate) enum Looked<R> {
+    Hit(R),
+    /// A live entry due for a refresh, not served (nothing counted, nothing decoded).
+    Due,
+    Miss,
+}
+
+/// The outcome of one pass of the miss protocol ([`Tiers::step`]).
+pub(crate) enum Step<'a, R> {
+    /// A hit: fresh, or due for a refresh that another caller is making.
+    Served(R),
+    /// Wait for this flight to land, then take another step.
+    Wait(Arc<Flight>),
+    /// Compute, then [`land`](Tiers::land) the value.
+    Lead(Lead<'a>),
+    /// Compute without caching: the computation recursed into its own key.
+    Alone,
+}
+
+/// The right to compute and store one key: the flight's leader guard and the epoch
+/// read before the computation starts.
+pub(crate) struct Lead<'a> {
+    leader: Leader<'a>,
+    epoch: u64,
+}
+
+impl Tiers {
+    /// The call's encoded key; if it could not be encoded, reports why and counts the
+    /// miss that the uncached computation will be.
+    pub(crate) fn encoded(&self, ek: Result<EncodedKey>) -> Option<EncodedKey> {
+        ek.map_err(|e| {
+            self.report(e);
+            Counters::add(&self.stats.misses, 1);
+        })
+        .ok()
+    }
+
+    /// One pass of the miss protocol, shared by every entry point (a thread or a task,
+    /// an owned or an archived hit): look up with `look` (its argument: whether to serve
+    /// an entry due for a refresh), then lead or join the key's flight.
+    ///
+    /// An entry due for a refresh (`refresh_after`) makes its caller lead, as a miss
+    /// would, unless a flight of the key is under way: then the entry is served while
+    /// that flight recomputes it.
+    pub(crate) fn step<R>(
+        &self,
+        ek: &EncodedKey,
+        caller: Caller,
+        look: impl Fn(bool) -> Looked<R>,
+    ) -> Step<'_, R> {
+        let landed = self.flights.landed();
+        let due = match look(false) {
+            Looked::Hit(v) => return Step::Served(v),
+            Looked::Due => true,
+            Looked::Miss => false,
+        };
+        let leader = match self.flights.join(ek.hash, caller) {
+            Role::Leader(leader) => leader,
+            role => {
+                // Another caller refreshes it (or this one, recursing): serve it
+                // meanwhile. It may be gone by now (removed, used up): then wait.
+                if due && let Looked::Hit(v) = look(true) {
+                    return Step::Served(v);
+                }
+                return match role {
+                    Role::Waiter(flight) => Step::Wait(flight),
+                    _ => {
+                        Counters::add(&self.stats.misses, 1);
+                        Step::Alone
+                    }
+                };
+            }
+        };
+        // Another leader may have stored the value between our lookup and our join;
+        // only then is a second look worth its cost (and its counting).
+        if self.flights.landed() != landed
+            && let Looked::Hit(v) = look(false)
+        {
+            return Step::Served(v);
+        }
+        let epoch = self.epoch();
+        Counters::add(&self.stats.misses, 1);
+        Step::Lead(Lead { leader, epoch })
+    }
+
+    /// Stores `value`, computed under `lead`, unless an invalidation came since the lead
+    /// began, and lands the flight. Returns the value's archive, or `None` if it cannot
+    /// be archived (reported; nothing stored).
+    pub(crate) fn land<V: Value>(
+        &self,
+        lead: Lead<'_>,
+        ek: &EncodedKey,
+        deps: Result<Vec<DepRow>>,
+        value: &V,
+    ) -> Option<AlignedVec> {
+        let archive = match value.__archive() {
+            Ok(archive) => {
+                match deps {
+                    Ok(deps) => self.store(ek, &archive, deps, lead.epoch),
+                    Err(e) => self.report(e),
+                }
+                Some(archive)
+            }
+            Err(e) => {
+                self.report(Error::ValueEncoding(e.to_string()));
+                None
+            }
+        };
+        drop(lead.leader);
+        archive
     }
 }
 
@@ -506,10 +651,16 @@ impl Remove {
 
 /// Carries out an invalidation in every tier of `targets` (for `Key` and `All`: the one
 /// memoizer; otherwise every live memoizer it may reach) and in the file, at one moment
-/// for every reader (see the module docs). Returns how many entries were removed (an
-/// entry held in both tiers counts once). Callers only say what to remove.
-pub(crate) fn invalidate(shared: &Shared, targets: &[Arc<Tiers>], what: Remove) -> Result<u64> {
-    let turn = shared.fence.turn();
+/// for every reader (see the module docs), waiting for its turn and its commit as `how`
+/// says. Returns how many entries were removed (an entry held in both tiers counts
+/// once). Callers only say what to remove.
+pub(crate) async fn invalidate(
+    shared: &Shared,
+    targets: &[Arc<Tiers>],
+    what: Remove,
+    how: Wait,
+) -> Result<u64> {
+    let turn = shared.fence.turn(how).await;
     let disk = what.on_disk(targets);
     let (window, ticket) = shared.storage.with_pending_lock(|| {
         for t in targets {
@@ -520,13 +671,20 @@ pub(crate) fn invalidate(shared: &Shared, targets: &[Arc<Tiers>], what: Remove) 
         let window = turn.open(what.covers(targets), floor);
         (window, disk.map(|removal| shared.writer.remove(removal)))
     });
-    let on_disk = ticket.map(|t| t.wait()).transpose();
+    let on_disk = match ticket {
+        Some(ticket) => ticket.wait_as(how).await.map(Some),
+        None => Ok(None),
+    };
     let empty = Removed::default();
     let disk = on_disk
         .as_ref()
         .ok()
         .and_then(Option::as_ref)
         .unwrap_or(&empty);
+    if !disk.cleared.is_empty() {
+        // A cleared table became a grave: its space is reclaimed in the background.
+        shared.storage.reclaim_soon();
+    }
     let mut removed = disk.total();
     for t in targets {
         let in_memory = t.forget(&what, disk);

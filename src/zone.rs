@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::inner::{CacheInner, ZoneState};
 use crate::key::{DepRow, KeyBytes, dep_row, xxh3_key_hash};
 use crate::storage::ops;
+use crate::storage::writer::{Wait, now};
 use crate::tiers::{self, Remove};
 
 /// Maps a memoizer's arguments to its dependency keys, encoded.
@@ -164,32 +165,53 @@ impl Zone {
     /// A computation of a member that started before this call stores nothing when it
     /// finishes (its result may be stale); its caller still gets the value.
     pub fn invalidate<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
-        self.remove_dependents(dep, false)
+        now(self.invalidate_as(dep, Wait::Block))
+    }
+
+    /// [`invalidate`](Self::invalidate), waiting for the commit as `how` says. The
+    /// future holds no borrow of `dep`: it is encoded first.
+    pub(crate) fn invalidate_as<D: Serialize + ?Sized>(
+        &self,
+        dep: &D,
+        how: Wait,
+    ) -> impl Future<Output = Result<u64>> + Send + '_ {
+        let row = self.row(dep);
+        async move { self.remove_dependents(row?, false, how).await }
     }
 
     /// The same as [`invalidate`](Self::invalidate), done the way an index-less cache
     /// must: by reading every entry of every member. For benchmarks and tests only.
     #[doc(hidden)]
     pub fn __invalidate_by_scan<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
-        self.remove_dependents(dep, true)
+        let row = self.row(dep)?;
+        now(self.remove_dependents(row, true, Wait::Block))
     }
 
-    fn remove_dependents<D: Serialize + ?Sized>(&self, dep: &D, by_scan: bool) -> Result<u64> {
+    fn row<D: Serialize + ?Sized>(&self, dep: &D) -> Result<DepRow> {
         let bytes = KeyBytes::encode(dep).map_err(Error::KeyEncoding)?;
-        let row = dep_row(self.inner.id, xxh3_key_hash(bytes.as_slice()));
+        Ok(dep_row(self.inner.id, xxh3_key_hash(bytes.as_slice())))
+    }
+
+    async fn remove_dependents(&self, row: DepRow, by_scan: bool, how: Wait) -> Result<u64> {
         let cache = self.cache()?;
         let what = Remove::Dep {
             row,
             zone: self.inner.id,
             by_scan,
         };
-        tiers::invalidate(&cache.shared, &self.inner.live_members(), what)
+        let members = self.inner.live_members();
+        tiers::invalidate(&cache.shared, &members, what, how).await
     }
 
     /// Clears every member memoizer, including members recorded in the file that this
     /// run has not built (membership is remembered in the file, also after a memoizer
     /// stops joining the zone). Returns how many entries were removed.
     pub fn invalidate_all(&self) -> Result<u64> {
+        now(self.invalidate_all_as(Wait::Block))
+    }
+
+    /// [`invalidate_all`](Self::invalidate_all), waiting for the commit as `how` says.
+    pub(crate) async fn invalidate_all_as(&self, how: Wait) -> Result<u64> {
         let cache = self.cache()?;
         let zone_id = self.inner.id;
         // Members recorded by earlier runs that this run built without the zone are
@@ -199,7 +221,7 @@ impl Zone {
             .storage
             .read(|txn| ops::read_zone_members(txn, zone_id))?;
         let targets = cache.with_strangers(self.inner.live_members(), &recorded);
-        tiers::invalidate(&cache.shared, &targets, Remove::Zone(zone_id))
+        tiers::invalidate(&cache.shared, &targets, Remove::Zone(zone_id), how).await
     }
 
     fn cache(&self) -> Result<Arc<CacheInner>> {

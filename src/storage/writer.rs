@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use redb::{Durability, WriteTransaction};
 
 use super::{PendingKey, Storage, guarded, ops};
@@ -42,10 +42,11 @@ trait Task: Send {
     fn answer(self: Box<Self>, failure: Option<Error>);
 }
 
+/// A [`Task`] running `f` and answering with its result.
 struct Typed<T, F> {
     f: Option<F>,
     value: Option<T>,
-    reply: Sender<Result<T>>,
+    reply: ReplyTx<T>,
 }
 
 impl<T, F> Task for Typed<T, F>
@@ -67,7 +68,8 @@ where
             // Committed without reaching the job: only a batch that failed does that.
             (None, None) => Err(Error::WriterStopped),
         };
-        let _ = self.reply.send(answer);
+        // Each reply channel holds one answer and gets one: `try_send` never waits.
+        let _ = self.reply.try_send(answer);
     }
 }
 
@@ -82,21 +84,73 @@ enum Job {
         /// Whether its batch must commit durably (everything but read-only queries).
         durable: bool,
     },
-    Flush(Sender<Result<()>>),
+    Flush(ReplyTx<()>),
     /// A reader met damage: look at `Storage::suspect` now.
     Wake,
     Shutdown,
 }
 
+/// The writer's answer to one synchronous job. A channel that a thread can block on and
+/// a future can await alike (async-channel), so async invalidations wait for their
+/// commit without blocking an executor's thread.
+type ReplyTx<T> = async_channel::Sender<Result<T>>;
+
 /// A synchronous job's future result.
 pub(crate) struct Ticket<T> {
-    rx: channel::Receiver<Result<T>>,
+    rx: async_channel::Receiver<Result<T>>,
+}
+
+/// How a caller waits for a [`Ticket`]: blocking its thread, or as a future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    Block,
+    Await,
 }
 
 impl<T> Ticket<T> {
+    fn new() -> (ReplyTx<T>, Self) {
+        let (tx, rx) = async_channel::bounded(1);
+        (tx, Ticket { rx })
+    }
+
     /// Waits until the job's transaction has committed (or failed).
     pub(crate) fn wait(self) -> Result<T> {
-        self.rx.recv().map_err(|_| Error::WriterStopped)?
+        Self::open(self.rx.recv_blocking())
+    }
+
+    /// Waits as `how` says. With [`Wait::Block`] the future never returns `Pending`:
+    /// the synchronous API runs such futures with [`now`].
+    pub(crate) async fn wait_as(self, how: Wait) -> Result<T> {
+        match how {
+            Wait::Block => self.wait(),
+            Wait::Await => Self::open(self.rx.recv().await),
+        }
+    }
+
+    fn open(reply: Result<Result<T>, async_channel::RecvError>) -> Result<T> {
+        reply.map_err(|_| Error::WriterStopped)?
+    }
+}
+
+/// Runs `future` to completion on this thread. The code that carries out an
+/// invalidation is written once, as a future whose only waits are tickets; the
+/// synchronous API passes [`Wait::Block`], so the first poll finishes it.
+pub(crate) fn now<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
     }
 }
 
@@ -151,6 +205,15 @@ impl Writer {
         self.submit(move |txn| ops::remove_what(txn, &removal))
     }
 
+    /// Runs `f` in the next transaction and waits for its commit, without forcing a
+    /// durable one: for work a crash may undo (reclaiming graves).
+    pub(crate) fn run_lazy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T> {
+        self.send_run(f, false).wait()
+    }
+
     /// Runs a read-only `f` after every job queued so far, without forcing a durable
     /// commit (it changes nothing that a crash could lose).
     pub(crate) fn query<T: Send + 'static>(
@@ -165,7 +228,7 @@ impl Writer {
         f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
         durable: bool,
     ) -> Ticket<T> {
-        let (reply, rx) = channel::bounded(1);
+        let (reply, ticket) = Ticket::new();
         let task = Box::new(Typed {
             f: Some(f),
             value: None,
@@ -174,7 +237,7 @@ impl Writer {
         // If the writer is gone the task (and its reply sender) is dropped and `wait`
         // reports it.
         let _ = self.tx.send(Job::Run { task, durable });
-        Ticket { rx }
+        ticket
     }
 
     /// Runs `f` in the next transaction and waits for its commit.
@@ -187,11 +250,15 @@ impl Writer {
 
     /// Commits everything queued so far durably.
     pub(crate) fn flush(&self) -> Result<()> {
-        let (reply, rx) = channel::bounded(1);
-        self.tx
-            .send(Job::Flush(reply))
-            .map_err(|_| Error::WriterStopped)?;
-        rx.recv().map_err(|_| Error::WriterStopped)?
+        self.flush_ticket().wait()
+    }
+
+    /// Queues a durable commit of everything queued so far; the ticket is answered once
+    /// it is done (or with [`Error::WriterStopped`] if the writer is gone).
+    pub(crate) fn flush_ticket(&self) -> Ticket<()> {
+        let (reply, ticket) = Ticket::new();
+        let _ = self.tx.send(Job::Flush(reply));
+        ticket
     }
 
     /// Makes everything durable and stops the thread.
@@ -270,7 +337,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
 
 enum Reply {
     Run(Box<dyn Task>),
-    Flush(Sender<Result<()>>),
+    Flush(ReplyTx<()>),
 }
 
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
@@ -350,8 +417,9 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         };
         match reply {
             Reply::Run(task) => task.answer((!committed).then(err)),
+            // Each reply channel holds one answer and gets one: `try_send` never waits.
             Reply::Flush(tx) => {
-                let _ = tx.send(if committed { Ok(()) } else { Err(err()) });
+                let _ = tx.try_send(if committed { Ok(()) } else { Err(err()) });
             }
         }
     }
