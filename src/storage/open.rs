@@ -108,6 +108,11 @@ impl Origin {
         }
     }
 
+    /// Whether a missing file may be created (a backend always may: it is reopened).
+    pub(crate) fn creates(&self) -> bool {
+        !matches!(self, Origin::File { create: false, .. })
+    }
+
     /// The file, if there is one.
     pub(crate) fn path(&self) -> Option<&Path> {
         match self {
