@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use fresco_memoize::{Cache, memoize};
+use fresco_memoize::{Cache, Zone, memoize};
 
 static CACHE: LazyLock<Cache> = LazyLock::new(|| Cache::in_memory().unwrap());
 
@@ -54,6 +54,59 @@ impl Shelf {
         LABELS.fetch_add(1, Ordering::SeqCst);
         format!("shelf {} ({lang})", self.id)
     }
+}
+
+static AUTHORS: LazyLock<Zone> = LazyLock::new(|| CACHE.zone("Authors").unwrap());
+
+static BLURBS: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug, PartialEq)]
+enum FetchError {
+    Parse(std::num::ParseIntError),
+}
+
+impl From<std::num::ParseIntError> for FetchError {
+    fn from(e: std::num::ParseIntError) -> Self {
+        FetchError::Parse(e)
+    }
+}
+
+// A keyfunc, a zone key, and `?` converting the error through `From`.
+#[memoize(
+    cache = CACHE,
+    keyfunc = |title: &str, author: &u64| (title.to_lowercase(), *author),
+    zone = AUTHORS,
+    zonekey = |_title: &str, author: &u64| *author
+)]
+async fn blurb(title: &str, author: u64) -> Result<String, FetchError> {
+    BLURBS.fetch_add(1, Ordering::SeqCst);
+    let year: u32 = match title.strip_prefix('#') {
+        Some(number) => number.parse()?,
+        None => title.len() as u32,
+    };
+    smol::future::yield_now().await;
+    Ok(format!("{title} by {author} ({year})"))
+}
+
+#[test]
+fn an_async_fn_with_a_keyfunc_and_a_zone_key_is_invalidated_by_its_zone() {
+    smol::block_on(async {
+        assert_eq!(blurb("War", 7).await.unwrap(), "War by 7 (3)");
+        assert_eq!(
+            blurb("WAR", 7).await.unwrap(),
+            "War by 7 (3)",
+            "keyfunc ignored"
+        );
+        assert_eq!(BLURBS.load(Ordering::SeqCst), 1);
+        assert_eq!(AUTHORS.invalidate_async(&7u64).await.unwrap(), 1);
+        assert_eq!(blurb("war", 7).await.unwrap(), "war by 7 (3)");
+        assert_eq!(BLURBS.load(Ordering::SeqCst), 2);
+        // `?` converted the error; errors are not cached.
+        assert!(matches!(blurb("#x", 7).await, Err(FetchError::Parse(_))));
+        assert!(matches!(blurb("#x", 7).await, Err(FetchError::Parse(_))));
+        assert_eq!(BLURBS.load(Ordering::SeqCst), 4);
+        assert_eq!(blurb("#12", 7).await.unwrap(), "#12 by 7 (12)");
+    });
 }
 
 #[test]
