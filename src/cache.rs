@@ -14,7 +14,7 @@ use crate::memoizer::{MemoCore, MemoizerBuilder};
 use crate::report::{ErrorHook, Health, Reporter};
 use crate::storage::Storage;
 use crate::storage::faults::FaultyBackend;
-use crate::storage::open::{Origin, move_aside};
+use crate::storage::open::{Origin, take_turn};
 use crate::storage::ops;
 use crate::storage::writer::Writer;
 use crate::zone::{Zone, ZoneInner};
@@ -72,8 +72,11 @@ impl CacheInner {
             Some(id) => id,
             None => {
                 let owned = name.to_string();
-                self.writer
-                    .run(move |txn| ops::register_zone(txn, &owned))?
+                let id = self
+                    .writer
+                    .run(move |txn| ops::register_zone(txn, &owned))?;
+                self.storage.registered();
+                id
             }
         };
         let zone = Arc::new(ZoneInner::new(name, id, self));
@@ -276,7 +279,9 @@ impl CacheBuilder {
     }
 
     /// Receives every error the cache swallows (a store that failed, a file moved aside).
-    /// Default: print to stderr, rate-limited.
+    /// Default: none. Either way every report also goes to [`Cache::health`] and, with the
+    /// `log` feature (default), to the `log` crate (target `fresco_memoize`), rate-limited.
+    /// A panic in the hook is caught and reported there, not to the hook.
     ///
     /// The hook runs on the thread that met the error, which may be the cache's
     /// background writer: it may read the cache, but must not wait on it (`flush`, an
@@ -339,27 +344,30 @@ impl CacheBuilder {
             })?;
         }
         let reporter = Arc::new(Reporter::new(self.hook));
-        let origin = Origin::File {
-            path: path.clone(),
-            page_cache_bytes: self.page_cache_bytes,
-            verify_on_open: self.verify_on_open,
-            create: true,
-        };
-        let db = match origin.open() {
+        let origin = Origin::file(&path, self.page_cache_bytes, self.verify_on_open, true);
+        let turn = take_turn();
+        let (db, moved) = match origin.open() {
             Err(Error::Corrupted { detail, .. })
                 if self.on_corruption == OnCorruption::Recreate =>
             {
-                let aside = move_aside(&path)?;
-                reporter.set_moved_aside(aside.clone());
-                reporter.report(&Error::MovedAside {
-                    path: path.clone(),
-                    moved_to: aside,
-                    detail,
-                });
-                origin.open()?
+                // `None`: another Cache replaced the damaged file first; open what is
+                // there now (that Cache holds it: AlreadyOpen).
+                let moved = origin.move_aside(&turn)?;
+                (origin.open(), moved.map(|aside| (aside, detail)))
             }
-            other => other?,
+            other => (other, None),
         };
+        drop(turn);
+        // Reported outside the turn: the hook may open a cache.
+        if let Some((aside, detail)) = moved {
+            reporter.set_moved_aside(aside.clone());
+            reporter.report(&Error::MovedAside {
+                path: path.clone(),
+                moved_to: aside,
+                detail,
+            });
+        }
+        let db = db?;
         let settings = (
             self.clock,
             self.durable_interval,
@@ -387,13 +395,16 @@ impl CacheBuilder {
     /// ```
     pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
         let reporter = Arc::new(Reporter::new(self.hook));
-        let origin = Origin::File {
-            path: path.as_ref().to_path_buf(),
-            page_cache_bytes: self.page_cache_bytes,
-            verify_on_open: self.verify_on_open,
-            create: false,
+        let origin = Origin::file(
+            path.as_ref(),
+            self.page_cache_bytes,
+            self.verify_on_open,
+            false,
+        );
+        let db = {
+            let _turn = take_turn();
+            origin.open()?
         };
-        let db = origin.open()?;
         let settings = (
             self.clock,
             self.durable_interval,

@@ -353,13 +353,7 @@ impl Cache {
 
 /// Opens an existing cache file directly (for the maintenance redb needs `&mut` for).
 fn open_closed(path: &Path) -> Result<redb::Database> {
-    Origin::File {
-        path: path.to_path_buf(),
-        page_cache_bytes: 16 << 20,
-        verify_on_open: false,
-        create: false,
-    }
-    .open()
+    Origin::file(path, 16 << 20, false, false).open()
 }
 
 /// redb's checks, then the cache's invariants, on a closed file (which they may repair).

@@ -83,6 +83,7 @@
 //! |---|---|---|---|
 //! | `macros` | on | `#[derive(Fingerprint)]`, `#[memoize]` | syn, quote at build time |
 //! | `unaligned` | on | persistent hits read in place (rkyv's unaligned format) | none; turning it off copies each hit into an aligned buffer |
+//! | `log` | on | the cache's own reports (a full disk, a damaged file) go to the [`log`](https://docs.rs/log) crate, target `fresco_memoize` | the `log` crate |
 //! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -179,6 +179,28 @@ impl MemoCore {
         }
     }
 
+    /// Forgets the hit counts of values that left the store for good (evicted from a
+    /// store with no file behind it, expired), so `served` stays bounded by the live
+    /// entries. A value evicted from a tiered store's memory is still live in the file:
+    /// its count must stay, or it would be served again from a fresh budget.
+    fn forget_hits<'a>(&self, hashes: impl IntoIterator<Item = &'a KeyHash>) {
+        if self.max_hits.is_none() {
+            return;
+        }
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        for hash in hashes {
+            served.remove(hash);
+        }
+    }
+
+    /// [`forget_hits`](Self::forget_hits) for entries evicted from the memory tier.
+    fn evicted(&self, evicted: &[(KeyHash, MemEntry)]) {
+        Counters::add(&self.stats.evictions, evicted.len() as u64);
+        if self.persistent.is_none() {
+            self.forget_hits(evicted.iter().map(|(h, _)| h));
+        }
+    }
+
     fn report(&self, error: Error) {
         Counters::add(&self.stats.errors, 1);
         self.cache.storage.reporter.report(&error);
@@ -228,6 +250,8 @@ impl MemoCore {
             None => Ok(None),
             Some(Err(())) => {
                 mem.remove(&ek.hash);
+                drop(mem);
+                self.forget_hits([&ek.hash]);
                 Counters::add(&self.stats.expirations, 1);
                 Err(())
             }
@@ -257,6 +281,7 @@ impl MemoCore {
             return None;
         }
         if !self.live(view.meta.expires_at_ms) {
+            self.forget_hits([&ek.hash]);
             Counters::add(&self.stats.expirations, 1);
             return None;
         }
@@ -278,7 +303,7 @@ impl MemoCore {
             && self.cache.storage.generation() == generation
         {
             let evicted = mem.insert(ek.hash, entry);
-            Counters::add(&self.stats.evictions, evicted.len() as u64);
+            self.evicted(&evicted);
         }
     }
 
@@ -303,7 +328,7 @@ impl MemoCore {
             let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
             if self.epoch.load(Ordering::SeqCst) == epoch {
                 let evicted = mem.insert(ek.hash, entry);
-                Counters::add(&self.stats.evictions, evicted.len() as u64);
+                self.evicted(&evicted);
                 stored = true;
             }
         }
@@ -423,13 +448,22 @@ impl MemoCore {
 
     /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
     pub(crate) fn purge_expired_in_memory(&self, now: u64, removed: &[(u64, KeyHash)]) -> u64 {
-        let Some(mem) = &self.memory else { return 0 };
         let id = self.persistent.as_ref().map(|p| p.id);
+        let from_disk: Vec<&KeyHash> = removed
+            .iter()
+            .filter(|(m, _)| Some(*m) == id)
+            .map(|(_, h)| h)
+            .collect();
+        self.forget_hits(from_disk.iter().copied());
+        let Some(mem) = &self.memory else { return 0 };
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let mut n = mem.remove_expired(now);
-        for (_, h) in removed.iter().filter(|(m, _)| Some(*m) == id) {
+        let expired = mem.remove_expired(now);
+        let mut n = expired.len() as u64;
+        for h in &from_disk {
             n += mem.remove(h).is_some() as u64;
         }
+        drop(mem);
+        self.forget_hits(&expired);
         Counters::add(&self.stats.expirations, n);
         n
     }
@@ -575,6 +609,17 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// This memoizer's name (its table name in the cache file).
     pub fn name(&self) -> &str {
         &self.core.name
+    }
+
+    /// How many values `max_hits` is counting hits of (tests: it stays bounded by the
+    /// live entries).
+    #[doc(hidden)]
+    pub fn __hit_counts(&self) -> usize {
+        self.core
+            .served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
@@ -1077,7 +1122,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         } else {
             Store::Memory
         });
-        let fingerprint = fingerprint::value_fingerprint::<V>(&self.version);
+        // The name is part of what a hit checks: should a table ever be filed under
+        // another memoizer's id, its entries read as misses, never as that one's values.
+        let fingerprint = fingerprint::mix(
+            fingerprint::value_fingerprint::<V>(&self.version),
+            &[fingerprint::name_hash(&self.name)],
+        );
         let mut live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
         if live.get(&self.name).is_some_and(|w| w.strong_count() > 0) {
             return Err(Error::MemoizerInUse { name: self.name });
@@ -1103,14 +1153,18 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                     .flatten();
                 let record = match known {
                     Some(record) => record,
-                    None => cache.writer.run(move |txn| {
-                        let record =
-                            ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
-                        for zone_id in zone_ids {
-                            ops::add_zone_member(txn, zone_id, record.id)?;
-                        }
-                        Ok(record)
-                    })?,
+                    None => {
+                        let record = cache.writer.run(move |txn| {
+                            let record =
+                                ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
+                            for zone_id in zone_ids {
+                                ops::add_zone_member(txn, zone_id, record.id)?;
+                            }
+                            Ok(record)
+                        })?;
+                        cache.storage.registered();
+                        record
+                    }
                 };
                 Some(Persistent {
                     id: record.id,

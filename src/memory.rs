@@ -300,8 +300,8 @@ impl MemStore {
         removed
     }
 
-    /// Removes every entry past its deadline; returns how many.
-    pub(crate) fn remove_expired(&mut self, now_ms: u64) -> u64 {
+    /// Removes every entry past its deadline; returns their hashes.
+    pub(crate) fn remove_expired(&mut self, now_ms: u64) -> Vec<KeyHash> {
         let due: Vec<KeyHash> = self
             .index
             .iter()
@@ -311,7 +311,7 @@ impl MemStore {
         for h in &due {
             self.remove(h);
         }
-        due.len() as u64
+        due
     }
 
     /// Checks the recency list, the key index and the dependency index agree exactly.
@@ -498,10 +498,10 @@ mod tests {
                     }
                     8 => {
                         let now = rng.below(400);
-                        let n = store.remove_expired(now);
+                        let n = store.remove_expired(now).len();
                         let before = model.len();
                         model.retain(|_, (_, at)| now < *at);
-                        assert_eq!(n as usize, before - model.len());
+                        assert_eq!(n, before - model.len());
                     }
                     _ => {
                         if rng.below(20) == 0 {

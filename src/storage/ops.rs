@@ -445,7 +445,53 @@ pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64
         }
         out
     };
-    remove_refs(txn, &targets, Some(row))
+    let mut removed = remove_refs(txn, &targets, Some(row))?;
+    removed.extend(sweep_placed(txn, row)?);
+    Ok(removed)
+}
+
+/// Whether entry `bytes` depends on `row`.
+fn carries(bytes: &[u8], row: &DepRow) -> bool {
+    entry::decode(bytes, false).is_ok_and(|v| v.deps().any(|d| d == *row))
+}
+
+/// Removes what the index may have missed: redb does not checksum pages on read, so a
+/// damaged index row can point elsewhere. In every placed member of `row`'s zone, the
+/// entries whose primary dependency is `row` lie in one run of rows (`key::place`); those
+/// still there that carry `row` go too. Cost: one range read per placed member, of a run
+/// the index removal has just emptied. Entries for which `row` is not the primary
+/// dependency, and entries of unplaced memoizers, have no such run: a damaged index row
+/// still misses them (`check_integrity` and `verify_on_open` find such damage).
+fn sweep_placed(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64, KeyHash)>> {
+    let mut zone_id = [0u8; 8];
+    zone_id.copy_from_slice(&row[..8]);
+    let mut lo = [0u8; 16];
+    lo[..8].copy_from_slice(&row[8..16]);
+    let mut hi = [0xffu8; 16];
+    hi[..8].copy_from_slice(&row[8..16]);
+    let mut removed = Vec::new();
+    let mut indexes = Indexes::new(txn);
+    for memo_id in zone_members(txn, u64::from_be_bytes(zone_id))? {
+        if !memoizer_record_by_id(txn, memo_id)?.is_some_and(|r| r.placed) {
+            continue;
+        }
+        let name = entries_name(memo_id);
+        let mut table = txn.open_table(EntriesDef::new(&name))?;
+        let mut strays = Vec::new();
+        for item in table.range::<&[u8; 16]>(&lo..=&hi)? {
+            let (hash, bytes) = item?;
+            if carries(bytes.value(), row) {
+                strays.push(*hash.value());
+            }
+        }
+        for hash in strays {
+            if let Some(old) = table.remove(&hash)? {
+                indexes.update(memo_id, &hash, old.value(), false, Some(row))?;
+                removed.push((memo_id, hash));
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes the entries `targets` (entry refs, sorted) and their index rows, except
@@ -465,10 +511,19 @@ fn remove_refs(
         let mut table = txn.open_table(EntriesDef::new(&name))?;
         for target in run {
             let (_, hash) = split_entry_ref(target);
-            if let Some(old) = table.remove(&hash)? {
-                indexes.update(memo_id, &hash, old.value(), false, skip)?;
-                removed.push((memo_id, hash));
+            let Some(old) = table.remove(&hash)? else {
+                continue;
+            };
+            // A damaged index row may point at an entry that does not depend on `skip`:
+            // that one stays.
+            if skip.is_some_and(|row| !carries(old.value(), row)) {
+                let kept = old.value().to_vec();
+                drop(old);
+                table.insert(&hash, kept.as_slice())?;
+                continue;
             }
+            indexes.update(memo_id, &hash, old.value(), false, skip)?;
+            removed.push((memo_id, hash));
         }
     }
     Ok(removed)

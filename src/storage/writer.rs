@@ -278,6 +278,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                     dirty = false;
                     last_durable = Instant::now();
                     storage.reporter.durable_commit();
+                    storage.check_file();
                 }
                 Ok(()) => dirty = true,
                 // The reopened database holds only what was durable.
