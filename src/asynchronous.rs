@@ -5,7 +5,7 @@
 //!
 //! - **Hits** are synchronous inside the future: a hit costs about a microsecond of
 //!   CPU, less than a hop to a blocking thread pool would.
-//! - **Misses** go through [`MemoCore::step`] and [`MemoCore::land`] like
+//! - **Misses** go through [`Tiers::step`](crate::tiers::Tiers::step) and [`Tiers::land`](crate::tiers::Tiers::land) like
 //!   [`Memoizer::try_get_or_compute`]; a waiter awaits the key's flight instead of
 //!   blocking on it (sync and async callers of one key share one flight). Stores are
 //!   queued to the writer and never wait.
@@ -20,12 +20,13 @@ use std::future::Future;
 use std::path::Path;
 
 use crate::cache::{Cache, CacheBuilder};
-use crate::entry::DepRow;
 use crate::error::{Error, Result};
 use crate::flight::Caller;
+use crate::key::DepRow;
 use crate::key::EncodedKey;
-use crate::memoizer::{Memoizer, Step};
+use crate::memoizer::Memoizer;
 use crate::storage::writer::Wait;
+use crate::tiers::{Remove, Step};
 use crate::{Value, Zone};
 
 impl<K: ?Sized, V: Value> Memoizer<K, V> {
@@ -116,13 +117,16 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// the thread. The future does not borrow `key`: it is encoded first.
     pub fn invalidate_key_async(&self, key: &K) -> impl Future<Output = Result<bool>> + Send + '_ {
         let ek = self.encode(key);
-        async move { self.core.invalidate_hash_as(ek?.hash, Wait::Await).await }
+        async move {
+            let removed = self.core.invalidate_as(Remove::Key(ek?.hash), Wait::Await);
+            Ok(removed.await? > 0)
+        }
     }
 
     /// [`invalidate_all`](Self::invalidate_all), awaiting the commit instead of blocking
     /// the thread.
     pub async fn invalidate_all_async(&self) -> Result<u64> {
-        self.core.invalidate_all_as(Wait::Await).await
+        self.core.invalidate_as(Remove::All, Wait::Await).await
     }
 }
 
@@ -147,7 +151,12 @@ impl Cache {
     /// [`flush`](Self::flush), awaiting the durable commit instead of blocking the
     /// thread.
     pub async fn flush_async(&self) -> Result<()> {
-        self.inner.writer.flush_ticket().wait_as(Wait::Await).await
+        self.inner
+            .shared
+            .writer
+            .flush_ticket()
+            .wait_as(Wait::Await)
+            .await
     }
 }
 

@@ -66,11 +66,11 @@ impl<K, V: Value> Memoizer<K, V> {
         key: &Q,
         compute: impl FnOnce(&Q) -> Result<V, E>,
     ) -> Result<V, E> {
-        if self.core.plain_keys {
+        if self.core.policy.plain_keys {
             let ek = KeyBytes::encode(key)
                 .map_err(Error::KeyEncoding)
                 .map(|bytes| {
-                    let hash = (self.core.hasher)(bytes.as_slice());
+                    let hash = (self.core.policy.hasher)(bytes.as_slice());
                     EncodedKey::plain(bytes, hash)
                 });
             return self.run(key, ek, |_| Ok(Vec::new()), compute);

@@ -8,26 +8,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
 use crate::Cache;
-use crate::cache::{CacheBuilder, OnCorruption};
+use crate::cache::CacheBuilder;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
-use crate::memoizer::MemoCore;
 use crate::storage::guarded;
-use crate::storage::open::{Origin, open_read_only};
+use crate::storage::open::{OnCorruption, Origin, open_read_only};
 use crate::storage::ops;
 use crate::storage::scratch::ScratchCopy;
 use crate::storage::tables::{
-    DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
-    ZONE_MEMBERS, ZONES, entries_name, expiry_key, split_expiry_key,
+    DEPS, EXPIRY, EntriesDef, GENERATIONS, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META,
+    MemoRecord, ZONE_MEMBERS, ZONES, entries_name, expiry_end, split_expiry_key,
 };
+use crate::tiers::Remove;
 
 /// What a cache holds, as [`Cache::inspect`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,8 +147,8 @@ impl Cache {
     /// ```
     pub fn inspect(&self) -> Result<CacheInfo> {
         self.flush()?;
-        let storage = &self.inner.storage;
-        let now_ms = self.inner.clock.now_ms();
+        let storage = &self.inner.shared.storage;
+        let now_ms = self.inner.shared.clock.now_ms();
         let mut info =
             guarded(|| read_info(&*storage.db()?, now_ms)).map_err(|e| storage.error(e))?;
         info.path = storage.path().map(Path::to_path_buf);
@@ -165,16 +164,19 @@ impl Cache {
     /// [`invalidate_all`](crate::Memoizer::invalidate_all)). Returns how many entries
     /// were removed, or `None` if the file records no memoizer of that name.
     pub fn invalidate_memoizer(&self, name: &str) -> Result<Option<u64>> {
-        if let Some(core) = self.live_core(name) {
-            return core.invalidate_all().map(Some);
+        if let Some(core) = self.inner.live_by_name(name) {
+            return core.invalidate(Remove::All).map(Some);
         }
         let owned = name.to_string();
-        self.inner
+        let shared = &self.inner.shared;
+        let removed = shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
                 Some(record) => ops::clear(txn, &record).map(Some),
                 None => Ok(None),
-            })
+            })?;
+        shared.storage.reclaim_soon();
+        Ok(removed)
     }
 
     /// Removes the entry of the memoizer named `name` stored under `key` - the key as
@@ -206,26 +208,29 @@ impl Cache {
         key: &K,
     ) -> Result<Option<bool>> {
         let bytes = KeyBytes::encode(key).map_err(Error::KeyEncoding)?;
-        if let Some(core) = self.live_core(name) {
-            let hash = (core.hasher)(bytes.as_slice());
-            let placed = core.persistent.as_ref().filter(|_| core.placed);
-            let Some(p) = placed else {
-                return core.invalidate_hash(hash).map(Some);
+        if let Some(core) = self.inner.live_by_name(name) {
+            let hash = (core.policy.hasher)(bytes.as_slice());
+            let placed = core.persistent.as_ref().filter(|_| core.policy.placed);
+            let row = match placed {
+                None => Some(hash),
+                // Its zone key functions take the typed key, which this call does not have.
+                Some(p) => {
+                    let (id, key) = (p.id, bytes.as_slice().to_vec());
+                    self.inner
+                        .shared
+                        .writer
+                        .run(move |txn| ops::find_placed(txn, id, &hash, &key))?
+                }
             };
-            // Its zone key functions take the typed key, which this call does not have.
-            let (id, key) = (p.id, bytes.as_slice().to_vec());
-            let row = self
-                .inner
-                .writer
-                .run(move |txn| ops::find_placed(txn, id, &hash, &key))?;
-            return match row {
-                Some(row) => core.invalidate_hash(row).map(Some),
-                None => Ok(Some(false)),
+            let Some(row) = row else {
+                return Ok(Some(false));
             };
+            return Ok(Some(core.invalidate(Remove::Key(row))? > 0));
         }
         let hash = xxh3_key_hash(bytes.as_slice());
         let (owned, key) = (name.to_string(), bytes.as_slice().to_vec());
         self.inner
+            .shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
                 Some(record) if record.placed => {
@@ -344,11 +349,6 @@ impl Cache {
         let copy = ScratchCopy::of(path)?;
         verify_closed(copy.path()).map_err(|e| copy.blame(path, e))
     }
-
-    fn live_core(&self, name: &str) -> Option<std::sync::Arc<MemoCore>> {
-        let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.get(name).and_then(Weak::upgrade)
-    }
 }
 
 /// Opens an existing cache file directly (for the maintenance redb needs `&mut` for).
@@ -406,15 +406,33 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
         out
     };
 
-    // Expired entries per memoizer: one range read of the expiry index.
-    let mut expired: BTreeMap<u64, u64> = BTreeMap::new();
-    {
-        let expiry = txn.open_table(EXPIRY)?;
-        let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
-        for item in expiry.range::<&[u8; 32]>(..=&end)? {
-            let (_, memo_id, _) = split_expiry_key(item?.0.value());
-            *expired.entry(memo_id).or_default() += 1;
+    // Expired live entries per memoizer: one range read of the expiry index (rows of
+    // graves, awaiting reclamation, are not entries any more). A file of an older format
+    // (looked into read-only, not upgraded) has an index of another layout: no counts.
+    let generations: BTreeMap<u64, u64> = match txn.open_table(GENERATIONS) {
+        Ok(table) => {
+            let mut out = BTreeMap::new();
+            for item in table.iter()? {
+                let (id, generation) = item?;
+                out.insert(id.value(), generation.value());
+            }
+            out
         }
+        Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut expired: BTreeMap<u64, u64> = BTreeMap::new();
+    match txn.open_table(EXPIRY) {
+        Ok(expiry) => {
+            for item in expiry.range::<&[u8; 40]>(..=&expiry_end(now_ms))? {
+                let (_, memo_id, generation, _) = split_expiry_key(item?.0.value());
+                if generations.get(&memo_id).copied().unwrap_or(0) == generation {
+                    *expired.entry(memo_id).or_default() += 1;
+                }
+            }
+        }
+        Err(redb::TableError::TableTypeMismatch { .. }) if format_version != 3 => {}
+        Err(e) => return Err(e.into()),
     }
 
     let mut zones = Vec::new();

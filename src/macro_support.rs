@@ -13,8 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-use crate::entry::{DepRow, dep_row};
 use crate::error::{Error, Result};
+use crate::key::{DepRow, dep_row};
 use crate::key::{EncodedKey, KeyBytes, xxh3_key_hash};
 use crate::memoizer::{Memoizer, MemoizerBuilder};
 use crate::{Cache, Value, Zone};
@@ -122,7 +122,7 @@ pub fn build<K: ?Sized, V: Value>(
     let cache = cache?;
     let built = build(&cache);
     if let Err(e) = &built {
-        cache.inner.storage.reporter.report(e);
+        cache.inner.shared.storage.reporter.report(e);
     }
     built
 }
@@ -297,8 +297,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let ek = match key(args).0 {
             KeyRepr::Encoded(ek) => ek,
             KeyRepr::Bytes(bytes) => bytes.map_err(Error::KeyEncoding).map(|bytes| {
-                let hash = (self.core.hasher)(bytes.as_slice());
-                if !self.core.placed {
+                let hash = (self.core.policy.hasher)(bytes.as_slice());
+                if !self.core.policy.placed {
                     return EncodedKey::plain(bytes, hash);
                 }
                 // Filed under its dependencies: they are needed to find the row.

@@ -1,24 +1,21 @@
 //! `Memoizer`: one memoized function - its key encoding, policies and store.
 
 use std::marker::PhantomData;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 use serde::Serialize;
 
-use crate::cache::CacheInner;
-use crate::entry::{self, DepRow, Meta};
 use crate::error::{Error, Result};
-use crate::flight::{Caller, Flight, Flights, Leader, Role};
+use crate::flight::Caller;
 use crate::hit::ArchivedHit;
-use crate::key::{EncodedKey, HashMapByKey, KeyBytes, KeyHash, KeyHasher, xxh3_key_hash};
-use crate::memory::{MemEntry, MemStore};
+use crate::inner::{CacheInner, check_name};
+use crate::key::{DepRow, EncodedKey, KeyBytes, KeyHasher, xxh3_key_hash};
 use crate::stats::{Counters, Stats};
-use crate::storage::writer::{Wait, now};
-use crate::storage::{SnapSlot, ops};
+use crate::storage::ops;
+use crate::tiers::{Looked, Persistent, Policy, Read, Remove, Step, Tiers, Verdict};
+use crate::zone::{self, DepFns, KeysFn, Membership, Zone};
 use crate::{Value, fingerprint};
 
 /// Where a memoizer keeps its values.
@@ -48,43 +45,6 @@ pub enum Store {
     Tiered(usize),
 }
 
-/// The persistent half of a memoizer.
-pub(crate) struct Persistent {
-    pub id: u64,
-    pub slot: Arc<SnapSlot>,
-}
-
-/// The type-erased state of one memoizer, shared by its clones.
-pub(crate) struct MemoCore {
-    pub name: String,
-    pub fingerprint: u64,
-    pub expires: Option<Duration>,
-    /// Age after which a live entry is recomputed by one caller while the others are
-    /// served it (`MemoizerBuilder::refresh_after`).
-    pub refresh_after: Option<Duration>,
-    pub max_hits: Option<u32>,
-    pub verify: bool,
-    pub hasher: KeyHasher,
-    /// Whether entries are filed under their primary dependency row ([`crate::key::place`]):
-    /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
-    /// key's primary dependency row.
-    pub placed: bool,
-    /// Whether the stored key is the argument as serialized, with no dependency rows
-    /// (no keyfunc, no zone keys): then a borrowed form of the key that serializes
-    /// alike finds and stores the same entry ([`crate::KeyLike`]).
-    pub plain_keys: bool,
-    pub memory: Option<Mutex<MemStore>>,
-    pub persistent: Option<Persistent>,
-    /// Bumped by every invalidation; a computation that started under an older epoch
-    /// does not store its result (it may be stale).
-    pub epoch: AtomicU64,
-    pub flights: Flights,
-    /// `max_hits` accounting: hash -> (entry id, times served).
-    pub served: Mutex<HashMapByKey<(u64, u32)>>,
-    pub stats: Counters,
-    pub cache: Arc<CacheInner>,
-}
-
 pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
 
 /// A memoized function's cache: look values up by argument, compute on a miss.
@@ -103,9 +63,11 @@ pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> 
 ///
 /// [`Cache::memoizer`]: crate::Cache::memoizer
 pub struct Memoizer<K: ?Sized, V> {
-    pub(crate) core: Arc<MemoCore>,
+    pub(crate) core: Arc<Tiers>,
+    /// Keeps the cache (its writer, sweeper and zones) alive as long as the memoizer.
+    cache: Arc<CacheInner>,
     encode: Arc<KeyEncoder<K>>,
-    pub(crate) deps: Arc<crate::zone::DepFns<K>>,
+    pub(crate) deps: Arc<DepFns<K>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -113,6 +75,7 @@ impl<K: ?Sized, V> Clone for Memoizer<K, V> {
     fn clone(&self) -> Self {
         Memoizer {
             core: self.core.clone(),
+            cache: self.cache.clone(),
             encode: self.encode.clone(),
             deps: self.deps.clone(),
             _value: PhantomData,
@@ -123,7 +86,7 @@ impl<K: ?Sized, V> Clone for Memoizer<K, V> {
 impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memoizer")
-            .field("name", &self.core.name)
+            .field("name", &self.core.name())
             .finish_non_exhaustive()
     }
 }
@@ -139,467 +102,16 @@ fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> 
     }
 }
 
-impl MemoCore {
-    fn now_ms(&self) -> u64 {
-        self.cache.clock.now_ms()
-    }
-
-    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up,
-    /// or if it is not the value this process stored last under `hash` (a read that raced
-    /// with a newer store: the caller looks again instead of serving an old value, whose
-    /// hits were already counted).
-    #[inline]
-    fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
-        match self.max_hits {
-            None => true,
-            Some(limit) => self.take_counted_hit(hash, entry_id, limit),
-        }
-    }
-
-    fn take_counted_hit(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> bool {
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = served.entry(*hash).or_insert((entry_id, 0));
-        if slot.0 != entry_id {
-            return false;
-        }
-        if slot.1 >= limit {
-            Counters::add(&self.stats.expirations, 1);
-            return false;
-        }
-        slot.1 += 1;
-        true
-    }
-
-    /// Starts the hit count of a value about to be stored; done before the value becomes
-    /// visible so no reader can count a hit against the previous value's budget.
-    fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
-        if self.max_hits.is_some() {
-            let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-            served.insert(*hash, (entry_id, 0));
-        }
-    }
-
-    /// Forgets the hit counts of values that left the store for good (evicted from a
-    /// store with no file behind it, expired), so `served` stays bounded by the live
-    /// entries. A value evicted from a tiered store's memory is still live in the file:
-    /// its count must stay, or it would be served again from a fresh budget.
-    fn forget_hits<'a>(&self, hashes: impl IntoIterator<Item = &'a KeyHash>) {
-        if self.max_hits.is_none() {
-            return;
-        }
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        for hash in hashes {
-            served.remove(hash);
-        }
-    }
-
-    /// [`forget_hits`](Self::forget_hits) for entries evicted from the memory tier.
-    fn evicted(&self, evicted: &[(KeyHash, MemEntry)]) {
-        Counters::add(&self.stats.evictions, evicted.len() as u64);
-        if self.persistent.is_none() {
-            self.forget_hits(evicted.iter().map(|(h, _)| h));
-        }
-    }
-
-    fn report(&self, error: Error) {
-        Counters::add(&self.stats.errors, 1);
-        self.cache.storage.reporter.report(&error);
-    }
-
-    /// Whether an entry with this header is still live. Reads the clock only for entries
-    /// that have a deadline, so hits without `expires` never pay for it.
-    fn live(&self, expires_at_ms: u64) -> bool {
-        expires_at_ms == 0 || self.now_ms() < expires_at_ms
-    }
-
-    /// Whether a live entry stored at `stored_at_ms` is due for a refresh. Reads the
-    /// clock (and the header) only for memoizers with `refresh_after`: inlined, so a hit
-    /// without it pays one branch.
-    #[inline]
-    fn due(&self, stored_at_ms: impl FnOnce() -> u64) -> bool {
-        match self.refresh_after {
-            None => false,
-            Some(after) => self.now_ms() >= stored_at_ms().saturating_add(after.as_millis() as u64),
-        }
-    }
-
-    /// Looks in the in-memory tier and runs `read` on a live entry for this key, under
-    /// the tier's lock (the entry is read in place). `Err(())` means "definitely a miss,
-    /// do not look further": the entry expired, and the persistent tier holds the same
-    /// entry.
-    fn in_memory<R>(
-        &self,
-        ek: &EncodedKey,
-        read: impl FnOnce(&MemEntry) -> R,
-    ) -> Result<Option<R>, ()> {
-        let Some(mem) = self.memory.as_ref() else {
-            return Ok(None);
-        };
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let found = mem.get_with(&ek.hash, |entry| {
-            if entry.key() != ek.bytes.as_slice() {
-                Counters::add(&self.stats.stale, 1);
-                Ok(None)
-            } else if !self.live(entry.expires_at_ms()) {
-                Err(())
-            } else {
-                Ok(Some(read(entry)))
-            }
-        });
-        match found {
-            None => Ok(None),
-            Some(Err(())) => {
-                mem.remove(&ek.hash);
-                drop(mem);
-                self.forget_hits([&ek.hash]);
-                Counters::add(&self.stats.expirations, 1);
-                Err(())
-            }
-            Some(Ok(read)) => Ok(read),
-        }
-    }
-
-    /// Checks stored bytes belong to this key, type and version and are still live.
-    /// Returns the payload offset and the header.
-    fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
-        let view = match entry::decode(bytes, self.verify) {
-            Ok(view) => view,
-            Err(malformed) => {
-                // Only damage makes an entry fail these checks: report it, read a miss
-                // (the recomputed value then overwrites the entry).
-                Counters::add(&self.stats.stale, 1);
-                self.report(Error::DamagedEntry {
-                    path: self.cache.storage.path().map(Path::to_path_buf),
-                    memoizer: self.name.clone(),
-                    detail: format!("{malformed:?}"),
-                });
-                return None;
-            }
-        };
-        if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.fingerprint {
-            Counters::add(&self.stats.stale, 1);
-            return None;
-        }
-        if !self.live(view.meta.expires_at_ms) {
-            self.forget_hits([&ek.hash]);
-            Counters::add(&self.stats.expirations, 1);
-            return None;
-        }
-        Some((view.payload_offset, view.meta))
-    }
-
-    /// Copies a persistent hit into the in-memory tier (tiered stores only). `generation`
-    /// is the storage's commit generation read before the bytes were: if a commit came
-    /// since, an invalidation may have removed them (and purged the memory tier before
-    /// this insert), so they are not promoted.
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64) {
-        let Some(mem) = &self.memory else { return };
-        let Some(entry) = MemEntry::new(Arc::from(bytes)) else {
-            return;
-        };
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoch.load(Ordering::SeqCst) == epoch
-            && self.cache.storage.generation() == generation
-        {
-            let evicted = mem.insert(ek.hash, entry);
-            self.evicted(&evicted);
-        }
-    }
-
-    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
-    fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
-        let now = self.now_ms();
-        let meta = Meta {
-            fingerprint: self.fingerprint,
-            stored_at_ms: now,
-            expires_at_ms: self
-                .expires
-                .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
-            entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
-        };
-        self.reset_hits(&ek.hash, meta.entry_id);
-        // Encoded once: the memory tier and the write queue share these bytes.
-        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
-        let mut stored = false;
-        if let Some(mem) = &self.memory
-            && let Some(entry) = MemEntry::new(bytes.clone())
-        {
-            let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-            if self.epoch.load(Ordering::SeqCst) == epoch {
-                let evicted = mem.insert(ek.hash, entry);
-                self.evicted(&evicted);
-                stored = true;
-            }
-        }
-        if let Some(p) = &self.persistent {
-            let cache = &self.cache;
-            stored = cache.storage.add_pending(
-                (p.id, ek.hash),
-                meta.entry_id,
-                bytes.clone(),
-                || self.epoch.load(Ordering::SeqCst) == epoch,
-                || {
-                    cache
-                        .writer
-                        .put(p.id, ek.hash, bytes.clone(), meta.entry_id)
-                },
-            );
-        }
-        if stored {
-            Counters::add(&self.stats.inserts, 1);
-        }
-    }
-
-    /// Removes one key from every tier; returns whether anything was removed.
-    pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
-        now(self.invalidate_hash_as(hash, Wait::Block))
-    }
-
-    /// [`invalidate_hash`](Self::invalidate_hash), waiting for the commit as `how` says.
-    pub(crate) async fn invalidate_hash_as(&self, hash: KeyHash, how: Wait) -> Result<bool> {
-        let ticket = self.persistent.as_ref().map(|p| {
-            let id = p.id;
-            self.cache.storage.with_pending_lock(|| {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.cache
-                    .writer
-                    .submit(move |txn| ops::remove(txn, id, &hash))
-            })
-        });
-        if ticket.is_none() {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
-        // The memory tier is purged after the commit (see `promote`).
-        let on_disk = match ticket {
-            Some(t) => Some(t.wait_as(how).await),
-            None => None,
-        };
-        let mut removed = self.memory.as_ref().is_some_and(|m| {
-            m.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hash)
-                .is_some()
-        });
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&hash);
-        if let Some(on_disk) = on_disk {
-            removed |= on_disk?;
-        }
-        Counters::add(&self.stats.invalidations, removed as u64);
-        Ok(removed)
-    }
-
-    /// Removes every entry of this memoizer; returns how many there were.
-    pub(crate) fn invalidate_all(&self) -> Result<u64> {
-        now(self.invalidate_all_as(Wait::Block))
-    }
-
-    /// [`invalidate_all`](Self::invalidate_all), waiting for the commit as `how` says.
-    pub(crate) async fn invalidate_all_as(&self, how: Wait) -> Result<u64> {
-        let ticket = self.persistent.as_ref().map(|_| {
-            let name = self.name.clone();
-            self.cache.storage.with_pending_lock(|| {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.cache
-                    .writer
-                    .submit(move |txn| match ops::memoizer_record(txn, &name)? {
-                        Some(record) => ops::clear(txn, &record),
-                        None => Ok(0),
-                    })
-            })
-        });
-        if ticket.is_none() {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
-        // The memory tier is purged after the commit (see `promote`).
-        let on_disk = match ticket {
-            Some(t) => Some(t.wait_as(how).await),
-            None => None,
-        };
-        let in_memory = self.clear_in_memory();
-        let removed = match on_disk {
-            Some(on_disk) => on_disk?,
-            None => in_memory,
-        };
-        Counters::add(&self.stats.invalidations, removed);
-        Ok(removed)
-    }
-
-    /// Drops in-memory entries (both tiers' memory side) that a zone invalidation removed
-    /// from disk, or that depend on `row`.
-    pub(crate) fn forget_in_memory(&self, row: &DepRow, hashes: &[KeyHash]) -> u64 {
-        let Some(mem) = &self.memory else { return 0 };
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let mut removed = mem.remove_dep(row);
-        for h in hashes {
-            if mem.remove(h).is_some() {
-                removed.push(*h);
-            }
-        }
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        for h in &removed {
-            served.remove(h);
-        }
-        removed.len() as u64
-    }
-
-    /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
-    pub(crate) fn purge_expired_in_memory(&self, now: u64, removed: &[(u64, KeyHash)]) -> u64 {
-        let id = self.persistent.as_ref().map(|p| p.id);
-        let from_disk: Vec<&KeyHash> = removed
-            .iter()
-            .filter(|(m, _)| Some(*m) == id)
-            .map(|(_, h)| h)
-            .collect();
-        self.forget_hits(from_disk.iter().copied());
-        let Some(mem) = &self.memory else { return 0 };
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let expired = mem.remove_expired(now);
-        let mut n = expired.len() as u64;
-        for h in &from_disk {
-            n += mem.remove(h).is_some() as u64;
-        }
-        drop(mem);
-        self.forget_hits(&expired);
-        Counters::add(&self.stats.expirations, n);
-        n
-    }
-
-    /// Clears only the in-memory side (used when a zone cleared the persistent side).
-    pub(crate) fn clear_in_memory(&self) -> u64 {
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.memory.as_ref().map_or(0, |m| {
-            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
-        })
-    }
-}
-
-/// What a lookup found.
-pub(crate) enum Looked<R> {
-    Hit(R),
-    /// A live entry due for a refresh, not served (nothing counted, nothing decoded).
-    Due,
-    Miss,
-}
-
-/// The outcome of one pass of the miss protocol ([`MemoCore::step`]).
-pub(crate) enum Step<'a, R> {
-    /// A hit: fresh, or due for a refresh that another caller is making.
-    Served(R),
-    /// Wait for this flight to land, then take another step.
-    Wait(Arc<Flight>),
-    /// Compute, then [`land`](MemoCore::land) the value.
-    Lead(Lead<'a>),
-    /// Compute without caching: the computation recursed into its own key.
-    Alone,
-}
-
-/// The right to compute and store one key: the flight's leader guard and the epoch
-/// read before the computation starts.
-pub(crate) struct Lead<'a> {
-    leader: Leader<'a>,
-    epoch: u64,
-}
-
-impl MemoCore {
-    /// A call whose key could not be encoded: reports why, and counts the miss that its
-    /// uncached computation will be. (The drivers match the key in place: moving it
-    /// through a helper copied it on every hit.)
-    pub(crate) fn unencoded(&self, e: Error) {
-        self.report(e);
-        Counters::add(&self.stats.misses, 1);
-    }
-
-    /// One pass of the miss protocol, shared by every entry point (a thread or a task,
-    /// an owned or an archived hit): look up with `look` (its argument: whether to serve
-    /// an entry due for a refresh), then lead or join the key's flight.
-    ///
-    /// An entry due for a refresh (`refresh_after`) makes its caller lead, as a miss
-    /// would, unless a flight of the key is under way: then the entry is served while
-    /// that flight recomputes it.
-    pub(crate) fn step<R>(
-        &self,
-        ek: &EncodedKey,
-        caller: Caller,
-        look: impl Fn(bool) -> Looked<R>,
-    ) -> Step<'_, R> {
-        let landed = self.flights.landed();
-        let due = match look(false) {
-            Looked::Hit(v) => return Step::Served(v),
-            Looked::Due => true,
-            Looked::Miss => false,
-        };
-        let leader = match self.flights.join(ek.hash, caller) {
-            Role::Leader(leader) => leader,
-            role => {
-                // Another caller refreshes it (or this one, recursing): serve it
-                // meanwhile. It may be gone by now (removed, used up): then wait.
-                if due && let Looked::Hit(v) = look(true) {
-                    return Step::Served(v);
-                }
-                return match role {
-                    Role::Waiter(flight) => Step::Wait(flight),
-                    _ => {
-                        Counters::add(&self.stats.misses, 1);
-                        Step::Alone
-                    }
-                };
-            }
-        };
-        // Another leader may have stored the value between our lookup and our join;
-        // only then is a second look worth its cost (and its counting).
-        if self.flights.landed() != landed
-            && let Looked::Hit(v) = look(false)
-        {
-            return Step::Served(v);
-        }
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        Counters::add(&self.stats.misses, 1);
-        Step::Lead(Lead { leader, epoch })
-    }
-
-    /// Stores `value`, computed under `lead`, unless an invalidation came since the lead
-    /// began, and lands the flight. Returns the value's archive, or `None` if it cannot
-    /// be archived (reported; nothing stored).
-    pub(crate) fn land<V: Value>(
-        &self,
-        lead: Lead<'_>,
-        ek: &EncodedKey,
-        deps: Result<Vec<DepRow>>,
-        value: &V,
-    ) -> Option<AlignedVec> {
-        let archive = match value.__archive() {
-            Ok(archive) => {
-                match deps {
-                    Ok(deps) => self.store(ek, &archive, deps, lead.epoch),
-                    Err(e) => self.report(e),
-                }
-                Some(archive)
-            }
-            Err(e) => {
-                self.report(Error::ValueEncoding(e.to_string()));
-                None
-            }
-        };
-        drop(lead.leader);
-        archive
-    }
-}
-
 impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) fn from_parts(
-        core: Arc<MemoCore>,
+        core: Arc<Tiers>,
+        cache: Arc<CacheInner>,
         encode: Arc<KeyEncoder<K>>,
-        deps: Arc<crate::zone::DepFns<K>>,
+        deps: Arc<DepFns<K>>,
     ) -> Self {
         Memoizer {
             core,
+            cache,
             encode,
             deps,
             _value: PhantomData,
@@ -608,24 +120,20 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
 
     /// This memoizer's name (its table name in the cache file).
     pub fn name(&self) -> &str {
-        &self.core.name
+        self.core.name()
     }
 
     /// How many values `max_hits` is counting hits of (tests: it stays bounded by the
     /// live entries).
     #[doc(hidden)]
     pub fn __hit_counts(&self) -> usize {
-        self.core
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.core.hit_counts()
     }
 
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
         let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
-        let hash = (self.core.hasher)(bytes.as_slice());
-        if self.core.placed {
+        let hash = (self.core.policy.hasher)(bytes.as_slice());
+        if self.core.policy.placed {
             // Only the primary row is needed to find the entry; on an error the lookup
             // misses, and the miss reports it (the entry cannot be stored).
             let primary = (self.deps.primary)(key).ok().flatten();
@@ -638,15 +146,21 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// refresh is served only if `serve_due`; otherwise it is [`Looked::Due`], and
     /// nothing is counted or decoded.
     pub(crate) fn lookup(&self, ek: &EncodedKey, serve_due: bool) -> Looked<V> {
+        loop {
+            match self.lookup_once(ek, serve_due) {
+                Read::Found(found) => return found,
+                Read::Absent | Read::Miss => return Looked::Miss,
+                Read::Retry => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`lookup`](Self::lookup): `Retry` if an invalidation overtook it.
+    fn lookup_once(&self, ek: &EncodedKey, serve_due: bool) -> Read<Looked<V>> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
-        let in_memory = core.in_memory(ek, |entry| {
-            if !serve_due && core.due(|| entry.meta().stored_at_ms) {
-                return Looked::Due;
-            }
-            if !core.take_hit(&ek.hash, entry.entry_id()) {
-                return Looked::Miss;
-            }
+        let stamp = core.stamp();
+        let in_memory = core.in_memory(ek, stamp, serve_due, |entry| {
             let value = with_aligned(entry.payload(), align, |payload| {
                 V::__access(payload).and_then(V::__deserialize).ok()
             });
@@ -659,48 +173,43 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
         });
         match in_memory {
-            Ok(Some(found)) => return found,
-            Ok(None) => {}
-            Err(()) => return Looked::Miss,
+            Read::Absent => {}
+            other => return other,
         }
-        let Some(p) = core.persistent.as_ref() else {
-            return Looked::Miss;
-        };
-        let generation = core.cache.storage.generation();
-        let stored = match core.cache.storage.get(&p.slot, &ek.hash) {
-            Ok(Some(found)) => found,
-            Ok(None) => return Looked::Miss,
-            Err(e) => {
-                core.report(e);
-                return Looked::Miss;
-            }
+        let generation = core.generation();
+        let Some(stored) = core.stored(ek) else {
+            return Read::Miss;
         };
         let bytes = stored.bytes();
         let Some((offset, meta)) = core.admit(ek, bytes) else {
-            return Looked::Miss;
+            return Read::Miss;
         };
         if !serve_due && core.due(|| meta.stored_at_ms) {
-            return Looked::Due;
+            return Read::Found(Looked::Due);
         }
         // Validate, then spend the max_hits budget, then deserialize: a used-up value is
         // never decoded (the in-memory path above keeps the same order).
         let value = with_aligned(&bytes[offset..], align, |payload| {
             let archived = V::__access(payload).ok()?;
-            if !core.take_hit(&ek.hash, meta.entry_id) {
-                return Some(None);
-            }
-            Some(V::__deserialize(archived).ok())
+            Some(match core.take_hit(stamp, &ek.hash, bytes, meta.entry_id) {
+                Verdict::Serve => Read::Found(V::__deserialize(archived).ok()),
+                Verdict::Miss => Read::Miss,
+                Verdict::Retry => Read::Retry,
+            })
         });
-        let Some(value) = value else {
-            Counters::add(&core.stats.stale, 1);
-            return Looked::Miss;
-        };
-        let Some(value) = value else {
-            return Looked::Miss;
-        };
-        Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, generation);
-        Looked::Hit(value)
+        match value {
+            None => {
+                Counters::add(&core.stats.stale, 1);
+                Read::Miss
+            }
+            Some(Read::Found(Some(value))) => {
+                Counters::add(&core.stats.hits, 1);
+                core.promote(ek, bytes, generation, stamp);
+                Read::Found(Looked::Hit(value))
+            }
+            Some(Read::Found(None) | Read::Miss | Read::Absent) => Read::Miss,
+            Some(Read::Retry) => Read::Retry,
+        }
     }
 
     /// Looks `ek` up in every tier and hands out a live hit in place (see
@@ -710,45 +219,64 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         ek: &EncodedKey,
         serve_due: bool,
     ) -> Result<Looked<ArchivedHit<V>>> {
+        loop {
+            match self.archived_once(ek, serve_due)? {
+                Read::Found(found) => return Ok(found),
+                Read::Absent | Read::Miss => return Ok(Looked::Miss),
+                Read::Retry => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`lookup_archived`](Self::lookup_archived).
+    fn archived_once(
+        &self,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Result<Read<Looked<ArchivedHit<V>>>> {
         let core = &*self.core;
-        let Ok(in_memory) = core.in_memory(ek, MemEntry::clone) else {
-            return Ok(Looked::Miss);
-        };
-        if let Some(entry) = in_memory {
-            if !serve_due && core.due(|| entry.meta().stored_at_ms) {
-                return Ok(Looked::Due);
-            }
-            let id = entry.entry_id();
-            let Some(hit) = ArchivedHit::from_memory(entry) else {
-                return Ok(Looked::Miss);
-            };
-            if !core.take_hit(&ek.hash, id) {
-                return Ok(Looked::Miss);
-            }
-            Counters::add(&core.stats.hits, 1);
-            return Ok(Looked::Hit(hit));
+        let stamp = core.stamp();
+        let in_memory = core.in_memory(
+            ek,
+            stamp,
+            serve_due,
+            |entry| match ArchivedHit::from_memory(entry.clone()) {
+                Some(hit) => {
+                    Counters::add(&core.stats.hits, 1);
+                    Looked::Hit(hit)
+                }
+                None => Looked::Miss,
+            },
+        );
+        match in_memory {
+            Read::Absent => {}
+            other => return Ok(other),
         }
         let Some(p) = &core.persistent else {
-            return Ok(Looked::Miss);
+            return Ok(Read::Miss);
         };
-        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash)? else {
-            return Ok(Looked::Miss);
+        let Some(stored) = core.shared.storage.get(&p.slot, &ek.hash)? else {
+            return Ok(Read::Miss);
         };
         let Some((offset, meta)) = core.admit(ek, stored.bytes()) else {
-            return Ok(Looked::Miss);
+            return Ok(Read::Miss);
         };
         if !serve_due && core.due(|| meta.stored_at_ms) {
-            return Ok(Looked::Due);
+            return Ok(Read::Found(Looked::Due));
         }
+        let verdict = core.take_hit(stamp, &ek.hash, stored.bytes(), meta.entry_id);
         let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
             Counters::add(&core.stats.stale, 1);
-            return Ok(Looked::Miss);
+            return Ok(Read::Miss);
         };
-        if !core.take_hit(&ek.hash, meta.entry_id) {
-            return Ok(Looked::Miss);
-        }
-        Counters::add(&core.stats.hits, 1);
-        Ok(Looked::Hit(hit))
+        Ok(match verdict {
+            Verdict::Serve => {
+                Counters::add(&core.stats.hits, 1);
+                Read::Found(Looked::Hit(hit))
+            }
+            Verdict::Miss => Read::Miss,
+            Verdict::Retry => Read::Retry,
+        })
     }
 
     /// Returns the cached value for `key`, or computes it with `compute`, stores it and
@@ -922,14 +450,16 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// When it returns, no later call sees the old value.
     pub fn invalidate_key(&self, key: &K) -> Result<bool> {
         let ek = self.encode(key)?;
-        self.core.invalidate_hash(ek.hash)
+        Ok(self.core.invalidate(Remove::Key(ek.hash))? > 0)
     }
 
-    /// Removes every entry of this memoizer - and nothing of any other memoizer - without
-    /// scanning the file. Returns how many entries were removed. When it returns, no
-    /// later call sees a value stored before it.
+    /// Removes every entry of this memoizer - and nothing of any other memoizer - at a
+    /// cost independent of how many there are: the memoizer's table is set aside whole
+    /// (renamed; its index rows stay exact) and its space is reclaimed afterwards, in
+    /// bounded batches, by the cache's sweeper thread. Returns how many entries were
+    /// removed. When it returns, no later call sees a value stored before it.
     pub fn invalidate_all(&self) -> Result<u64> {
-        self.core.invalidate_all()
+        self.core.invalidate(Remove::All)
     }
 
     /// Counters since this memoizer was built, and the current entry count: O(1), read
@@ -940,15 +470,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let entries = match &core.persistent {
             Some(p) => {
                 let id = p.id;
-                core.cache
+                core.shared
                     .writer
                     .query(move |txn| ops::count_entries(txn, id))
                     .ok()
             }
-            None => core
-                .memory
-                .as_ref()
-                .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len() as u64),
+            None => core.memory_len(),
         };
         let mut stats = core.stats.snapshot(entries);
         if let Some(p) = &core.persistent {
@@ -975,7 +502,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     /// derived from the arguments, a function of the key, so that the key can be looked
     /// up where its dependencies file it.
     whole_key: bool,
-    pub(crate) zones: Vec<crate::zone::Membership<K>>,
+    zones: Vec<Membership<K>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -1114,71 +641,30 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
 
     /// Builds the memoizer. For a persistent store this registers it in the file; if its
     /// value type or version changed since the last run, its old entries are dropped.
+    /// Builds the memoizer. For a persistent store this registers it in the file; if its
+    /// value type or version changed since the last run, its old entries are dropped.
     pub fn build(self) -> Result<Memoizer<K, V>> {
-        crate::cache::check_name(&self.name)?;
+        check_name(&self.name)?;
         let cache = self.cache.clone();
-        let store = self.store.unwrap_or(if cache.file_backed {
+        let shared = cache.shared.clone();
+        let store = self.store.unwrap_or(if shared.file_backed {
             Store::Persistent
         } else {
             Store::Memory
         });
+        let zones = zone::resolve(&cache, &self.name, self.zones)?;
         // The name is part of what a hit checks: should a table ever be filed under
         // another memoizer's id, its entries read as misses, never as that one's values.
-        let fingerprint = fingerprint::mix(
-            fingerprint::value_fingerprint::<V>(&self.version),
-            &[fingerprint::name_hash(&self.name)],
+        let fingerprint = zone::keyed_fingerprint(
+            fingerprint::mix(
+                fingerprint::value_fingerprint::<V>(&self.version),
+                &[fingerprint::name_hash(&self.name)],
+            ),
+            &zones,
         );
-        let mut live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
-        if live.get(&self.name).is_some_and(|w| w.strong_count() > 0) {
-            return Err(Error::MemoizerInUse { name: self.name });
-        }
-        let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
-        let fingerprint = crate::zone::keyed_fingerprint(fingerprint, &zones);
         let keyed = zones.iter().any(|z| z.key.is_some());
-        let indexed = self.expires.is_some() || keyed;
-        let placed =
-            keyed && self.whole_key && matches!(store, Store::Persistent | Store::Tiered(_));
-        let persistent = match store {
-            Store::Persistent | Store::Tiered(_) => {
-                let name = self.name.clone();
-                let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
-                // Rebuilt as registered before (every start of a program after the first):
-                // a read suffices, with no commit to wait for.
-                let known = cache
-                    .storage
-                    .read(|txn| {
-                        ops::registered(txn, &name, fingerprint, indexed, placed, &zone_ids)
-                    })
-                    .ok()
-                    .flatten();
-                let record = match known {
-                    Some(record) => record,
-                    None => {
-                        let record = cache.writer.run(move |txn| {
-                            let record =
-                                ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
-                            for zone_id in zone_ids {
-                                ops::add_zone_member(txn, zone_id, record.id)?;
-                            }
-                            Ok(record)
-                        })?;
-                        cache.storage.registered();
-                        record
-                    }
-                };
-                Some(Persistent {
-                    id: record.id,
-                    slot: cache.storage.slot(record.id),
-                })
-            }
-            Store::Memory | Store::Lru(_) => None,
-        };
-        let memory = match store {
-            Store::Memory => Some(MemStore::new(None)),
-            Store::Lru(n) | Store::Tiered(n) => Some(MemStore::new(Some(n))),
-            Store::Persistent => None,
-        };
-        let core = Arc::new(MemoCore {
+        let on_disk = matches!(store, Store::Persistent | Store::Tiered(_));
+        let policy = Policy {
             name: self.name.clone(),
             fingerprint,
             expires: self.expires,
@@ -1186,22 +672,156 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             max_hits: self.max_hits,
             verify: self.verify,
             hasher: self.hasher,
-            placed,
+            placed: keyed && self.whole_key && on_disk,
             plain_keys: self.whole_key && !keyed,
-            memory: memory.map(Mutex::new),
-            persistent,
-            epoch: AtomicU64::new(0),
-            flights: Flights::default(),
-            served: Mutex::new(HashMapByKey::default()),
-            stats: Counters::default(),
-            cache: cache.clone(),
-        });
-        live.insert(self.name.clone(), Arc::downgrade(&core));
-        drop(live);
+        };
+        let memory = match store {
+            Store::Memory => Some(None),
+            Store::Lru(n) | Store::Tiered(n) => Some(Some(n)),
+            Store::Persistent => None,
+        };
+        let indexed = self.expires.is_some() || keyed;
+        let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
+        let core = cache.register_live(&self.name, || {
+            let persistent = if on_disk {
+                let (placed, name) = (policy.placed, &policy.name);
+                Some(register(
+                    &cache,
+                    name,
+                    fingerprint,
+                    indexed,
+                    placed,
+                    zone_ids,
+                )?)
+            } else {
+                None
+            };
+            Ok(Arc::new(Tiers::new(policy, memory, persistent, shared)))
+        })?;
         for z in &zones {
             z.zone.attach(&core);
         }
-        let deps = crate::zone::dep_fns(&self.name, zones);
-        Ok(Memoizer::from_parts(core, self.encode, deps))
+        let deps = zone::dep_fns(&self.name, zones);
+        Ok(Memoizer::from_parts(core, cache, self.encode, deps))
+    }
+}
+
+/// Registers a persistent memoizer in the file (with its zone memberships) and gives it
+/// a snapshot slot.
+fn register(
+    cache: &CacheInner,
+    name: &str,
+    fingerprint: u64,
+    indexed: bool,
+    placed: bool,
+    zone_ids: Vec<u64>,
+) -> Result<Persistent> {
+    let shared = &cache.shared;
+    // Rebuilt as registered before (every start of a program after the first): a read
+    // suffices, with no commit to wait for.
+    let known = shared
+        .storage
+        .read(|txn| ops::registered(txn, name, fingerprint, indexed, placed, &zone_ids))
+        .ok()
+        .flatten();
+    let record = match known {
+        Some(record) => record,
+        None => {
+            let name = name.to_string();
+            let record = shared.writer.run(move |txn| {
+                let record = ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
+                for zone_id in zone_ids {
+                    ops::add_zone_member(txn, zone_id, record.id)?;
+                }
+                Ok(record)
+            })?;
+            shared.storage.registered();
+            record
+        }
+    };
+    Ok(Persistent {
+        id: record.id,
+        slot: shared.storage.slot(record.id),
+    })
+}
+
+impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
+    /// Joins `zone`, keyed by the zone's default key function (if it has one). If the
+    /// zone's key function takes another argument type, [`build`](Self::build) fails
+    /// with [`Error::MissingZoneKey`]: use [`zone_key`](Self::zone_key) instead.
+    /// A memoizer that joins no zone belongs to the zone `"default"`.
+    pub fn zone(mut self, zone: &Zone) -> Self {
+        self.zones.push(Membership::new(zone, None, true));
+        self
+    }
+
+    /// Joins `zone` without a key function; building fails with
+    /// [`Error::MissingZoneKey`] if the zone has a default one. `#[memoize]` uses it for
+    /// functions of several arguments, whose calls derive dependency keys from the
+    /// borrowed arguments and so cannot apply a default key function over the owned
+    /// key tuple.
+    #[doc(hidden)]
+    pub fn __zone_without_default(mut self, zone: &Zone) -> Self {
+        self.zones.push(Membership::new(zone, None, false));
+        self
+    }
+
+    /// Joins `zone` with this memoizer's own key function (the original's `zonekey=`),
+    /// which overrides the zone's default.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let authors = cache.zone("Authors")?.key(|author_id: &u64| *author_id);
+    /// // Keyed by (book id, author id); depends on the author.
+    /// let cover = cache
+    ///     .memoizer::<(u64, u64), String>("cover")
+    ///     .zone_key(&authors, |&(_book, author): &(u64, u64)| author)
+    ///     .build()?;
+    /// cover.get_or_compute(&(1, 42), |_| "blue".into());
+    /// assert_eq!(authors.invalidate(&42u64)?, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn zone_key<T: Serialize>(
+        self,
+        zone: &Zone,
+        f: impl Fn(&K) -> T + Send + Sync + 'static,
+    ) -> Self {
+        self.zone_keys(zone, move |k: &K| [f(k)])
+    }
+
+    /// Joins `zone` with a key function yielding several dependency keys per entry.
+    ///
+    /// The first key yielded for the first zone that keys a memoizer is the entry's
+    /// *primary* dependency: unless the memoizer has a [`keyfunc`](Self::keyfunc), its
+    /// persistent entries are stored next to the others sharing that key, which makes
+    /// invalidating it cheapest at any cache size. Put first the key you invalidate most.
+    /// Invalidating any other key costs a B-tree removal per entry wherever it lies.
+    /// Finding an entry then needs its primary key, so for such a memoizer the first key
+    /// function runs on every lookup, hits included (up to its first key): keep key
+    /// functions cheap, like reading a field.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// # #[derive(serde::Serialize)]
+    /// # struct Book { author_id: u64, publisher_id: u64 }
+    /// let cache = Cache::in_memory()?;
+    /// let deps = cache.zone("Deps")?;
+    /// let reviews = cache
+    ///     .memoizer::<Book, String>("reviews")
+    ///     .zone_keys(&deps, |b: &Book| [("author", b.author_id), ("publisher", b.publisher_id)])
+    ///     .build()?;
+    /// reviews.get_or_compute(&Book { author_id: 1, publisher_id: 9 }, |_| "good".into());
+    /// assert_eq!(deps.invalidate(&("publisher", 9u64))?, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn zone_keys<T: Serialize, I: IntoIterator<Item = T>>(
+        mut self,
+        zone: &Zone,
+        f: impl Fn(&K) -> I + Send + Sync + 'static,
+    ) -> Self {
+        let keys: Arc<KeysFn<K>> = Arc::new(move |k: &K, visit| zone::visit_all(f(k), visit));
+        self.zones.push(Membership::new(zone, Some(keys), false));
+        self
     }
 }

@@ -14,7 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::entry::{self, DepRow, Meta};
+use crate::entry::{self, Meta};
+use crate::key::DepRow;
 use crate::key::{HashMapByKey, KeyHash, PrehashedBuild};
 
 /// One in-memory entry: encoded entry bytes (see [`crate::entry`]), shared. Cheap to
@@ -445,7 +446,7 @@ mod tests {
     }
 
     fn row(dep: u64) -> DepRow {
-        crate::entry::dep_row(1 + dep % 2, [dep as u8; 16])
+        crate::key::dep_row(1 + dep % 2, [dep as u8; 16])
     }
 
     /// Random inserts (with 0-3 dependency rows), overwrites, hits, removals, evictions,

@@ -395,10 +395,10 @@ fn check_reports_a_violated_invariant() {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let def: redb::TableDefinition<&[u8; 32], ()> =
+            let def: redb::TableDefinition<&[u8; 40], ()> =
                 redb::TableDefinition::new("fresco/expiry");
             let mut t = txn.open_table(def).unwrap();
-            t.insert(&[1u8; 32], ()).unwrap();
+            t.insert(&[1u8; 40], ()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -574,9 +574,9 @@ fn reading_commands_never_write_and_writing_commands_refuse_damage() {
         let db = redb::Database::open(&dangling).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let def: redb::TableDefinition<&[u8; 32], ()> =
+            let def: redb::TableDefinition<&[u8; 40], ()> =
                 redb::TableDefinition::new("fresco/expiry");
-            txn.open_table(def).unwrap().insert(&[1u8; 32], ()).unwrap();
+            txn.open_table(def).unwrap().insert(&[1u8; 40], ()).unwrap();
         }
         txn.commit().unwrap();
     }

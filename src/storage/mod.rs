@@ -38,12 +38,11 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 use crossbeam_utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
-use crate::cache::OnCorruption;
 use crate::error::{Error, Result};
 use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
 use crate::stats::{stripe_count, thread_stripe};
-use open::{AtPath, Origin};
+use open::{AtPath, OnCorruption, Origin};
 use tables::{EntriesDef, entries_name};
 
 /// A read-only view of one memoizer's table at some commit.
@@ -133,6 +132,8 @@ pub(crate) struct Storage {
     born: std::time::Instant,
     /// Wakes the writer so it acts on `suspect` and `reopen` at once.
     wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Wakes whoever reclaims graves (the sweeper), after a clear made one.
+    reclaim_wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
     path: Option<PathBuf>,
     generation: AtomicU64,
     pending: Mutex<PendingMap>,
@@ -207,6 +208,7 @@ impl Storage {
             last_reopen_ms: AtomicU64::new(0),
             born: std::time::Instant::now(),
             wake: OnceLock::new(),
+            reclaim_wake: OnceLock::new(),
             generation: AtomicU64::new(0),
             pending: Mutex::new(PendingMap::default()),
             pending_len: AtomicUsize::new(0),
@@ -471,6 +473,23 @@ impl Storage {
         if self.origin.at_path() != AtPath::Same {
             self.recover(false);
         }
+    }
+
+    /// Registers how to ask for the reclamation of graves.
+    pub(crate) fn set_reclaim_wake(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.reclaim_wake.set(Box::new(wake));
+    }
+
+    /// Asks for the reclamation of graves soon (a clear just made one).
+    pub(crate) fn reclaim_soon(&self) {
+        if let Some(wake) = self.reclaim_wake.get() {
+            wake();
+        }
+    }
+
+    /// Whether a cleared table awaits reclamation (a read, no write).
+    pub(crate) fn has_graves(&self) -> Result<bool> {
+        guarded(|| ops::has_graves(&*self.db()?)).map_err(|e| self.error(e))
     }
 
     /// Whether some entry is past its deadline at `now_ms` (a read, no write).

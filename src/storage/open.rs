@@ -23,6 +23,19 @@ use super::guarded;
 use super::ops::{self, InitOutcome};
 use crate::error::{Error, Result};
 
+/// What to do when the cache file turns out to be damaged at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnCorruption {
+    /// Move the damaged file aside (`<file>.corrupt-<unix ms>`), report it through
+    /// [`Cache::health`](crate::Cache::health) and the error hook, and start with an empty cache. A cache is
+    /// disposable; this is the default.
+    #[default]
+    Recreate,
+    /// Fail with [`Error::Corrupted`] and leave the file alone.
+    Fail,
+}
+
 const REDB_MAGIC: [u8; 4] = *b"redb";
 
 /// Which file a path named: device and inode (on other systems, only that one existed).

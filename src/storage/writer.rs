@@ -15,7 +15,6 @@
 //!   to the last durable commit. Damage (`Corrupted`, or a panic inside redb) instead
 //!   moves the file aside under `OnCorruption::Recreate`.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -34,22 +33,58 @@ const IDLE_DURABLE: Duration = Duration::from_millis(50);
 /// Most jobs in one transaction; bounds the latency of a synchronous job behind a burst.
 const MAX_BATCH: usize = 4096;
 
-type AnyBox = Box<dyn Any + Send>;
-type RunFn = Box<dyn FnOnce(&WriteTransaction) -> Result<AnyBox, redb::Error> + Send>;
+/// A synchronous job: runs inside a batch's transaction, and is answered once the batch
+/// has committed (or failed). Typed end to end: each job sends its own result type.
+trait Task: Send {
+    /// Applies the job; its result is kept until the commit.
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error>;
+    /// Answers the caller: the kept result if the batch committed, else `failure`.
+    fn answer(self: Box<Self>, failure: Option<Error>);
+}
 
-pub(super) enum Job {
+/// A [`Task`] running `f` and answering with its result.
+struct Typed<T, F> {
+    f: Option<F>,
+    value: Option<T>,
+    reply: ReplyTx<T>,
+}
+
+impl<T, F> Task for Typed<T, F>
+where
+    T: Send,
+    F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        if let Some(f) = self.f.take() {
+            self.value = Some(f(txn)?);
+        }
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, failure: Option<Error>) {
+        let answer = match (failure, self.value) {
+            (None, Some(value)) => Ok(value),
+            (Some(e), _) => Err(e),
+            // Committed without reaching the job: only a batch that failed does that.
+            (None, None) => Err(Error::WriterStopped),
+        };
+        // Each reply channel holds one answer and gets one: `try_send` never waits.
+        let _ = self.reply.try_send(answer);
+    }
+}
+
+enum Job {
     Put {
         key: PendingKey,
         bytes: Arc<[u8]>,
         seq: u64,
     },
     Run {
-        f: RunFn,
-        reply: ReplyTx,
+        task: Box<dyn Task>,
         /// Whether its batch must commit durably (everything but read-only queries).
         durable: bool,
     },
-    Flush(ReplyTx),
+    Flush(ReplyTx<()>),
     /// A reader met damage: look at `Storage::suspect` now.
     Wake,
     Shutdown,
@@ -58,12 +93,11 @@ pub(super) enum Job {
 /// The writer's answer to one synchronous job. A channel that a thread can block on and
 /// a future can await alike (async-channel), so async invalidations wait for their
 /// commit without blocking an executor's thread.
-type ReplyTx = async_channel::Sender<Result<AnyBox>>;
+type ReplyTx<T> = async_channel::Sender<Result<T>>;
 
 /// A synchronous job's future result.
 pub(crate) struct Ticket<T> {
-    rx: async_channel::Receiver<Result<AnyBox>>,
-    _t: std::marker::PhantomData<fn() -> T>,
+    rx: async_channel::Receiver<Result<T>>,
 }
 
 /// How a caller waits for a [`Ticket`]: blocking its thread, or as a future.
@@ -73,14 +107,10 @@ pub(crate) enum Wait {
     Await,
 }
 
-impl<T: 'static> Ticket<T> {
-    fn new() -> (ReplyTx, Self) {
+impl<T> Ticket<T> {
+    fn new() -> (ReplyTx<T>, Self) {
         let (tx, rx) = async_channel::bounded(1);
-        let ticket = Ticket {
-            rx,
-            _t: std::marker::PhantomData,
-        };
-        (tx, ticket)
+        (tx, Ticket { rx })
     }
 
     /// Waits until the job's transaction has committed (or failed).
@@ -97,12 +127,8 @@ impl<T: 'static> Ticket<T> {
         }
     }
 
-    fn open(reply: Result<Result<AnyBox>, async_channel::RecvError>) -> Result<T> {
-        let boxed = reply.map_err(|_| Error::WriterStopped)??;
-        boxed
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| Error::WriterStopped)
+    fn open(reply: Result<Result<T>, async_channel::RecvError>) -> Result<T> {
+        reply.map_err(|_| Error::WriterStopped)?
     }
 }
 
@@ -174,6 +200,20 @@ impl Writer {
         self.send_run(f, true)
     }
 
+    /// Queues an invalidation's removal from the file (see [`ops::remove_what`]).
+    pub(crate) fn remove(&self, removal: ops::Removal) -> Ticket<ops::Removed> {
+        self.submit(move |txn| ops::remove_what(txn, &removal))
+    }
+
+    /// Runs `f` in the next transaction and waits for its commit, without forcing a
+    /// durable one: for work a crash may undo (reclaiming graves).
+    pub(crate) fn run_lazy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T> {
+        self.send_run(f, false).wait()
+    }
+
     /// Runs a read-only `f` after every job queued so far, without forcing a durable
     /// commit (it changes nothing that a crash could lose).
     pub(crate) fn query<T: Send + 'static>(
@@ -189,9 +229,14 @@ impl Writer {
         durable: bool,
     ) -> Ticket<T> {
         let (reply, ticket) = Ticket::new();
-        let f: RunFn = Box::new(move |txn| f(txn).map(|t| Box::new(t) as AnyBox));
-        // If the writer is gone the reply sender is dropped and `wait` reports it.
-        let _ = self.tx.send(Job::Run { f, reply, durable });
+        let task = Box::new(Typed {
+            f: Some(f),
+            value: None,
+            reply,
+        });
+        // If the writer is gone the task (and its reply sender) is dropped and `wait`
+        // reports it.
+        let _ = self.tx.send(Job::Run { task, durable });
         ticket
     }
 
@@ -292,8 +337,8 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
 }
 
 enum Reply {
-    Run(ReplyTx, Option<AnyBox>),
-    Flush(ReplyTx),
+    Run(Box<dyn Task>),
+    Flush(ReplyTx<()>),
 }
 
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
@@ -319,13 +364,11 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                     settled.push((key, seq));
                     puts.put(key.0, &key.1, &bytes)?;
                 }
-                Job::Run { f, reply, .. } => {
+                Job::Run { mut task, .. } => {
                     puts.close();
-                    replies.push(Reply::Run(reply, None));
-                    let value = f(&txn)?;
-                    if let Some(Reply::Run(_, slot)) = replies.last_mut() {
-                        *slot = Some(value);
-                    }
+                    let applied = task.apply(&txn);
+                    replies.push(Reply::Run(task));
+                    applied?;
                 }
                 Job::Flush(reply) => replies.push(Reply::Flush(reply)),
                 Job::Wake | Job::Shutdown => {}
@@ -341,7 +384,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     for job in jobs {
         match job {
             Job::Put { key, seq, .. } => settled.push((key, seq)),
-            Job::Run { reply, .. } => replies.push(Reply::Run(reply, None)),
+            Job::Run { task, .. } => replies.push(Reply::Run(task)),
             Job::Flush(reply) => replies.push(Reply::Flush(reply)),
             Job::Wake | Job::Shutdown => {}
         }
@@ -374,16 +417,10 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
             )
         };
         match reply {
+            Reply::Run(task) => task.answer((!committed).then(err)),
             // Each reply channel holds one answer and gets one: `try_send` never waits.
-            Reply::Run(tx, Some(value)) if committed => {
-                let _ = tx.try_send(Ok(value));
-            }
-            Reply::Run(tx, _) => {
-                let _ = tx.try_send(Err(err()));
-            }
             Reply::Flush(tx) => {
-                let done: AnyBox = Box::new(());
-                let _ = tx.try_send(if committed { Ok(done) } else { Err(err()) });
+                let _ = tx.try_send(if committed { Ok(()) } else { Err(err()) });
             }
         }
     }
