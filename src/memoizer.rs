@@ -355,8 +355,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         look: impl Fn(&EncodedKey, bool) -> Looked<R>,
         finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
     ) -> Result<R, E> {
-        let Some(mut ek) = self.core.encoded(ek) else {
-            return finish(compute(args)?, None);
+        let mut ek = match ek {
+            Ok(ek) => ek,
+            Err(e) => {
+                self.core.unencoded(e);
+                return finish(compute(args)?, None);
+            }
         };
         loop {
             match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {
