@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::aligned::with_aligned;
 use crate::cache::CacheInner;
 use crate::entry::{self, DepRow, Meta};
 use crate::error::{Error, Result};
@@ -116,17 +117,6 @@ impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
         f.debug_struct("Memoizer")
             .field("name", &self.core.name)
             .finish_non_exhaustive()
-    }
-}
-
-/// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
-fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    if (payload.as_ptr() as usize).is_multiple_of(align) {
-        f(payload)
-    } else {
-        let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-        copy.extend_from_slice(payload);
-        f(&copy)
     }
 }
 
