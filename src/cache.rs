@@ -1,103 +1,26 @@
 //! `Cache`: one redb file (or an in-memory database) shared by many memoizers.
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::memoizer::{MemoCore, MemoizerBuilder};
+use crate::fence::Fence;
+use crate::inner::CacheInner;
+use crate::memoizer::MemoizerBuilder;
 use crate::report::{ErrorHook, Health, Reporter};
+use crate::shared::Shared;
 use crate::storage::Storage;
 use crate::storage::faults::FaultyBackend;
-use crate::storage::open::{Origin, move_aside};
-use crate::storage::ops;
+use crate::storage::open::{OnCorruption, Origin, take_turn};
 use crate::storage::writer::Writer;
-use crate::zone::{Zone, ZoneInner};
+use crate::sweeper::{self, Sweeper};
+use crate::zone::Zone;
 use crate::{Value, integrity};
-
-/// What to do when the cache file turns out to be damaged at open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OnCorruption {
-    /// Move the damaged file aside (`<file>.corrupt-<unix ms>`), report it through
-    /// [`Cache::health`] and the error hook, and start with an empty cache. A cache is
-    /// disposable; this is the default.
-    #[default]
-    Recreate,
-    /// Fail with [`Error::Corrupted`] and leave the file alone.
-    Fail,
-}
-
-pub(crate) struct CacheInner {
-    pub storage: Arc<Storage>,
-    pub writer: Writer,
-    pub clock: Arc<dyn Clock>,
-    pub file_backed: bool,
-    pub live: Mutex<HashMap<String, Weak<MemoCore>>>,
-    zones: Mutex<HashMap<String, Arc<ZoneInner>>>,
-    pub next_entry_id: AtomicU64,
-    /// The expiry sweeper, if enabled (set once, right after the cache is built).
-    pub sweeper: OnceLock<crate::sweeper::Sweeper>,
-}
-
-impl Drop for CacheInner {
-    fn drop(&mut self) {
-        if let Some(sweeper) = self.sweeper.get() {
-            sweeper.stop();
-        }
-        // Commits whatever is pending durably; redb persists the rest on close.
-        self.writer.shutdown();
-    }
-}
-
-impl CacheInner {
-    pub(crate) fn zone_inner(self: &Arc<Self>, name: &str) -> Result<Arc<ZoneInner>> {
-        check_name(name)?;
-        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(z) = zones.get(name) {
-            return Ok(z.clone());
-        }
-        // Known from an earlier run (every start after the first): a read suffices.
-        let known = self
-            .storage
-            .read(|txn| ops::zone_id(txn, name))
-            .ok()
-            .flatten();
-        let id = match known {
-            Some(id) => id,
-            None => {
-                let owned = name.to_string();
-                self.writer
-                    .run(move |txn| ops::register_zone(txn, &owned))?
-            }
-        };
-        let zone = Arc::new(ZoneInner::new(name, id, self));
-        zones.insert(name.to_string(), zone.clone());
-        Ok(zone)
-    }
-}
-
-/// Names are stored in the file; keep them printable and bounded.
-pub(crate) fn check_name(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "names must not be empty"
-    } else if name.len() > 200 {
-        "names must be at most 200 bytes"
-    } else if name.chars().any(char::is_control) {
-        "names must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidName {
-        name: name.to_string(),
-        reason,
-    })
-}
 
 /// A memoization cache: one redb file holding the tables of many memoizers.
 ///
@@ -122,8 +45,8 @@ impl Drop for Cache {
     fn drop(&mut self) {
         // If this is the last handle, let a sweep under way finish and stop the sweeper,
         // so the file closes here and now rather than on the sweeper's thread.
-        if let Some(sweeper) = self.inner.sweeper.get() {
-            sweeper.release(&self.inner);
+        if let Some(background) = self.inner.background.get() {
+            background.release(&self.inner);
         }
     }
 }
@@ -166,24 +89,24 @@ impl Cache {
     /// their state (including the default key function).
     pub fn zone(&self, name: &str) -> Result<Zone> {
         Ok(Zone {
-            inner: self.inner.zone_inner(name)?,
+            inner: self.inner.zone(name)?,
         })
     }
 
     /// Makes everything stored so far durable (an fsync), instead of waiting for the
     /// periodic durable commit.
     pub fn flush(&self) -> Result<()> {
-        self.inner.writer.flush()
+        self.inner.shared.writer.flush()
     }
 
     /// The cache file, or `None` for an in-memory cache.
     pub fn path(&self) -> Option<&Path> {
-        self.inner.storage.path()
+        self.inner.shared.storage.path()
     }
 
     /// Errors the cache swallowed so far, and whether it had to start afresh.
     pub fn health(&self) -> Health {
-        self.inner.storage.reporter.health()
+        self.inner.shared.storage.reporter.health()
     }
 
     /// Removes every entry past its deadline now, in every memoizer of the file (through
@@ -192,9 +115,16 @@ impl Cache {
     ///
     /// Removal goes in batches of at most 1024 entries per write transaction, so other
     /// writes wait at most one batch and hits never wait. The background sweeper (see
-    /// [`CacheBuilder::sweep_interval`]) does the same on its own.
+    /// [`CacheBuilder::sweep_interval`]) does the same on its own. A cache without a
+    /// sweeper also reclaims here the space of memoizers cleared so far (see
+    /// [`Memoizer::invalidate_all`](crate::Memoizer::invalidate_all)).
     pub fn purge_expired(&self) -> Result<u64> {
-        crate::sweeper::purge(&self.inner, crate::sweeper::BATCH, false)
+        let removed = sweeper::purge(&self.inner, sweeper::BATCH, false)?;
+        if self.inner.background.get().is_none() {
+            // Without a sweeper nothing else reclaims cleared tables.
+            sweeper::reclaim_all(&self.inner)?;
+        }
+        Ok(removed)
     }
 
     /// Scans the whole file and checks every invariant: entries parse, their dependency
@@ -204,7 +134,7 @@ impl Cache {
     /// and `check`.
     pub fn check_integrity(&self) -> Result<integrity::IntegrityReport> {
         self.flush()?;
-        let mut report = integrity::check(&self.inner.storage)?;
+        let mut report = integrity::check(&self.inner.shared.storage)?;
         report.problems.extend(integrity::check_memory(&self.inner));
         Ok(report)
     }
@@ -225,12 +155,17 @@ impl Cache {
 /// ```
 #[must_use = "a builder does nothing until .open() or .in_memory() is called"]
 pub struct CacheBuilder {
-    clock: Arc<dyn Clock>,
-    durable_interval: Duration,
-    on_corruption: OnCorruption,
+    settings: Settings,
     hook: Option<ErrorHook>,
     page_cache_bytes: usize,
     verify_on_open: bool,
+}
+
+/// What a running cache keeps of its builder.
+struct Settings {
+    clock: Arc<dyn Clock>,
+    durable_interval: Duration,
+    on_corruption: OnCorruption,
     sweep_interval: Option<Duration>,
 }
 
@@ -244,20 +179,22 @@ impl CacheBuilder {
     /// Default settings.
     pub fn new() -> Self {
         CacheBuilder {
-            clock: Arc::new(SystemClock),
-            durable_interval: Duration::from_secs(1),
-            on_corruption: OnCorruption::Recreate,
+            settings: Settings {
+                clock: Arc::new(SystemClock),
+                durable_interval: Duration::from_secs(1),
+                on_corruption: OnCorruption::Recreate,
+                sweep_interval: Some(Duration::from_secs(60)),
+            },
             hook: None,
             page_cache_bytes: 256 << 20,
             verify_on_open: false,
-            sweep_interval: Some(Duration::from_secs(60)),
         }
     }
 
     /// The time source for `expires`. Default: [`SystemClock`]. Tests pass a
     /// [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.settings.clock = Arc::new(clock);
         self
     }
 
@@ -265,18 +202,20 @@ impl CacheBuilder {
     /// an fsync as soon as writes pause for 50 ms, and at least this often while they do
     /// not; a crash loses at most this window. Default: 1 s.
     pub fn durable_interval(mut self, interval: Duration) -> Self {
-        self.durable_interval = interval;
+        self.settings.durable_interval = interval;
         self
     }
 
     /// What to do with a damaged cache file. Default: [`OnCorruption::Recreate`].
     pub fn on_corruption(mut self, policy: OnCorruption) -> Self {
-        self.on_corruption = policy;
+        self.settings.on_corruption = policy;
         self
     }
 
     /// Receives every error the cache swallows (a store that failed, a file moved aside).
-    /// Default: print to stderr, rate-limited.
+    /// Default: none. Either way every report also goes to [`Cache::health`] and, with the
+    /// `log` feature (default), to the `log` crate (target `fresco_memoize`), rate-limited.
+    /// A panic in the hook is caught and reported there, not to the hook.
     ///
     /// The hook runs on the thread that met the error, which may be the cache's
     /// background writer: it may read the cache, but must not wait on it (`flush`, an
@@ -306,6 +245,10 @@ impl CacheBuilder {
     /// or `None` for no thread: expired entries then stay in the file, unserved, until
     /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
     ///
+    /// The same thread reclaims, in batches of at most 1024 entries, the space of
+    /// memoizers cleared by an `invalidate_all` (which itself costs the same at any
+    /// size); without it, [`Cache::purge_expired`] does.
+    ///
     /// A sweep removes at most 1024 entries per write transaction, so it never
     /// holds up hits (which never wait for writes) nor other writes for long; a sweep
     /// with nothing expired only reads the expiry index. The thread stops when the cache
@@ -320,7 +263,7 @@ impl CacheBuilder {
     /// # Ok::<(), fresco_memoize::Error>(())
     /// ```
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
-        self.sweep_interval = every;
+        self.settings.sweep_interval = every;
         self
     }
 
@@ -339,33 +282,31 @@ impl CacheBuilder {
             })?;
         }
         let reporter = Arc::new(Reporter::new(self.hook));
-        let origin = Origin::File {
-            path: path.clone(),
-            page_cache_bytes: self.page_cache_bytes,
-            verify_on_open: self.verify_on_open,
-            create: true,
-        };
-        let db = match origin.open() {
+        let origin = Origin::file(&path, self.page_cache_bytes, self.verify_on_open, true);
+        let turn = take_turn();
+        let (db, moved) = match origin.open() {
             Err(Error::Corrupted { detail, .. })
-                if self.on_corruption == OnCorruption::Recreate =>
+                if self.settings.on_corruption == OnCorruption::Recreate =>
             {
-                let aside = move_aside(&path)?;
-                reporter.set_moved_aside(aside.clone());
-                reporter.report(&Error::Corrupted {
-                    path: path.clone(),
-                    detail: format!("{detail}; moved to {} and started afresh", aside.display()),
-                });
-                origin.open()?
+                // `None`: another Cache replaced the damaged file first; open what is
+                // there now (that Cache holds it: AlreadyOpen).
+                let moved = origin.move_aside(&turn)?;
+                (origin.open(), moved.map(|aside| (aside, detail)))
             }
-            other => other?,
+            other => (other, None),
         };
-        let settings = (
-            self.clock,
-            self.durable_interval,
-            self.on_corruption,
-            self.sweep_interval,
-        );
-        start(db, origin, true, reporter, settings)
+        drop(turn);
+        // Reported outside the turn: the hook may open a cache.
+        if let Some((aside, detail)) = moved {
+            reporter.set_moved_aside(aside.clone());
+            reporter.report(&Error::MovedAside {
+                path: path.clone(),
+                moved_to: aside,
+                detail,
+            });
+        }
+        let db = db?;
+        start(db, origin, true, reporter, self.settings)
     }
 
     /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
@@ -386,19 +327,20 @@ impl CacheBuilder {
     /// ```
     pub fn open_existing(self, path: impl AsRef<Path>) -> Result<Cache> {
         let reporter = Arc::new(Reporter::new(self.hook));
-        let origin = Origin::File {
-            path: path.as_ref().to_path_buf(),
-            page_cache_bytes: self.page_cache_bytes,
-            verify_on_open: self.verify_on_open,
-            create: false,
-        };
-        let db = origin.open()?;
-        let settings = (
-            self.clock,
-            self.durable_interval,
-            OnCorruption::Fail,
-            self.sweep_interval,
+        let origin = Origin::file(
+            path.as_ref(),
+            self.page_cache_bytes,
+            self.verify_on_open,
+            false,
         );
+        let db = {
+            let _turn = take_turn();
+            origin.open()?
+        };
+        let settings = Settings {
+            on_corruption: OnCorruption::Fail,
+            ..self.settings
+        };
         start(db, origin, true, reporter, settings)
     }
 
@@ -421,13 +363,7 @@ impl CacheBuilder {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
-        let settings = (
-            self.clock,
-            self.durable_interval,
-            self.on_corruption,
-            self.sweep_interval,
-        );
-        start(db, origin, file_backed, reporter, settings)
+        start(db, origin, file_backed, reporter, self.settings)
     }
 }
 
@@ -436,31 +372,55 @@ fn start(
     origin: Origin,
     file_backed: bool,
     reporter: Arc<Reporter>,
-    (clock, durable_interval, on_corruption, sweep_interval): (
-        Arc<dyn Clock>,
-        Duration,
-        OnCorruption,
-        Option<Duration>,
-    ),
+    settings: Settings,
 ) -> Result<Cache> {
-    let storage = Arc::new(Storage::new(db, origin, on_corruption, reporter));
-    let writer = Writer::spawn(storage.clone(), durable_interval)?;
+    let storage = Arc::new(Storage::new(db, origin, settings.on_corruption, reporter));
+    let writer = Writer::spawn(storage.clone(), settings.durable_interval)?;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    let inner = Arc::new(CacheInner {
+    let shared = Arc::new(Shared {
         storage,
         writer,
-        clock,
+        clock: settings.clock,
         file_backed,
-        live: Mutex::new(HashMap::new()),
-        zones: Mutex::new(HashMap::new()),
         next_entry_id: AtomicU64::new(seed),
-        sweeper: OnceLock::new(),
+        fence: Fence::default(),
     });
-    if let Some(every) = sweep_interval {
-        let sweeper = crate::sweeper::Sweeper::spawn(Arc::downgrade(&inner), every)?;
-        let _ = inner.sweeper.set(sweeper);
+    let inner = Arc::new(CacheInner::new(shared));
+    if let Some(every) = settings.sweep_interval {
+        let sweeper = Sweeper::spawn(Arc::downgrade(&inner), every)?;
+        let _ = inner.background.set(Box::new(sweeper));
     }
     Ok(Cache { inner })
+}
+
+/// Sweeper observation for tests. Not a stable API.
+impl Cache {
+    /// Reclaims one batch of at most `limit` entries of cleared tables; returns whether
+    /// more remain.
+    #[doc(hidden)]
+    pub fn __reclaim_step(&self, limit: usize) -> Result<bool> {
+        sweeper::reclaim(&self.inner, limit.max(1))
+    }
+
+    /// Sweeps completed so far and entries they removed; `None` without a sweeper.
+    #[doc(hidden)]
+    pub fn __sweeps(&self) -> Option<(u64, u64)> {
+        Some(self.inner.background.get()?.sweeps())
+    }
+
+    /// Waits (up to `timeout`) until at least `sweeps` sweeps have completed; returns
+    /// the count reached.
+    #[doc(hidden)]
+    pub fn __wait_sweeps(&self, sweeps: u64, timeout: Duration) -> Option<u64> {
+        Some(self.inner.background.get()?.wait_sweeps(sweeps, timeout))
+    }
+
+    /// Asks the sweeper for a sweep now and waits (up to `timeout`) until one that
+    /// started after the request has completed. Returns the sweeps completed.
+    #[doc(hidden)]
+    pub fn __sweep_now(&self, timeout: Duration) -> Option<u64> {
+        Some(self.inner.background.get()?.sweep_now(timeout))
+    }
 }

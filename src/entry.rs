@@ -29,10 +29,10 @@
 //! others follow sorted, without duplicates.
 
 use crate::aligned::ARCHIVE_ALIGN;
-use crate::key::KeyHash;
+use crate::key::DepRow;
 
 /// Version of the whole on-disk format (tables and entry layout). Bump it on any change.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 const MAGIC: &[u8; 4] = b"FMZ1";
 pub(crate) const HEADER_LEN: usize = 56;
@@ -42,18 +42,6 @@ const PAD: usize = 50;
 const PAD_MIN_LEN: usize = 512;
 /// Names how archives are placed in entries; mixed into every value fingerprint.
 pub(crate) const PAD_RULE: &str = "archives of 512+ bytes padded to align_of(Archived<u64>)";
-
-/// One dependency row: the zone's id (big-endian so a zone's rows are contiguous) and the
-/// hash of the dependency key.
-pub(crate) type DepRow = [u8; 24];
-
-/// Builds a [`DepRow`].
-pub(crate) fn dep_row(zone_id: u64, dep_hash: KeyHash) -> DepRow {
-    let mut row = [0u8; 24];
-    row[..8].copy_from_slice(&zone_id.to_be_bytes());
-    row[8..].copy_from_slice(&dep_hash);
-    row
-}
 
 /// Puts dependency rows in their stored order: the first one given (the primary row)
 /// first, then the others sorted and without duplicates.
@@ -83,6 +71,13 @@ impl Meta {
     pub(crate) fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
     }
+}
+
+/// The entry id of encoded entry bytes, if they are long enough to hold one (read
+/// without checking anything else).
+pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
+    let word = bytes.get(ENTRY_ID..ENTRY_ID + 8)?;
+    Some(u64::from_le_bytes(word.try_into().ok()?))
 }
 
 /// Encodes an entry.
@@ -218,6 +213,7 @@ pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malfor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::dep_row;
 
     #[test]
     fn primary_row_leads_and_the_rest_is_sorted_and_unique() {

@@ -1,7 +1,8 @@
 //! The entry codec, exposed (hidden, `fault-injection` feature) for the property tests and
 //! the decode fuzz target, which build and take apart stored entries byte for byte.
 
-use crate::entry::{self, DepRow, Meta};
+use crate::entry::{self, Meta};
+use crate::key::DepRow;
 
 /// The parts of a stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,24 +8,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
 use crate::Cache;
-use crate::cache::{CacheBuilder, OnCorruption};
+use crate::cache::CacheBuilder;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
-use crate::memoizer::MemoCore;
 use crate::storage::guarded;
-use crate::storage::open::Origin;
+use crate::storage::open::{OnCorruption, Origin, open_read_only};
 use crate::storage::ops;
+use crate::storage::scratch::ScratchCopy;
 use crate::storage::tables::{
-    DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
-    ZONE_MEMBERS, ZONES, entries_name, expiry_key, split_expiry_key,
+    DEPS, EXPIRY, EntriesDef, GENERATIONS, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META,
+    MemoRecord, ZONE_MEMBERS, ZONES, entries_name, expiry_end, split_expiry_key,
 };
+use crate::tiers::Remove;
 
 /// What a cache holds, as [`Cache::inspect`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +110,9 @@ pub struct CompactReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FileCheck {
-    /// Whether redb had to repair its own structures (their checksums failed; the last
-    /// commits that were not yet durable were rolled back). `false`: they were sound.
+    /// Whether redb found its own structures damaged (their checksums failed) and had to
+    /// repair them - in the scratch copy it checked, never in the file itself. `false`:
+    /// they were sound.
     pub redb_repaired: bool,
     /// The cache's own invariants (entries parse; the dependency and expiry indexes
     /// match the entries exactly).
@@ -145,8 +147,8 @@ impl Cache {
     /// ```
     pub fn inspect(&self) -> Result<CacheInfo> {
         self.flush()?;
-        let storage = &self.inner.storage;
-        let now_ms = self.inner.clock.now_ms();
+        let storage = &self.inner.shared.storage;
+        let now_ms = self.inner.shared.clock.now_ms();
         let mut info =
             guarded(|| read_info(&*storage.db()?, now_ms)).map_err(|e| storage.error(e))?;
         info.path = storage.path().map(Path::to_path_buf);
@@ -162,16 +164,19 @@ impl Cache {
     /// [`invalidate_all`](crate::Memoizer::invalidate_all)). Returns how many entries
     /// were removed, or `None` if the file records no memoizer of that name.
     pub fn invalidate_memoizer(&self, name: &str) -> Result<Option<u64>> {
-        if let Some(core) = self.live_core(name) {
-            return core.invalidate_all().map(Some);
+        if let Some(core) = self.inner.live_by_name(name) {
+            return core.invalidate(Remove::All).map(Some);
         }
         let owned = name.to_string();
-        self.inner
+        let shared = &self.inner.shared;
+        let removed = shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
                 Some(record) => ops::clear(txn, &record).map(Some),
                 None => Ok(None),
-            })
+            })?;
+        shared.storage.reclaim_soon();
+        Ok(removed)
     }
 
     /// Removes the entry of the memoizer named `name` stored under `key` - the key as
@@ -203,26 +208,29 @@ impl Cache {
         key: &K,
     ) -> Result<Option<bool>> {
         let bytes = KeyBytes::encode(key).map_err(Error::KeyEncoding)?;
-        if let Some(core) = self.live_core(name) {
-            let hash = (core.hasher)(bytes.as_slice());
-            let placed = core.persistent.as_ref().filter(|_| core.placed);
-            let Some(p) = placed else {
-                return core.invalidate_hash(hash).map(Some);
+        if let Some(core) = self.inner.live_by_name(name) {
+            let hash = (core.policy.hasher)(bytes.as_slice());
+            let placed = core.persistent.as_ref().filter(|_| core.policy.placed);
+            let row = match placed {
+                None => Some(hash),
+                // Its zone key functions take the typed key, which this call does not have.
+                Some(p) => {
+                    let (id, key) = (p.id, bytes.as_slice().to_vec());
+                    self.inner
+                        .shared
+                        .writer
+                        .run(move |txn| ops::find_placed(txn, id, &hash, &key))?
+                }
             };
-            // Its zone key functions take the typed key, which this call does not have.
-            let (id, key) = (p.id, bytes.as_slice().to_vec());
-            let row = self
-                .inner
-                .writer
-                .run(move |txn| ops::find_placed(txn, id, &hash, &key))?;
-            return match row {
-                Some(row) => core.invalidate_hash(row).map(Some),
-                None => Ok(Some(false)),
+            let Some(row) = row else {
+                return Ok(Some(false));
             };
+            return Ok(Some(core.invalidate(Remove::Key(row))? > 0));
         }
         let hash = xxh3_key_hash(bytes.as_slice());
         let (owned, key) = (name.to_string(), bytes.as_slice().to_vec());
         self.inner
+            .shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
                 Some(record) if record.placed => {
@@ -280,10 +288,47 @@ impl Cache {
         })
     }
 
-    /// Checks a cache file that no `Cache` holds open: redb verifies the checksums of its
-    /// own structures (repairing them if it can), then the cache's invariants are checked
-    /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is
-    /// never created, moved or recreated. A file redb cannot repair is
+    /// What a cache file that no `Cache` holds open contains, as [`inspect`](Self::inspect)
+    /// tells it, read without writing a byte to the file: it is opened read-only (a file
+    /// that was not closed cleanly, which redb must recover first, is looked into through
+    /// a scratch copy in the temporary directory). The file must exist.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// Cache::open(&path)?.memoizer::<u32, u32>("m").build()?.get_or_compute(&1, |n| n + 1);
+    /// let before = std::fs::read(&path).unwrap();
+    /// assert_eq!(Cache::inspect_file(&path)?.entries(), 1);
+    /// assert_eq!(std::fs::read(&path).unwrap(), before);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn inspect_file(path: impl AsRef<Path>) -> Result<CacheInfo> {
+        let path = path.as_ref();
+        let now_ms = crate::clock::SystemClock.now_ms();
+        let storage_error = |source| Error::Storage {
+            path: Some(path.to_path_buf()),
+            source,
+        };
+        let mut info = match open_read_only(path)? {
+            Some(db) => guarded(|| read_info(&db, now_ms)).map_err(storage_error)?,
+            None => {
+                let copy = ScratchCopy::of(path)?;
+                let db = open_closed(copy.path()).map_err(|e| copy.blame(path, e))?;
+                guarded(|| read_info(&db, now_ms)).map_err(storage_error)?
+            }
+        };
+        info.path = Some(path.to_path_buf());
+        info.file_bytes = Some(file_len(path)?);
+        Ok(info)
+    }
+
+    /// Checks a cache file that no `Cache` holds open, without writing a byte to it: on a
+    /// scratch copy in the temporary directory, redb verifies the checksums of its own
+    /// structures (repairing the copy if it can), then the cache's invariants are checked
+    /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is never
+    /// created, moved, repaired or recreated. A file redb cannot repair is
     /// [`Error::Corrupted`].
     ///
     /// ```
@@ -299,43 +344,40 @@ impl Cache {
     /// ```
     pub fn verify_file(path: impl AsRef<Path>) -> Result<FileCheck> {
         let path = path.as_ref();
-        let mut db = open_closed(path)?;
-        let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
-            redb::Error::Io(source) => Error::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => Error::Corrupted {
-                path: path.to_path_buf(),
-                detail: other.to_string(),
-            },
-        })?;
-        drop(db);
-        let cache = CacheBuilder::new()
-            .sweep_interval(None)
-            .on_corruption(OnCorruption::Fail)
-            .open_existing(path)?;
-        Ok(FileCheck {
-            redb_repaired: !sound,
-            invariants: cache.check_integrity()?,
-        })
-    }
-
-    fn live_core(&self, name: &str) -> Option<std::sync::Arc<MemoCore>> {
-        let live = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.get(name).and_then(Weak::upgrade)
+        // Refuses what is not ours, newer or busy, before copying anything.
+        drop(open_read_only(path)?);
+        let copy = ScratchCopy::of(path)?;
+        verify_closed(copy.path()).map_err(|e| copy.blame(path, e))
     }
 }
 
 /// Opens an existing cache file directly (for the maintenance redb needs `&mut` for).
 fn open_closed(path: &Path) -> Result<redb::Database> {
-    Origin::File {
-        path: path.to_path_buf(),
-        page_cache_bytes: 16 << 20,
-        verify_on_open: false,
-        create: false,
-    }
-    .open()
+    Origin::file(path, 16 << 20, false, false).open()
+}
+
+/// redb's checks, then the cache's invariants, on a closed file (which they may repair).
+fn verify_closed(path: &Path) -> Result<FileCheck> {
+    let mut db = open_closed(path)?;
+    let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
+        redb::Error::Io(source) => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => Error::Corrupted {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })?;
+    drop(db);
+    let cache = CacheBuilder::new()
+        .sweep_interval(None)
+        .on_corruption(OnCorruption::Fail)
+        .open_existing(path)?;
+    Ok(FileCheck {
+        redb_repaired: !sound,
+        invariants: cache.check_integrity()?,
+    })
 }
 
 fn file_len(path: &Path) -> Result<u64> {
@@ -347,7 +389,7 @@ fn file_len(path: &Path) -> Result<u64> {
         })
 }
 
-fn read_info(db: &redb::Database, now_ms: u64) -> R<CacheInfo> {
+fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
     let txn = db.begin_read()?;
     let format_version = txn
         .open_table(META)?
@@ -364,15 +406,33 @@ fn read_info(db: &redb::Database, now_ms: u64) -> R<CacheInfo> {
         out
     };
 
-    // Expired entries per memoizer: one range read of the expiry index.
-    let mut expired: BTreeMap<u64, u64> = BTreeMap::new();
-    {
-        let expiry = txn.open_table(EXPIRY)?;
-        let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
-        for item in expiry.range::<&[u8; 32]>(..=&end)? {
-            let (_, memo_id, _) = split_expiry_key(item?.0.value());
-            *expired.entry(memo_id).or_default() += 1;
+    // Expired live entries per memoizer: one range read of the expiry index (rows of
+    // graves, awaiting reclamation, are not entries any more). A file of an older format
+    // (looked into read-only, not upgraded) has an index of another layout: no counts.
+    let generations: BTreeMap<u64, u64> = match txn.open_table(GENERATIONS) {
+        Ok(table) => {
+            let mut out = BTreeMap::new();
+            for item in table.iter()? {
+                let (id, generation) = item?;
+                out.insert(id.value(), generation.value());
+            }
+            out
         }
+        Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut expired: BTreeMap<u64, u64> = BTreeMap::new();
+    match txn.open_table(EXPIRY) {
+        Ok(expiry) => {
+            for item in expiry.range::<&[u8; 40]>(..=&expiry_end(now_ms))? {
+                let (_, memo_id, generation, _) = split_expiry_key(item?.0.value());
+                if generations.get(&memo_id).copied().unwrap_or(0) == generation {
+                    *expired.entry(memo_id).or_default() += 1;
+                }
+            }
+        }
+        Err(redb::TableError::TableTypeMismatch { .. }) if format_version != 3 => {}
+        Err(e) => return Err(e.into()),
     }
 
     let mut zones = Vec::new();

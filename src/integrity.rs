@@ -1,16 +1,17 @@
 //! The invariant checker: a full scan comparing entries with the dependency index.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 
-use crate::cache::CacheInner;
 use crate::entry;
 use crate::error::Result;
+use crate::inner::CacheInner;
 use crate::key::filed_under;
 use crate::storage::tables::{
-    DEPS, EXPIRY, EntriesDef, MEMOIZER_NAMES, MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name,
-    entry_ref, expiry_key,
+    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, GENERATIONS, GRAVE_PREFIX, GRAVES, MEMOIZER_NAMES,
+    MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name, entry_ref, expiry_key, grave_name,
+    split_grave_key,
 };
 use crate::storage::{Storage, guarded};
 
@@ -26,6 +27,10 @@ pub struct IntegrityReport {
     pub dep_rows: u64,
     /// Rows in the expiry index.
     pub expiry_rows: u64,
+    /// Entries of cleared tables not yet reclaimed (see
+    /// [`Memoizer::invalidate_all`](crate::Memoizer::invalidate_all)): no longer entries,
+    /// still indexed until the background reclaims them.
+    pub reclaiming: u64,
     /// Every violated invariant, described. Empty when the file is sound.
     pub problems: Vec<String>,
 }
@@ -39,17 +44,10 @@ impl IntegrityReport {
 
 /// Checks the in-memory store of every live memoizer; returns the problems found.
 pub(crate) fn check_memory(cache: &CacheInner) -> Vec<String> {
-    let live: Vec<_> = {
-        let live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.values().filter_map(std::sync::Weak::upgrade).collect()
-    };
     let mut problems = Vec::new();
-    for core in live {
-        if let Some(mem) = &core.memory {
-            let mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = mem.validate() {
-                problems.push(format!("memoizer {:?} in memory: {e}", core.name));
-            }
+    for tiers in cache.live_all() {
+        if let Err(e) = tiers.validate_memory() {
+            problems.push(format!("memoizer {:?} in memory: {e}", tiers.name()));
         }
     }
     problems
@@ -91,22 +89,68 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
     }
     let mut expected = BTreeSet::new();
     let mut expected_expiry = BTreeSet::new();
-    for &id in &ids {
-        let name = entries_name(id);
+    let generations: BTreeMap<u64, u64> = match txn.open_table(GENERATIONS) {
+        Ok(table) => {
+            let mut out = BTreeMap::new();
+            for item in table.iter()? {
+                let (id, generation) = item?;
+                out.insert(id.value(), generation.value());
+            }
+            out
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    // Live tables, then graves awaiting reclamation: the indexes are exact over both.
+    let mut tables: Vec<(String, u64, u64, bool)> = ids
+        .iter()
+        .map(|&id| {
+            let generation = generations.get(&id).copied().unwrap_or(0);
+            (entries_name(id), id, generation, true)
+        })
+        .collect();
+    let mut graves = BTreeSet::new();
+    if let Ok(table) = txn.open_table(GRAVES) {
+        for item in table.iter()? {
+            let (id, generation) = split_grave_key(item?.0.value());
+            graves.insert(grave_name(id, generation));
+            if !ids.contains(&id) {
+                report.problems.push(format!(
+                    "grave of unknown memoizer {id} (generation {generation})"
+                ));
+            }
+            if generations.get(&id).copied().unwrap_or(0) <= generation {
+                report.problems.push(format!(
+                    "memoizer {id}: grave of generation {generation} is not older than its table"
+                ));
+            }
+            tables.push((grave_name(id, generation), id, generation, false));
+        }
+    }
+    for (name, id, generation, live) in tables {
         let table = match txn.open_table(EntriesDef::new(&name)) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(redb::TableError::TableDoesNotExist(_)) if live => continue,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                report.problems.push(format!("grave {name} has no table"));
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         for item in table.iter()? {
             let (hash, value) = item?;
-            report.entries += 1;
+            if live {
+                report.entries += 1;
+            } else {
+                report.reclaiming += 1;
+            }
             match entry::decode(value.value(), true) {
                 Err(e) => report
                     .problems
                     .push(format!("memoizer {id}: malformed entry ({e:?})")),
                 Ok(view) => {
                     if let Some(primary) = view.deps().next()
+                        && live
                         && placed.contains(&id)
                         && !filed_under(hash.value(), &primary)
                     {
@@ -116,12 +160,13 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
                         ));
                     }
                     for row in view.deps() {
-                        expected.insert((row, entry_ref(id, hash.value())));
+                        expected.insert((row, entry_ref(id, generation, hash.value())));
                     }
                     if view.meta.expires_at_ms != 0 {
                         expected_expiry.insert(expiry_key(
                             view.meta.expires_at_ms,
                             id,
+                            generation,
                             hash.value(),
                         ));
                     }
@@ -131,12 +176,17 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
     }
     for table in txn.list_tables()? {
         let name = table.name().to_string();
-        if let Some(id) = name.strip_prefix("fresco/entries/")
+        if let Some(id) = name.strip_prefix(ENTRIES_PREFIX)
             && !id.parse::<u64>().is_ok_and(|id| ids.contains(&id))
         {
             report
                 .problems
                 .push(format!("table {name} belongs to no registered memoizer"));
+        }
+        if name.starts_with(GRAVE_PREFIX) && !graves.contains(&name) {
+            report
+                .problems
+                .push(format!("table {name} is a grave nobody reclaims"));
         }
     }
     let mut actual = BTreeSet::new();

@@ -7,10 +7,21 @@
 
 use serde::Serialize;
 
-use crate::entry::DepRow;
-
 /// The 16-byte hash a table row is keyed by.
 pub(crate) type KeyHash = [u8; 16];
+
+/// One dependency row: the zone's id (big-endian so a zone's rows are contiguous) and the
+/// hash of the dependency key. Defined here, beside the row hash it places
+/// ([`place`]); entries store them ([`crate::entry`]).
+pub(crate) type DepRow = [u8; 24];
+
+/// Builds a [`DepRow`].
+pub(crate) fn dep_row(zone_id: u64, dep_hash: KeyHash) -> DepRow {
+    let mut row = [0u8; 24];
+    row[..8].copy_from_slice(&zone_id.to_be_bytes());
+    row[8..].copy_from_slice(&dep_hash);
+    row
+}
 
 /// Room for typical keys without touching the allocator on the hit path.
 const INLINE: usize = 96;

@@ -18,6 +18,13 @@
 //!   [`Zone::invalidate`] removes exactly the entries that depend on one key, through an
 //!   index kept in the file.
 //! - Failures of the cache itself never cost you your value: see [`Cache::health`].
+//! - Async code uses the same memoizers on any executor:
+//!   [`Memoizer::get_or_compute_async`], `#[memoize]` on `async fn`, and `_async` forms of
+//!   invalidations, [`Cache::flush_async`] and [`CacheBuilder::open_async`]. Threads and
+//!   tasks share one single-flight per key.
+//! - [`MemoizerBuilder::refresh_after`] serves a stored value while one caller refreshes
+//!   it; [`Memoizer::get_archived_or_compute`] reads hits in place and computes on a miss;
+//!   [`Memoizer::get_or_compute_with`] takes a borrowed form of the key ([`KeyLike`]).
 //! - [`#[memoize]`](macro@memoize) puts all of this on a function or method, like the
 //!   Python original's decorator: `#[memoize(cache = CACHE, expires = 10)]`.
 //! - Expired entries leave the file on their own: a background sweeper
@@ -76,6 +83,8 @@
 //! |---|---|---|---|
 //! | `macros` | on | `#[derive(Fingerprint)]`, `#[memoize]` | syn, quote at build time |
 //! | `unaligned` | off | every persistent hit read in place | **changes rkyv's format for the whole program** (Cargo unifies features): every crate's rkyv archives become unaligned, so bytes written before read back differently |
+//! | `log` | on | the cache's own reports (a full disk, a damaged file) go to the [`log`](https://docs.rs/log) crate, target `fresco_memoize` | the `log` crate |
+//! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
 //!
 //! Without `unaligned` the crate enables no rkyv format control: a program's own rkyv
 //! archives keep their format. Persistent hits then read an archive in place when redb
@@ -83,7 +92,6 @@
 //! for smaller ones) and otherwise copy it into a reused per-thread buffer: no hit
 //! allocates for it, and a small hit costs about 2.5 % more instructions than with
 //! `unaligned`. A file written by one format reads as misses in the other.
-//! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -94,13 +102,17 @@ extern crate self as fresco_memoize;
 #[path = "entry_hooks.rs"]
 pub mod __entry;
 mod aligned;
+mod asynchronous;
+mod borrowed;
 mod cache;
 mod clock;
 mod entry;
 mod error;
+mod fence;
 mod fingerprint;
 mod flight;
 mod hit;
+mod inner;
 mod inspect;
 mod integrity;
 mod key;
@@ -108,15 +120,19 @@ mod key;
 pub mod macro_support;
 mod memoizer;
 mod memory;
+mod panics;
 mod report;
+mod shared;
 mod stats;
 mod storage;
 mod sweeper;
 mod sync;
+mod tiers;
 mod value;
 mod zone;
 
-pub use cache::{Cache, CacheBuilder, OnCorruption};
+pub use borrowed::KeyLike;
+pub use cache::{Cache, CacheBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use fingerprint::Fingerprint;
@@ -130,6 +146,7 @@ pub use integrity::IntegrityReport;
 pub use memoizer::{Memoizer, MemoizerBuilder, Store};
 pub use report::{ErrorHook, Health};
 pub use stats::Stats;
+pub use storage::open::OnCorruption;
 pub use value::Value;
 pub use zone::Zone;
 

@@ -1,23 +1,22 @@
 //! `Memoizer`: one memoized function - its key encoding, policies and store.
 
 use std::marker::PhantomData;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rkyv::util::AlignedVec;
 use serde::Serialize;
 
 use crate::aligned::with_aligned;
-use crate::cache::CacheInner;
-use crate::entry::{self, DepRow, Meta};
 use crate::error::{Error, Result};
-use crate::flight::{Flights, Role};
+use crate::flight::Caller;
 use crate::hit::ArchivedHit;
-use crate::key::{EncodedKey, HashMapByKey, KeyBytes, KeyHash, KeyHasher, xxh3_key_hash};
-use crate::memory::{MemEntry, MemStore};
+use crate::inner::{CacheInner, check_name};
+use crate::key::{DepRow, EncodedKey, KeyBytes, KeyHasher, xxh3_key_hash};
 use crate::stats::{Counters, Stats};
-use crate::storage::{SnapSlot, ops};
+use crate::storage::ops;
+use crate::tiers::{Looked, Persistent, Policy, Read, Remove, Step, Tiers, Verdict};
+use crate::zone::{self, DepFns, KeysFn, Membership, Zone};
 use crate::{Value, fingerprint};
 
 /// Where a memoizer keeps its values.
@@ -47,36 +46,6 @@ pub enum Store {
     Tiered(usize),
 }
 
-/// The persistent half of a memoizer.
-pub(crate) struct Persistent {
-    pub id: u64,
-    pub slot: Arc<SnapSlot>,
-}
-
-/// The type-erased state of one memoizer, shared by its clones.
-pub(crate) struct MemoCore {
-    pub name: String,
-    pub fingerprint: u64,
-    pub expires: Option<Duration>,
-    pub max_hits: Option<u32>,
-    pub verify: bool,
-    pub hasher: KeyHasher,
-    /// Whether entries are filed under their primary dependency row ([`crate::key::place`]):
-    /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
-    /// key's primary dependency row.
-    pub placed: bool,
-    pub memory: Option<Mutex<MemStore>>,
-    pub persistent: Option<Persistent>,
-    /// Bumped by every invalidation; a computation that started under an older epoch
-    /// does not store its result (it may be stale).
-    pub epoch: AtomicU64,
-    pub flights: Flights,
-    /// `max_hits` accounting: hash -> (entry id, times served).
-    pub served: Mutex<HashMapByKey<(u64, u32)>>,
-    pub stats: Counters,
-    pub cache: Arc<CacheInner>,
-}
-
 pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
 
 /// A memoized function's cache: look values up by argument, compute on a miss.
@@ -95,9 +64,11 @@ pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> 
 ///
 /// [`Cache::memoizer`]: crate::Cache::memoizer
 pub struct Memoizer<K: ?Sized, V> {
-    pub(crate) core: Arc<MemoCore>,
+    pub(crate) core: Arc<Tiers>,
+    /// Keeps the cache (its writer, sweeper and zones) alive as long as the memoizer.
+    cache: Arc<CacheInner>,
     encode: Arc<KeyEncoder<K>>,
-    pub(crate) deps: Arc<crate::zone::DepFns<K>>,
+    pub(crate) deps: Arc<DepFns<K>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -105,6 +76,7 @@ impl<K: ?Sized, V> Clone for Memoizer<K, V> {
     fn clone(&self) -> Self {
         Memoizer {
             core: self.core.clone(),
+            cache: self.cache.clone(),
             encode: self.encode.clone(),
             deps: self.deps.clone(),
             _value: PhantomData,
@@ -115,303 +87,21 @@ impl<K: ?Sized, V> Clone for Memoizer<K, V> {
 impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memoizer")
-            .field("name", &self.core.name)
+            .field("name", &self.core.name())
             .finish_non_exhaustive()
-    }
-}
-
-impl MemoCore {
-    fn now_ms(&self) -> u64 {
-        self.cache.clock.now_ms()
-    }
-
-    /// Records a hit on the value `entry_id` under `max_hits`; false if it is used up,
-    /// or if it is not the value this process stored last under `hash` (a read that raced
-    /// with a newer store: the caller looks again instead of serving an old value, whose
-    /// hits were already counted).
-    #[inline]
-    fn take_hit(&self, hash: &KeyHash, entry_id: u64) -> bool {
-        match self.max_hits {
-            None => true,
-            Some(limit) => self.take_counted_hit(hash, entry_id, limit),
-        }
-    }
-
-    fn take_counted_hit(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> bool {
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = served.entry(*hash).or_insert((entry_id, 0));
-        if slot.0 != entry_id {
-            return false;
-        }
-        if slot.1 >= limit {
-            Counters::add(&self.stats.expirations, 1);
-            return false;
-        }
-        slot.1 += 1;
-        true
-    }
-
-    /// Starts the hit count of a value about to be stored; done before the value becomes
-    /// visible so no reader can count a hit against the previous value's budget.
-    fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
-        if self.max_hits.is_some() {
-            let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-            served.insert(*hash, (entry_id, 0));
-        }
-    }
-
-    fn report(&self, error: Error) {
-        Counters::add(&self.stats.errors, 1);
-        self.cache.storage.reporter.report(&error);
-    }
-
-    /// Whether an entry with this header is still live. Reads the clock only for entries
-    /// that have a deadline, so hits without `expires` never pay for it.
-    fn live(&self, expires_at_ms: u64) -> bool {
-        expires_at_ms == 0 || self.now_ms() < expires_at_ms
-    }
-
-    /// Looks in the in-memory tier and runs `read` on a live entry for this key, under
-    /// the tier's lock (the entry is read in place). `Err(())` means "definitely a miss,
-    /// do not look further": the entry expired, and the persistent tier holds the same
-    /// entry.
-    fn in_memory<R>(
-        &self,
-        ek: &EncodedKey,
-        read: impl FnOnce(&MemEntry) -> R,
-    ) -> Result<Option<R>, ()> {
-        let Some(mem) = self.memory.as_ref() else {
-            return Ok(None);
-        };
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let found = mem.get_with(&ek.hash, |entry| {
-            if entry.key() != ek.bytes.as_slice() {
-                Counters::add(&self.stats.stale, 1);
-                Ok(None)
-            } else if !self.live(entry.expires_at_ms()) {
-                Err(())
-            } else {
-                Ok(Some(read(entry)))
-            }
-        });
-        match found {
-            None => Ok(None),
-            Some(Err(())) => {
-                mem.remove(&ek.hash);
-                Counters::add(&self.stats.expirations, 1);
-                Err(())
-            }
-            Some(Ok(read)) => Ok(read),
-        }
-    }
-
-    /// Checks stored bytes belong to this key, type and version and are still live.
-    /// Returns the payload offset and the header.
-    fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
-        let view = match entry::decode(bytes, self.verify) {
-            Ok(view) => view,
-            Err(malformed) => {
-                // Only damage makes an entry fail these checks: report it, read a miss
-                // (the recomputed value then overwrites the entry).
-                Counters::add(&self.stats.stale, 1);
-                let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
-                self.report(Error::Corrupted {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
-                         as a miss",
-                        self.name
-                    ),
-                });
-                return None;
-            }
-        };
-        if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.fingerprint {
-            Counters::add(&self.stats.stale, 1);
-            return None;
-        }
-        if !self.live(view.meta.expires_at_ms) {
-            Counters::add(&self.stats.expirations, 1);
-            return None;
-        }
-        Some((view.payload_offset, view.meta))
-    }
-
-    /// Copies a persistent hit into the in-memory tier (tiered stores only). `generation`
-    /// is the storage's commit generation read before the bytes were: if a commit came
-    /// since, an invalidation may have removed them (and purged the memory tier before
-    /// this insert), so they are not promoted.
-    fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64) {
-        let Some(mem) = &self.memory else { return };
-        let Some(entry) = MemEntry::new(Arc::from(bytes)) else {
-            return;
-        };
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoch.load(Ordering::SeqCst) == epoch
-            && self.cache.storage.generation() == generation
-        {
-            let evicted = mem.insert(ek.hash, entry);
-            Counters::add(&self.stats.evictions, evicted.len() as u64);
-        }
-    }
-
-    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
-    fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
-        let now = self.now_ms();
-        let meta = Meta {
-            fingerprint: self.fingerprint,
-            stored_at_ms: now,
-            expires_at_ms: self
-                .expires
-                .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
-            entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
-        };
-        self.reset_hits(&ek.hash, meta.entry_id);
-        // Encoded once: the memory tier and the write queue share these bytes.
-        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
-        let mut stored = false;
-        if let Some(mem) = &self.memory
-            && let Some(entry) = MemEntry::new(bytes.clone())
-        {
-            let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-            if self.epoch.load(Ordering::SeqCst) == epoch {
-                let evicted = mem.insert(ek.hash, entry);
-                Counters::add(&self.stats.evictions, evicted.len() as u64);
-                stored = true;
-            }
-        }
-        if let Some(p) = &self.persistent {
-            let cache = &self.cache;
-            stored = cache.storage.add_pending(
-                (p.id, ek.hash),
-                meta.entry_id,
-                bytes.clone(),
-                || self.epoch.load(Ordering::SeqCst) == epoch,
-                || {
-                    cache
-                        .writer
-                        .put(p.id, ek.hash, bytes.clone(), meta.entry_id)
-                },
-            );
-        }
-        if stored {
-            Counters::add(&self.stats.inserts, 1);
-        }
-    }
-
-    /// Removes one key from every tier; returns whether anything was removed.
-    pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
-        let ticket = self.persistent.as_ref().map(|p| {
-            let id = p.id;
-            self.cache.storage.with_pending_lock(|| {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.cache
-                    .writer
-                    .submit(move |txn| ops::remove(txn, id, &hash))
-            })
-        });
-        if ticket.is_none() {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
-        // The memory tier is purged after the commit (see `promote`).
-        let on_disk = ticket.map(|t| t.wait());
-        let mut removed = self.memory.as_ref().is_some_and(|m| {
-            m.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hash)
-                .is_some()
-        });
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&hash);
-        if let Some(on_disk) = on_disk {
-            removed |= on_disk?;
-        }
-        Counters::add(&self.stats.invalidations, removed as u64);
-        Ok(removed)
-    }
-
-    /// Removes every entry of this memoizer; returns how many there were.
-    pub(crate) fn invalidate_all(&self) -> Result<u64> {
-        let ticket = self.persistent.as_ref().map(|_| {
-            let name = self.name.clone();
-            self.cache.storage.with_pending_lock(|| {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-                self.cache
-                    .writer
-                    .submit(move |txn| match ops::memoizer_record(txn, &name)? {
-                        Some(record) => ops::clear(txn, &record),
-                        None => Ok(0),
-                    })
-            })
-        });
-        if ticket.is_none() {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-        }
-        // The memory tier is purged after the commit (see `promote`).
-        let on_disk = ticket.map(|t| t.wait());
-        let in_memory = self.clear_in_memory();
-        let removed = match on_disk {
-            Some(on_disk) => on_disk?,
-            None => in_memory,
-        };
-        Counters::add(&self.stats.invalidations, removed);
-        Ok(removed)
-    }
-
-    /// Drops in-memory entries (both tiers' memory side) that a zone invalidation removed
-    /// from disk, or that depend on `row`.
-    pub(crate) fn forget_in_memory(&self, row: &DepRow, hashes: &[KeyHash]) -> u64 {
-        let Some(mem) = &self.memory else { return 0 };
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let mut removed = mem.remove_dep(row);
-        for h in hashes {
-            if mem.remove(h).is_some() {
-                removed.push(*h);
-            }
-        }
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        for h in &removed {
-            served.remove(h);
-        }
-        removed.len() as u64
-    }
-
-    /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
-    pub(crate) fn purge_expired_in_memory(&self, now: u64, removed: &[(u64, KeyHash)]) -> u64 {
-        let Some(mem) = &self.memory else { return 0 };
-        let id = self.persistent.as_ref().map(|p| p.id);
-        let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
-        let mut n = mem.remove_expired(now);
-        for (_, h) in removed.iter().filter(|(m, _)| Some(*m) == id) {
-            n += mem.remove(h).is_some() as u64;
-        }
-        Counters::add(&self.stats.expirations, n);
-        n
-    }
-
-    /// Clears only the in-memory side (used when a zone cleared the persistent side).
-    pub(crate) fn clear_in_memory(&self) -> u64 {
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.memory.as_ref().map_or(0, |m| {
-            m.lock().unwrap_or_else(|e| e.into_inner()).clear() as u64
-        })
     }
 }
 
 impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) fn from_parts(
-        core: Arc<MemoCore>,
+        core: Arc<Tiers>,
+        cache: Arc<CacheInner>,
         encode: Arc<KeyEncoder<K>>,
-        deps: Arc<crate::zone::DepFns<K>>,
+        deps: Arc<DepFns<K>>,
     ) -> Self {
         Memoizer {
             core,
+            cache,
             encode,
             deps,
             _value: PhantomData,
@@ -420,13 +110,20 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
 
     /// This memoizer's name (its table name in the cache file).
     pub fn name(&self) -> &str {
-        &self.core.name
+        self.core.name()
+    }
+
+    /// How many values `max_hits` is counting hits of (tests: it stays bounded by the
+    /// live entries).
+    #[doc(hidden)]
+    pub fn __hit_counts(&self) -> usize {
+        self.core.hit_counts()
     }
 
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
         let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
-        let hash = (self.core.hasher)(bytes.as_slice());
-        if self.core.placed {
+        let hash = (self.core.policy.hasher)(bytes.as_slice());
+        if self.core.policy.placed {
             // Only the primary row is needed to find the entry; on an error the lookup
             // misses, and the miss reports it (the entry cannot be stored).
             let primary = (self.deps.primary)(key).ok().flatten();
@@ -435,53 +132,141 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         Ok(EncodedKey::plain(bytes, hash))
     }
 
-    /// Looks `ek` up in every tier and deserializes a live hit.
-    fn lookup(&self, ek: &EncodedKey) -> Option<V> {
+    /// Looks `ek` up in every tier and deserializes a live hit. An entry due for a
+    /// refresh is served only if `serve_due`; otherwise it is [`Looked::Due`], and
+    /// nothing is counted or decoded.
+    pub(crate) fn lookup(&self, ek: &EncodedKey, serve_due: bool) -> Looked<V> {
+        loop {
+            match self.lookup_once(ek, serve_due) {
+                Read::Found(found) => return found,
+                Read::Absent | Read::Miss => return Looked::Miss,
+                Read::Retry => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`lookup`](Self::lookup): `Retry` if an invalidation overtook it.
+    fn lookup_once(&self, ek: &EncodedKey, serve_due: bool) -> Read<Looked<V>> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
-        let in_memory = core.in_memory(ek, |entry| {
-            if !core.take_hit(&ek.hash, entry.entry_id()) {
-                return None;
-            }
+        let stamp = core.stamp();
+        let in_memory = core.in_memory(ek, stamp, serve_due, |entry| {
             let value = with_aligned(entry.payload(), align, |payload| {
                 V::__access(payload).and_then(V::__deserialize).ok()
             });
-            if value.is_some() {
-                Counters::add(&core.stats.hits, 1);
+            match value {
+                Some(value) => {
+                    Counters::add(&core.stats.hits, 1);
+                    Looked::Hit(value)
+                }
+                None => Looked::Miss,
             }
-            Some(value)
         });
-        if let Some(value) = in_memory.ok()? {
-            return value?;
+        match in_memory {
+            Read::Absent => {}
+            other => return other,
         }
-        let p = core.persistent.as_ref()?;
-        let generation = core.cache.storage.generation();
-        let stored = match core.cache.storage.get(&p.slot, &ek.hash) {
-            Ok(found) => found?,
-            Err(e) => {
-                core.report(e);
-                return None;
-            }
+        let generation = core.generation();
+        let Some(stored) = core.stored(ek) else {
+            return Read::Miss;
         };
         let bytes = stored.bytes();
-        let (offset, meta) = core.admit(ek, bytes)?;
+        let Some((offset, meta)) = core.admit(ek, bytes) else {
+            return Read::Miss;
+        };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Read::Found(Looked::Due);
+        }
         // Validate, then spend the max_hits budget, then deserialize: a used-up value is
         // never decoded (the in-memory path above keeps the same order).
         let value = with_aligned(&bytes[offset..], align, |payload| {
             let archived = V::__access(payload).ok()?;
-            if !core.take_hit(&ek.hash, meta.entry_id) {
-                return Some(None);
-            }
-            Some(V::__deserialize(archived).ok())
+            Some(match core.take_hit(stamp, &ek.hash, bytes, meta.entry_id) {
+                Verdict::Serve => Read::Found(V::__deserialize(archived).ok()),
+                Verdict::Miss => Read::Miss,
+                Verdict::Retry => Read::Retry,
+            })
         });
-        let Some(value) = value else {
-            Counters::add(&core.stats.stale, 1);
-            return None;
+        match value {
+            None => {
+                Counters::add(&core.stats.stale, 1);
+                Read::Miss
+            }
+            Some(Read::Found(Some(value))) => {
+                Counters::add(&core.stats.hits, 1);
+                core.promote(ek, bytes, generation, stamp);
+                Read::Found(Looked::Hit(value))
+            }
+            Some(Read::Found(None) | Read::Miss | Read::Absent) => Read::Miss,
+            Some(Read::Retry) => Read::Retry,
+        }
+    }
+
+    /// Looks `ek` up in every tier and hands out a live hit in place (see
+    /// [`lookup`](Self::lookup) for `serve_due`).
+    pub(crate) fn lookup_archived(
+        &self,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Result<Looked<ArchivedHit<V>>> {
+        loop {
+            match self.archived_once(ek, serve_due)? {
+                Read::Found(found) => return Ok(found),
+                Read::Absent | Read::Miss => return Ok(Looked::Miss),
+                Read::Retry => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`lookup_archived`](Self::lookup_archived).
+    fn archived_once(
+        &self,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Result<Read<Looked<ArchivedHit<V>>>> {
+        let core = &*self.core;
+        let stamp = core.stamp();
+        let in_memory = core.in_memory(
+            ek,
+            stamp,
+            serve_due,
+            |entry| match ArchivedHit::from_memory(entry.clone()) {
+                Some(hit) => {
+                    Counters::add(&core.stats.hits, 1);
+                    Looked::Hit(hit)
+                }
+                None => Looked::Miss,
+            },
+        );
+        match in_memory {
+            Read::Absent => {}
+            other => return Ok(other),
+        }
+        let Some(p) = &core.persistent else {
+            return Ok(Read::Miss);
         };
-        let value = value?;
-        Counters::add(&core.stats.hits, 1);
-        core.promote(ek, bytes, generation);
-        Some(value)
+        let Some(stored) = core.shared.storage.get(&p.slot, &ek.hash)? else {
+            return Ok(Read::Miss);
+        };
+        let Some((offset, meta)) = core.admit(ek, stored.bytes()) else {
+            return Ok(Read::Miss);
+        };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Ok(Read::Found(Looked::Due));
+        }
+        let verdict = core.take_hit(stamp, &ek.hash, stored.bytes(), meta.entry_id);
+        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
+            Counters::add(&core.stats.stale, 1);
+            return Ok(Read::Miss);
+        };
+        Ok(match verdict {
+            Verdict::Serve => {
+                Counters::add(&core.stats.hits, 1);
+                Read::Found(Looked::Hit(hit))
+            }
+            Verdict::Miss => Read::Miss,
+            Verdict::Retry => Read::Retry,
+        })
     }
 
     /// Returns the cached value for `key`, or computes it with `compute`, stores it and
@@ -537,6 +322,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// key, `deps` their dependency rows (asked for only on a miss, and only if `ek` does
     /// not carry them already; an error means the value must not be stored), and `args`
     /// reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    /// [`run_async`](Self::run_async) is the same loop around the same steps.
     pub(crate) fn run<A, E>(
         &self,
         args: A,
@@ -544,52 +330,95 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
-        let core = &*self.core;
-        let mut ek = match ek {
-            Ok(ek) => ek,
-            Err(e) => {
-                core.report(e);
-                Counters::add(&core.stats.misses, 1);
-                return compute(args);
-            }
+        let look = |ek: &EncodedKey, due| self.lookup(ek, due);
+        self.drive(args, ek, deps, compute, look, |value, _| Ok(value))
+    }
+
+    /// [`run`](Self::run) for any form of the answer: `look` finds a hit, `finish` turns
+    /// a computed value (and its archive, if it was archived) into the answer.
+    fn drive<A, E, R>(
+        &self,
+        args: A,
+        ek: Result<EncodedKey>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
+        compute: impl FnOnce(A) -> Result<V, E>,
+        look: impl Fn(&EncodedKey, bool) -> Looked<R>,
+        finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let Some(mut ek) = self.core.encoded(ek) else {
+            return finish(compute(args)?, None);
         };
         loop {
-            let landed = core.flights.landed();
-            if let Some(v) = self.lookup(&ek) {
-                return Ok(v);
-            }
-            let leader = match core.flights.join(ek.hash) {
-                Role::Leader(leader) => leader,
-                Role::Waiter(flight) => {
-                    flight.wait();
-                    continue;
+            match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {
+                Step::Served(v) => return Ok(v),
+                Step::Wait(flight) => flight.wait(),
+                Step::Alone => return finish(compute(args)?, None),
+                Step::Lead(lead) => {
+                    let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
+                    let value = compute(args)?;
+                    let archive = self.core.land(lead, &ek, deps, &value);
+                    return finish(value, archive);
                 }
-                Role::Reentrant => {
-                    Counters::add(&core.stats.misses, 1);
-                    return compute(args);
-                }
-            };
-            // Another leader may have stored the value between our lookup and our join;
-            // only then is a second look worth its cost (and its counting).
-            if core.flights.landed() != landed
-                && let Some(v) = self.lookup(&ek)
-            {
-                return Ok(v);
             }
-            let epoch = core.epoch.load(Ordering::SeqCst);
-            Counters::add(&core.stats.misses, 1);
-            let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
-            let value = compute(args)?;
-            match value.__archive() {
-                Ok(archive) => match deps {
-                    Ok(deps) => core.store(&ek, &archive, deps, epoch),
-                    Err(e) => core.report(e),
-                },
-                Err(e) => core.report(Error::ValueEncoding(e.to_string())),
-            }
-            drop(leader);
-            return Ok(value);
         }
+    }
+
+    /// The value for `key` read in place, computed and stored first on a miss: a large
+    /// value is then never deserialized, on a hit or on the call that computed it.
+    /// Single-flight, `max_hits`, `refresh_after` and errors behave as in
+    /// [`get_or_compute`](Self::get_or_compute).
+    ///
+    /// `Err` only if the value cannot be archived at all ([`Error::ValueEncoding`]; it
+    /// could not be cached either - [`get_or_compute`](Self::get_or_compute) returns
+    /// such a value owned).
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let pages = cache.memoizer::<u32, Vec<u8>>("pages").build()?;
+    /// let page = pages.get_archived_or_compute(&1, |_| vec![7; 50 << 10])?;
+    /// assert_eq!(page.len(), 50 << 10);
+    /// let again = pages.get_archived_or_compute(&1, |_| unreachable!())?;
+    /// assert_eq!(again[0], 7);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn get_archived_or_compute(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> V,
+    ) -> Result<ArchivedHit<V>> {
+        self.try_get_archived_or_compute(key, |k| Ok(compute(k)))
+    }
+
+    /// [`get_archived_or_compute`](Self::get_archived_or_compute) for a computation that
+    /// can fail: its `Err` is returned untouched and nothing is cached. The cache's own
+    /// error (a value that cannot be archived) is converted into `E`.
+    pub fn try_get_archived_or_compute<E: From<Error>>(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<ArchivedHit<V>, E> {
+        let core = &*self.core;
+        let look = |ek: &EncodedKey, due| {
+            self.lookup_archived(ek, due).unwrap_or_else(|e| {
+                core.report(e);
+                Looked::Miss
+            })
+        };
+        let finish = |value: V, archive: Option<AlignedVec>| {
+            let archive = match archive {
+                Some(archive) => Ok(archive),
+                None => value.__archive(),
+            };
+            archive
+                .map_err(|e| e.to_string())
+                .and_then(|a| {
+                    ArchivedHit::from_archive(a).ok_or_else(|| "it does not validate".into())
+                })
+                .map_err(|e| E::from(Error::ValueEncoding(e)))
+        };
+        let ek = self.encode(key);
+        self.drive(key, ek, |k| (self.deps.all)(k), compute, look, finish)
     }
 
     /// The cached value for `key` read in place, without computing anything.
@@ -597,54 +426,26 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// `Ok(None)` on a miss (absent, expired, used up by `max_hits`, or written for
     /// another type). A hit counts towards `max_hits` like any other.
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
-        let core = &*self.core;
-        let ek = self.encode(key)?;
-        let Ok(in_memory) = core.in_memory(&ek, MemEntry::clone) else {
-            return Ok(None);
-        };
-        if let Some(entry) = in_memory {
-            let id = entry.entry_id();
-            let Some(hit) = ArchivedHit::from_memory(entry) else {
-                return Ok(None);
-            };
-            if !core.take_hit(&ek.hash, id) {
-                return Ok(None);
-            }
-            Counters::add(&core.stats.hits, 1);
-            return Ok(Some(hit));
+        match self.lookup_archived(&self.encode(key)?, true)? {
+            Looked::Hit(hit) => Ok(Some(hit)),
+            Looked::Due | Looked::Miss => Ok(None),
         }
-        let Some(p) = &core.persistent else {
-            return Ok(None);
-        };
-        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash)? else {
-            return Ok(None);
-        };
-        let Some((offset, meta)) = core.admit(&ek, stored.bytes()) else {
-            return Ok(None);
-        };
-        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
-            Counters::add(&core.stats.stale, 1);
-            return Ok(None);
-        };
-        if !core.take_hit(&ek.hash, meta.entry_id) {
-            return Ok(None);
-        }
-        Counters::add(&core.stats.hits, 1);
-        Ok(Some(hit))
     }
 
     /// Removes the entry for `key` (after the key function). Returns whether one existed.
     /// When it returns, no later call sees the old value.
     pub fn invalidate_key(&self, key: &K) -> Result<bool> {
         let ek = self.encode(key)?;
-        self.core.invalidate_hash(ek.hash)
+        Ok(self.core.invalidate(Remove::Key(ek.hash))? > 0)
     }
 
-    /// Removes every entry of this memoizer - and nothing of any other memoizer - without
-    /// scanning the file. Returns how many entries were removed. When it returns, no
-    /// later call sees a value stored before it.
+    /// Removes every entry of this memoizer - and nothing of any other memoizer - at a
+    /// cost independent of how many there are: the memoizer's table is set aside whole
+    /// (renamed; its index rows stay exact) and its space is reclaimed afterwards, in
+    /// bounded batches, by the cache's sweeper thread. Returns how many entries were
+    /// removed. When it returns, no later call sees a value stored before it.
     pub fn invalidate_all(&self) -> Result<u64> {
-        self.core.invalidate_all()
+        self.core.invalidate(Remove::All)
     }
 
     /// Counters since this memoizer was built, and the current entry count: O(1), read
@@ -655,15 +456,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         let entries = match &core.persistent {
             Some(p) => {
                 let id = p.id;
-                core.cache
+                core.shared
                     .writer
                     .query(move |txn| ops::count_entries(txn, id))
                     .ok()
             }
-            None => core
-                .memory
-                .as_ref()
-                .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len() as u64),
+            None => core.memory_len(),
         };
         let mut stats = core.stats.snapshot(entries);
         if let Some(p) = &core.persistent {
@@ -680,6 +478,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     name: String,
     store: Option<Store>,
     expires: Option<Duration>,
+    refresh_after: Option<Duration>,
     max_hits: Option<u32>,
     version: String,
     verify: bool,
@@ -689,7 +488,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     /// derived from the arguments, a function of the key, so that the key can be looked
     /// up where its dependencies file it.
     whole_key: bool,
-    pub(crate) zones: Vec<crate::zone::Membership<K>>,
+    zones: Vec<Membership<K>>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -715,6 +514,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             name: name.to_string(),
             store: None,
             expires: None,
+            refresh_after: None,
             max_hits: None,
             version: String::new(),
             verify: true,
@@ -739,6 +539,42 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// deadline is stored with the entry, so it holds across restarts. Default: never.
     pub fn expires(mut self, ttl: Duration) -> Self {
         self.expires = Some(ttl);
+        self
+    }
+
+    /// Serve while refreshing: once a stored value is `age` old, the next call
+    /// recomputes it, and calls that come while it does are served the stored value
+    /// instead of waiting (sync and async callers alike). [`expires`](Self::expires)
+    /// stays the hard limit: an expired value is never served, and waiters wait.
+    ///
+    /// - One caller refreshes at a time (single-flight); if its computation fails,
+    ///   panics or is cancelled, nothing changes and the next call tries again.
+    /// - A value served while stale counts as a hit for [`max_hits`](Self::max_hits);
+    ///   once used up it is not served, and callers wait for the refresh.
+    /// - An invalidation (of the key, the memoizer or a zone) removes the entry: it is
+    ///   gone, never stale, and the next call computes as on any miss.
+    /// - The age counts from the store, like `expires`, and holds across restarts.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(1_000_000);
+    /// let cache = Cache::builder().clock(clock.clone()).in_memory()?;
+    /// let rates = cache
+    ///     .memoizer::<str, u32>("rates")
+    ///     .refresh_after(Duration::from_secs(60))
+    ///     .expires(Duration::from_secs(3600))
+    ///     .build()?;
+    /// assert_eq!(rates.get_or_compute("EUR", |_| 1), 1);
+    /// clock.advance(Duration::from_secs(61));
+    /// // Due: this call refreshes (callers arriving meanwhile would get 1).
+    /// assert_eq!(rates.get_or_compute("EUR", |_| 2), 2);
+    /// assert_eq!(rates.get_or_compute("EUR", |_| unreachable!()), 2);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn refresh_after(mut self, age: Duration) -> Self {
+        self.refresh_after = Some(age);
         self
     }
 
@@ -791,83 +627,187 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
 
     /// Builds the memoizer. For a persistent store this registers it in the file; if its
     /// value type or version changed since the last run, its old entries are dropped.
+    /// Builds the memoizer. For a persistent store this registers it in the file; if its
+    /// value type or version changed since the last run, its old entries are dropped.
     pub fn build(self) -> Result<Memoizer<K, V>> {
-        crate::cache::check_name(&self.name)?;
+        check_name(&self.name)?;
         let cache = self.cache.clone();
-        let store = self.store.unwrap_or(if cache.file_backed {
+        let shared = cache.shared.clone();
+        let store = self.store.unwrap_or(if shared.file_backed {
             Store::Persistent
         } else {
             Store::Memory
         });
-        let fingerprint = fingerprint::value_fingerprint::<V>(&self.version);
-        let mut live = cache.live.lock().unwrap_or_else(|e| e.into_inner());
-        if live.get(&self.name).is_some_and(|w| w.strong_count() > 0) {
-            return Err(Error::MemoizerInUse { name: self.name });
-        }
-        let zones = crate::zone::resolve(&cache, &self.name, self.zones)?;
-        let fingerprint = crate::zone::keyed_fingerprint(fingerprint, &zones);
+        let zones = zone::resolve(&cache, &self.name, self.zones)?;
+        // The name is part of what a hit checks: should a table ever be filed under
+        // another memoizer's id, its entries read as misses, never as that one's values.
+        let fingerprint = zone::keyed_fingerprint(
+            fingerprint::mix(
+                fingerprint::value_fingerprint::<V>(&self.version),
+                &[fingerprint::name_hash(&self.name)],
+            ),
+            &zones,
+        );
         let keyed = zones.iter().any(|z| z.key.is_some());
-        let indexed = self.expires.is_some() || keyed;
-        let placed =
-            keyed && self.whole_key && matches!(store, Store::Persistent | Store::Tiered(_));
-        let persistent = match store {
-            Store::Persistent | Store::Tiered(_) => {
-                let name = self.name.clone();
-                let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
-                // Rebuilt as registered before (every start of a program after the first):
-                // a read suffices, with no commit to wait for.
-                let known = cache
-                    .storage
-                    .read(|txn| {
-                        ops::registered(txn, &name, fingerprint, indexed, placed, &zone_ids)
-                    })
-                    .ok()
-                    .flatten();
-                let record = match known {
-                    Some(record) => record,
-                    None => cache.writer.run(move |txn| {
-                        let record =
-                            ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
-                        for zone_id in zone_ids {
-                            ops::add_zone_member(txn, zone_id, record.id)?;
-                        }
-                        Ok(record)
-                    })?,
-                };
-                Some(Persistent {
-                    id: record.id,
-                    slot: cache.storage.slot(record.id),
-                })
-            }
-            Store::Memory | Store::Lru(_) => None,
-        };
-        let memory = match store {
-            Store::Memory => Some(MemStore::new(None)),
-            Store::Lru(n) | Store::Tiered(n) => Some(MemStore::new(Some(n))),
-            Store::Persistent => None,
-        };
-        let core = Arc::new(MemoCore {
+        let on_disk = matches!(store, Store::Persistent | Store::Tiered(_));
+        let policy = Policy {
             name: self.name.clone(),
             fingerprint,
             expires: self.expires,
+            refresh_after: self.refresh_after,
             max_hits: self.max_hits,
             verify: self.verify,
             hasher: self.hasher,
-            placed,
-            memory: memory.map(Mutex::new),
-            persistent,
-            epoch: AtomicU64::new(0),
-            flights: Flights::default(),
-            served: Mutex::new(HashMapByKey::default()),
-            stats: Counters::default(),
-            cache: cache.clone(),
-        });
-        live.insert(self.name.clone(), Arc::downgrade(&core));
-        drop(live);
+            placed: keyed && self.whole_key && on_disk,
+            plain_keys: self.whole_key && !keyed,
+        };
+        let memory = match store {
+            Store::Memory => Some(None),
+            Store::Lru(n) | Store::Tiered(n) => Some(Some(n)),
+            Store::Persistent => None,
+        };
+        let indexed = self.expires.is_some() || keyed;
+        let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
+        let core = cache.register_live(&self.name, || {
+            let persistent = if on_disk {
+                let (placed, name) = (policy.placed, &policy.name);
+                Some(register(
+                    &cache,
+                    name,
+                    fingerprint,
+                    indexed,
+                    placed,
+                    zone_ids,
+                )?)
+            } else {
+                None
+            };
+            Ok(Arc::new(Tiers::new(policy, memory, persistent, shared)))
+        })?;
         for z in &zones {
             z.zone.attach(&core);
         }
-        let deps = crate::zone::dep_fns(&self.name, zones);
-        Ok(Memoizer::from_parts(core, self.encode, deps))
+        let deps = zone::dep_fns(&self.name, zones);
+        Ok(Memoizer::from_parts(core, cache, self.encode, deps))
+    }
+}
+
+/// Registers a persistent memoizer in the file (with its zone memberships) and gives it
+/// a snapshot slot.
+fn register(
+    cache: &CacheInner,
+    name: &str,
+    fingerprint: u64,
+    indexed: bool,
+    placed: bool,
+    zone_ids: Vec<u64>,
+) -> Result<Persistent> {
+    let shared = &cache.shared;
+    // Rebuilt as registered before (every start of a program after the first): a read
+    // suffices, with no commit to wait for.
+    let known = shared
+        .storage
+        .read(|txn| ops::registered(txn, name, fingerprint, indexed, placed, &zone_ids))
+        .ok()
+        .flatten();
+    let record = match known {
+        Some(record) => record,
+        None => {
+            let name = name.to_string();
+            let record = shared.writer.run(move |txn| {
+                let record = ops::register_memoizer(txn, &name, fingerprint, indexed, placed)?;
+                for zone_id in zone_ids {
+                    ops::add_zone_member(txn, zone_id, record.id)?;
+                }
+                Ok(record)
+            })?;
+            shared.storage.registered();
+            record
+        }
+    };
+    Ok(Persistent {
+        id: record.id,
+        slot: shared.storage.slot(record.id),
+    })
+}
+
+impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
+    /// Joins `zone`, keyed by the zone's default key function (if it has one). If the
+    /// zone's key function takes another argument type, [`build`](Self::build) fails
+    /// with [`Error::MissingZoneKey`]: use [`zone_key`](Self::zone_key) instead.
+    /// A memoizer that joins no zone belongs to the zone `"default"`.
+    pub fn zone(mut self, zone: &Zone) -> Self {
+        self.zones.push(Membership::new(zone, None, true));
+        self
+    }
+
+    /// Joins `zone` without a key function; building fails with
+    /// [`Error::MissingZoneKey`] if the zone has a default one. `#[memoize]` uses it for
+    /// functions of several arguments, whose calls derive dependency keys from the
+    /// borrowed arguments and so cannot apply a default key function over the owned
+    /// key tuple.
+    #[doc(hidden)]
+    pub fn __zone_without_default(mut self, zone: &Zone) -> Self {
+        self.zones.push(Membership::new(zone, None, false));
+        self
+    }
+
+    /// Joins `zone` with this memoizer's own key function (the original's `zonekey=`),
+    /// which overrides the zone's default.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let authors = cache.zone("Authors")?.key(|author_id: &u64| *author_id);
+    /// // Keyed by (book id, author id); depends on the author.
+    /// let cover = cache
+    ///     .memoizer::<(u64, u64), String>("cover")
+    ///     .zone_key(&authors, |&(_book, author): &(u64, u64)| author)
+    ///     .build()?;
+    /// cover.get_or_compute(&(1, 42), |_| "blue".into());
+    /// assert_eq!(authors.invalidate(&42u64)?, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn zone_key<T: Serialize>(
+        self,
+        zone: &Zone,
+        f: impl Fn(&K) -> T + Send + Sync + 'static,
+    ) -> Self {
+        self.zone_keys(zone, move |k: &K| [f(k)])
+    }
+
+    /// Joins `zone` with a key function yielding several dependency keys per entry.
+    ///
+    /// The first key yielded for the first zone that keys a memoizer is the entry's
+    /// *primary* dependency: unless the memoizer has a [`keyfunc`](Self::keyfunc), its
+    /// persistent entries are stored next to the others sharing that key, which makes
+    /// invalidating it cheapest at any cache size. Put first the key you invalidate most.
+    /// Invalidating any other key costs a B-tree removal per entry wherever it lies.
+    /// Finding an entry then needs its primary key, so for such a memoizer the first key
+    /// function runs on every lookup, hits included (up to its first key): keep key
+    /// functions cheap, like reading a field.
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// # #[derive(serde::Serialize)]
+    /// # struct Book { author_id: u64, publisher_id: u64 }
+    /// let cache = Cache::in_memory()?;
+    /// let deps = cache.zone("Deps")?;
+    /// let reviews = cache
+    ///     .memoizer::<Book, String>("reviews")
+    ///     .zone_keys(&deps, |b: &Book| [("author", b.author_id), ("publisher", b.publisher_id)])
+    ///     .build()?;
+    /// reviews.get_or_compute(&Book { author_id: 1, publisher_id: 9 }, |_| "good".into());
+    /// assert_eq!(deps.invalidate(&("publisher", 9u64))?, 1);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn zone_keys<T: Serialize, I: IntoIterator<Item = T>>(
+        mut self,
+        zone: &Zone,
+        f: impl Fn(&K) -> I + Send + Sync + 'static,
+    ) -> Self {
+        let keys: Arc<KeysFn<K>> = Arc::new(move |k: &K, visit| zone::visit_all(f(k), visit));
+        self.zones.push(Membership::new(zone, Some(keys), false));
+        self
     }
 }

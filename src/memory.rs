@@ -14,7 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::entry::{self, DepRow, Meta};
+use crate::entry::{self, Meta};
+use crate::key::DepRow;
 use crate::key::{HashMapByKey, KeyHash, PrehashedBuild};
 
 /// One in-memory entry: encoded entry bytes (see [`crate::entry`]), shared. Cheap to
@@ -302,8 +303,8 @@ impl MemStore {
         removed
     }
 
-    /// Removes every entry past its deadline; returns how many.
-    pub(crate) fn remove_expired(&mut self, now_ms: u64) -> u64 {
+    /// Removes every entry past its deadline; returns their hashes.
+    pub(crate) fn remove_expired(&mut self, now_ms: u64) -> Vec<KeyHash> {
         let due: Vec<KeyHash> = self
             .index
             .iter()
@@ -313,7 +314,7 @@ impl MemStore {
         for h in &due {
             self.remove(h);
         }
-        due.len() as u64
+        due
     }
 
     /// Checks the recency list, the key index and the dependency index agree exactly.
@@ -447,7 +448,7 @@ mod tests {
     }
 
     fn row(dep: u64) -> DepRow {
-        crate::entry::dep_row(1 + dep % 2, [dep as u8; 16])
+        crate::key::dep_row(1 + dep % 2, [dep as u8; 16])
     }
 
     /// Random inserts (with 0-3 dependency rows), overwrites, hits, removals, evictions,
@@ -500,10 +501,10 @@ mod tests {
                     }
                     8 => {
                         let now = rng.below(400);
-                        let n = store.remove_expired(now);
+                        let n = store.remove_expired(now).len();
                         let before = model.len();
                         model.retain(|_, (_, at)| now < *at);
-                        assert_eq!(n as usize, before - model.len());
+                        assert_eq!(n, before - model.len());
                     }
                     _ => {
                         if rng.below(20) == 0 {

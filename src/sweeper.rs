@@ -17,9 +17,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use crate::Cache;
-use crate::cache::CacheInner;
 use crate::error::{Error, Result};
+use crate::inner::{Background, CacheInner};
 use crate::key::KeyHash;
 use crate::storage::ops;
 
@@ -35,11 +34,12 @@ pub(crate) const BATCH: usize = 1024;
 /// index decides first whether the disk holds anything expired at all (an idle sweep
 /// then opens no write transaction).
 pub(crate) fn purge(inner: &CacheInner, batch: usize, peek: bool) -> Result<u64> {
-    let now = inner.clock.now_ms();
+    let shared = &inner.shared;
+    let now = shared.clock.now_ms();
     let mut on_disk: Vec<(u64, KeyHash)> = Vec::new();
-    if !peek || inner.storage.has_expired(now)? {
+    if !peek || shared.storage.has_expired(now)? {
         loop {
-            let removed = inner
+            let removed = shared
                 .writer
                 .run(move |txn| ops::purge_expired(txn, now, batch))?;
             let full = removed.len() >= batch;
@@ -49,24 +49,20 @@ pub(crate) fn purge(inner: &CacheInner, batch: usize, peek: bool) -> Result<u64>
             }
         }
     }
-    let live: Vec<_> = {
-        let live = inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.values().filter_map(Weak::upgrade).collect()
-    };
     let touched: std::collections::BTreeSet<u64> = on_disk.iter().map(|(id, _)| *id).collect();
     let mut in_memory_only = 0;
-    for core in live {
-        let mine = core
+    for tiers in inner.live_all() {
+        let mine = tiers
             .persistent
             .as_ref()
             .is_some_and(|p| touched.contains(&p.id));
         // Only memoizers with a deadline (or whose disk entries just went) have anything
         // to drop; the others' stores are not scanned.
-        if core.expires.is_none() && !mine {
+        if tiers.policy.expires.is_none() && !mine {
             continue;
         }
-        let n = core.purge_expired_in_memory(now, &on_disk);
-        if core.persistent.is_none() {
+        let n = tiers.forget_expired(now, &on_disk);
+        if tiers.persistent.is_none() {
             in_memory_only += n;
         }
     }
@@ -80,6 +76,9 @@ struct State {
     kick: bool,
     /// A sweep is under way.
     running: bool,
+    /// Graves may await reclamation (set at start, by every clear, and while batches
+    /// leave some).
+    reclaim: bool,
     sweeps: u64,
     removed: u64,
 }
@@ -109,6 +108,15 @@ pub(crate) struct Sweeper {
 impl Sweeper {
     pub(crate) fn spawn(cache: Weak<CacheInner>, every: Duration) -> Result<Sweeper> {
         let shared = Arc::new(Shared::default());
+        // Graves left by an earlier run are looked for at once.
+        shared.lock().reclaim = true;
+        if let Some(inner) = cache.upgrade() {
+            let signal = shared.clone();
+            inner.shared.storage.set_reclaim_wake(move || {
+                signal.lock().reclaim = true;
+                signal.wake.notify_all();
+            });
+        }
         let theirs = shared.clone();
         let handle = std::thread::Builder::new()
             .name("fresco-sweeper".into())
@@ -139,13 +147,17 @@ impl Sweeper {
     }
 }
 
-impl Sweeper {
+impl Background for Sweeper {
+    fn stop(&self) {
+        Sweeper::stop(self);
+    }
+
     /// Called as a `Cache` handle is dropped. If it is the cache's last reference, waits
     /// for a sweep under way to end and stops the sweeper, so that the cache closes on
     /// the caller's thread, at once - and the file can be reopened right away. (The
     /// sweeper takes its reference to the cache under the same lock, and only when not
     /// stopped.)
-    pub(crate) fn release(&self, inner: &Arc<CacheInner>) {
+    fn release(&self, inner: &Arc<CacheInner>) {
         if std::thread::current().id() == self.thread {
             return;
         }
@@ -163,6 +175,42 @@ impl Sweeper {
             self.shared.wake.notify_all();
         }
     }
+
+    fn sweeps(&self) -> (u64, u64) {
+        let state = self.shared.lock();
+        (state.sweeps, state.removed)
+    }
+
+    /// Waits on a notification, not by polling.
+    fn wait_sweeps(&self, sweeps: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        while state.sweeps < sweeps && !state.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .shared
+                .swept
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        state.sweeps
+    }
+
+    fn sweep_now(&self, timeout: Duration) -> u64 {
+        let target = {
+            let mut state = self.shared.lock();
+            state.kick = true;
+            // A sweep under way may have read the clock before the request: then wait
+            // for the next one, which the kick starts at once.
+            state.sweeps + if state.running { 2 } else { 1 }
+        };
+        self.shared.wake.notify_all();
+        self.wait_sweeps(target, timeout)
+    }
 }
 
 impl Drop for Sweeper {
@@ -172,12 +220,12 @@ impl Drop for Sweeper {
 }
 
 fn run(shared: &Shared, cache: &Weak<CacheInner>, every: Duration) {
+    let mut next_sweep = Instant::now() + every;
     loop {
-        {
+        let sweep = {
             let mut state = shared.lock();
-            let due = Instant::now() + every;
-            while !state.stop && !state.kick {
-                let left = due.saturating_duration_since(Instant::now());
+            while !state.stop && !state.kick && !state.reclaim {
+                let left = next_sweep.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
@@ -190,25 +238,44 @@ fn run(shared: &Shared, cache: &Weak<CacheInner>, every: Duration) {
             if state.stop {
                 return;
             }
+            let sweep = state.kick || Instant::now() >= next_sweep;
             state.kick = false;
             state.running = true;
-        }
+            sweep
+        };
         // Taken after `running` is set, so `release` waits for this sweep to end.
         // `inner` lives for this statement only. It is the last reference only if the
         // cache's other holders let go during the sweep without a `Cache` handle's
         // `release` (say a memoizer was dropped last): the cache then closes on this
         // thread, and `Sweeper::stop` returns without joining.
-        let removed = cache.upgrade().map(|inner| {
-            purge(&inner, BATCH, true).unwrap_or_else(|e| {
-                inner.storage.reporter.report(&e);
-                0
-            })
+        let outcome = cache.upgrade().map(|inner| {
+            // One batch of reclamation per turn of the loop: other writes wait at most
+            // one batch, and a stop or a drop is seen between batches.
+            let more = reclaim(&inner, BATCH).unwrap_or_else(|e| {
+                inner.shared.storage.reporter.report(&e);
+                false
+            });
+            let removed = sweep.then(|| {
+                purge(&inner, BATCH, true).unwrap_or_else(|e| {
+                    inner.shared.storage.reporter.report(&e);
+                    0
+                })
+            });
+            (more, removed)
         });
+        if sweep {
+            next_sweep = Instant::now() + every;
+        }
         let mut state = shared.lock();
         state.running = false;
-        state.sweeps += removed.is_some() as u64;
-        state.removed += removed.unwrap_or(0);
-        let gone = removed.is_none();
+        let gone = outcome.is_none();
+        if let Some((more, removed)) = outcome {
+            state.reclaim = more;
+            if let Some(removed) = removed {
+                state.sweeps += 1;
+                state.removed += removed;
+            }
+        }
         drop(state);
         shared.swept.notify_all();
         if gone {
@@ -217,51 +284,22 @@ fn run(shared: &Shared, cache: &Weak<CacheInner>, every: Duration) {
     }
 }
 
-/// Sweeper observation for tests. Not a stable API.
-impl Cache {
-    /// Sweeps completed so far and entries they removed; `None` without a sweeper.
-    #[doc(hidden)]
-    pub fn __sweeps(&self) -> Option<(u64, u64)> {
-        let sweeper = self.inner.sweeper.get()?;
-        let state = sweeper.shared.lock();
-        Some((state.sweeps, state.removed))
+/// Reclaims one batch of at most `batch` entries of cleared tables (graves), in one
+/// non-durable write transaction: a crash rolls it back, and the grave - never read,
+/// still indexed exactly - is reclaimed again. Returns whether graves remain.
+pub(crate) fn reclaim(inner: &CacheInner, batch: usize) -> Result<bool> {
+    let shared = &inner.shared;
+    if !shared.storage.has_graves()? {
+        return Ok(false);
     }
+    let (_, more) = shared
+        .writer
+        .run_lazy(move |txn| ops::reclaim(txn, batch))?;
+    Ok(more)
+}
 
-    /// Waits (up to `timeout`) until at least `sweeps` sweeps have completed; returns
-    /// the count reached. Waits on a notification, not by polling.
-    #[doc(hidden)]
-    pub fn __wait_sweeps(&self, sweeps: u64, timeout: Duration) -> Option<u64> {
-        let sweeper = self.inner.sweeper.get()?;
-        let deadline = Instant::now() + timeout;
-        let mut state = sweeper.shared.lock();
-        while state.sweeps < sweeps && !state.stop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = sweeper
-                .shared
-                .swept
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        Some(state.sweeps)
-    }
-
-    /// Asks the sweeper for a sweep now and waits (up to `timeout`) until one that
-    /// started after the request has completed. Returns the sweeps completed.
-    #[doc(hidden)]
-    pub fn __sweep_now(&self, timeout: Duration) -> Option<u64> {
-        let sweeper = self.inner.sweeper.get()?;
-        let target = {
-            let mut state = sweeper.shared.lock();
-            state.kick = true;
-            // A sweep under way may have read the clock before the request: then wait
-            // for the next one, which the kick starts at once.
-            state.sweeps + if state.running { 2 } else { 1 }
-        };
-        sweeper.shared.wake.notify_all();
-        self.__wait_sweeps(target, timeout)
-    }
+/// Reclaims every grave, batch by batch (for a cache without a sweeper).
+pub(crate) fn reclaim_all(inner: &CacheInner) -> Result<()> {
+    while reclaim(inner, BATCH)? {}
+    Ok(())
 }

@@ -4,7 +4,10 @@
 //! Guards crash safety: after every kill the file opens (and is not moved aside as
 //! damaged), the invariant checker finds the indexes exact, every entry served equals
 //! the value its key derives, every invalidation the child saw return `Ok` is still in
-//! effect, and the cache keeps working.
+//! effect, and the cache keeps working. The child also clears whole memoizers (plain,
+//! with `expires` and zone keys, and whole zones), so kills land while the sweeper
+//! reclaims cleared tables: a kill during reclamation loses nothing and brings nothing
+//! back.
 //!
 //! 30 kills by default (a few seconds); set `FRESCO_CRASH_KILLS=1000` for a longer run and
 //! `FRESCO_CRASH_SEED=<n>` to replay one. The child is this same test binary, run with
@@ -127,9 +130,13 @@ fn child(path: &Path, seed: u64, run: u64) -> ! {
             75..=77 => {
                 let _ = m.authors.invalidate(&rng.below(AUTHORS));
             }
-            78 if rng.below(10) == 0 => {
-                let _ = m.series.invalidate_all();
-            }
+            78 => match rng.below(12) {
+                0 => drop(m.series.invalidate_all()),
+                1 => drop(m.ttl.invalidate_all()),
+                2 => drop(m.books.invalidate_all()),
+                3 => drop(m.authors.invalidate_all()),
+                _ => {}
+            },
             79..=81 => {
                 let _ = cache.flush();
             }
@@ -141,7 +148,14 @@ fn child(path: &Path, seed: u64, run: u64) -> ! {
                 if cache.flush().is_err() {
                     continue;
                 }
-                if let Ok(true) = m.tombs.invalidate_key(&tomb) {
+                // Sometimes by clearing the memoizer: the cleared table is then
+                // reclaimed in the background, across later kills.
+                let removed = if rng.below(4) == 0 {
+                    m.tombs.invalidate_all().is_ok_and(|n| n > 0)
+                } else {
+                    m.tombs.invalidate_key(&tomb).is_ok_and(|gone| gone)
+                };
+                if removed {
                     println!("gone {tomb} .");
                 }
             }

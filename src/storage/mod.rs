@@ -26,11 +26,11 @@ pub(crate) mod faults;
 pub(crate) mod open;
 pub(crate) mod ops;
 mod registry;
+pub(crate) mod scratch;
 pub(crate) mod tables;
 pub(crate) mod writer;
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
@@ -38,12 +38,11 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 use crossbeam_utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
-use crate::cache::OnCorruption;
 use crate::error::{Error, Result};
 use crate::key::{KeyHash, PrehashedBuild};
 use crate::report::Reporter;
 use crate::stats::{stripe_count, thread_stripe};
-use open::Origin;
+use open::{AtPath, OnCorruption, Origin};
 use tables::{EntriesDef, entries_name};
 
 /// A read-only view of one memoizer's table at some commit.
@@ -133,12 +132,17 @@ pub(crate) struct Storage {
     born: std::time::Instant,
     /// Wakes the writer so it acts on `suspect` and `reopen` at once.
     wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Wakes whoever reclaims graves (the sweeper), after a clear made one.
+    reclaim_wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
     path: Option<PathBuf>,
     generation: AtomicU64,
     pending: Mutex<PendingMap>,
     /// Number of rows in `pending`; lets reads skip its lock when nothing is pending.
     pending_len: AtomicUsize,
     slots: Mutex<Vec<Weak<SnapSlot>>>,
+    /// The file's registry as of the last open or registration: what a fresh file
+    /// replacing a lost one starts with when the old database cannot be read any more.
+    registry: Mutex<Option<registry::Registry>>,
     pub(crate) reporter: Arc<Reporter>,
 }
 
@@ -152,16 +156,10 @@ impl std::fmt::Debug for Storage {
 
 /// Runs `f`, turning a panic inside redb into a storage error.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, redb::Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    // Quietly: the panic is reported as this error, not printed as a crash.
+    match crate::panics::catch_quietly(f) {
         Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(redb::Error::Corrupted(format!("redb panicked: {msg}")))
-        }
+        Err(msg) => Err(redb::Error::Corrupted(format!("redb panicked: {msg}"))),
     }
 }
 
@@ -196,7 +194,9 @@ impl Storage {
         on_corruption: OnCorruption,
         reporter: Arc<Reporter>,
     ) -> Self {
+        let registry = guarded(|| registry::read(&db)).ok();
         Storage {
+            registry: Mutex::new(registry),
             db: RwLock::new(Some(db)),
             path: origin.path().map(Path::to_path_buf),
             origin,
@@ -208,6 +208,7 @@ impl Storage {
             last_reopen_ms: AtomicU64::new(0),
             born: std::time::Instant::now(),
             wake: OnceLock::new(),
+            reclaim_wake: OnceLock::new(),
             generation: AtomicU64::new(0),
             pending: Mutex::new(PendingMap::default()),
             pending_len: AtomicUsize::new(0),
@@ -333,35 +334,48 @@ impl Storage {
     /// replaced by a fresh one carrying the old registry over (so the ids of live
     /// memoizers and zones keep their meaning). If the registry itself is unreadable the
     /// cache gives up on its file until it is reopened ("dead": every read misses).
+    ///
+    /// The path is looked at first ([`AtPath`]): a file deleted under the cache is
+    /// replaced by a fresh one carrying the registry over (read from the old database, or
+    /// the copy kept since the last registration, if that database is gone too - a retry
+    /// after a full disk); another file put at the path is never opened, written or moved:
+    /// the cache gives up its file.
     pub(crate) fn recover(&self, damaged: bool) {
         let damaged = damaged | self.take_suspect();
+        let turn = open::take_turn();
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         let old = slot.take();
+        let at_path = self.origin.at_path();
         // Without the old database there is no registry to carry over: just reopen.
-        let reset = damaged && self.resets() && old.is_some();
-        let registry = match (&old, reset) {
+        let reset = damaged && self.resets() && old.is_some() && at_path == AtPath::Same;
+        let registry = match (&old, reset || at_path == AtPath::Gone) {
             (Some(db), true) => guarded(|| registry::read(db)).ok(),
             _ => None,
         };
         if let Some(old) = old {
             // A close after a latched failure reports that failure again; it is known.
-            let _ = catch_unwind(AssertUnwindSafe(|| old.close()));
+            let _ = crate::panics::catch_quietly(|| old.close());
         }
         // Reported once the lock is released: the user's hook may read the cache.
         let mut events = Vec::new();
-        let reopened = if reset {
-            self.reset(registry, &mut events)
-        } else {
-            self.origin.open()
+        let reopened = match at_path {
+            AtPath::Other => Err(self.detach("another file was put at its path; it is left alone")),
+            AtPath::Gone => self.fresh(registry.or_else(|| self.kept_registry())),
+            AtPath::Same if reset => self.reset(registry, &mut events, &turn),
+            AtPath::Same => self.origin.reopen(),
         };
         match reopened {
-            Ok(db) => *slot = Some(db),
+            Ok(db) => {
+                self.keep_registry_of(&db);
+                *slot = Some(db);
+            }
             Err(e) => events.push(e),
         }
         self.incarnation.fetch_add(1, Ordering::SeqCst);
         // Damage reported against the old database while this ran is dealt with.
         self.suspect.store(false, Ordering::SeqCst);
         drop(slot);
+        drop(turn);
         self.committed();
         for e in &events {
             self.reporter.report(e);
@@ -373,41 +387,109 @@ impl Storage {
         &self,
         registry: Option<registry::Registry>,
         events: &mut Vec<Error>,
+        turn: &open::Turn,
     ) -> Result<redb::Database> {
         let path = self.path.clone().unwrap_or_default();
-        let moved = open::move_aside(&path);
-        let reopened = moved.and_then(|aside| {
-            let what = format!(
-                "damage found while running; moved to {} and started afresh",
-                aside.display()
-            );
-            self.reporter.set_moved_aside(aside);
-            events.push(Error::Corrupted {
-                path: path.clone(),
-                detail: what,
-            });
-            let registry = registry.ok_or_else(|| Error::Corrupted {
-                path: path.clone(),
-                detail: "its memoizer registry is unreadable too; this Cache now runs \
-                         without its file until it is reopened"
-                    .into(),
-            })?;
-            let db = self.origin.open()?;
-            guarded(|| {
-                let txn = db.begin_write()?;
-                registry::write(&txn, &registry)?;
-                txn.commit()?;
-                Ok(())
-            })
-            .map_err(|e| self.error(e))?;
-            Ok(db)
+        let Some(aside) = self.origin.move_aside(turn).inspect_err(|_| self.die())? else {
+            return Err(self.detach("another file was put at its path; it is left alone"));
+        };
+        self.reporter.set_moved_aside(aside.clone());
+        events.push(Error::MovedAside {
+            path,
+            moved_to: aside,
+            detail: "damage found while running".into(),
         });
-        if reopened.is_err() {
+        let fresh = self.fresh(registry);
+        if fresh.is_err() {
             // Never open that path again in this Cache: a fresh file without the registry
             // would hand the ids of live memoizers to new ones.
-            self.dead.store(true, Ordering::SeqCst);
+            self.die();
         }
-        reopened
+        fresh
+    }
+
+    /// A fresh file at the path with `registry` written into it, or none at all: a file
+    /// left without the registry would hand the ids of live memoizers to new ones. With
+    /// no registry to write, the cache gives its file up.
+    fn fresh(&self, registry: Option<registry::Registry>) -> Result<redb::Database> {
+        let Some(registry) = registry else {
+            return Err(self.detach(
+                "the file's memoizer registry is unreadable too, so a fresh file could not \
+                 take over its ids",
+            ));
+        };
+        let db = self.origin.create_fresh()?;
+        let written = guarded(|| {
+            let txn = db.begin_write()?;
+            registry::write(&txn, &registry)?;
+            txn.commit()?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            drop(db);
+            self.origin.discard();
+            return Err(self.error(e));
+        }
+        Ok(db)
+    }
+
+    /// Gives the file up for good (until the cache is reopened); returns the report.
+    fn detach(&self, reason: &str) -> Error {
+        self.die();
+        Error::Detached {
+            path: self.path.clone().unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+
+    fn die(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+    }
+
+    /// Keeps a copy of `db`'s registry, for a fresh file should this one be lost.
+    fn keep_registry_of(&self, db: &redb::Database) {
+        if let Ok(registry) = guarded(|| registry::read(db)) {
+            *self.registry.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry);
+        }
+    }
+
+    /// Refreshes the kept registry after a memoizer or zone was registered.
+    pub(crate) fn registered(&self) {
+        if let Ok(db) = self.db() {
+            self.keep_registry_of(&db);
+        }
+    }
+
+    fn kept_registry(&self) -> Option<registry::Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Called by the writer after each durable commit: a file deleted or replaced under
+    /// the cache is dealt with now, not after values went into a file nobody can open.
+    pub(crate) fn check_file(&self) {
+        if self.origin.at_path() != AtPath::Same {
+            self.recover(false);
+        }
+    }
+
+    /// Registers how to ask for the reclamation of graves.
+    pub(crate) fn set_reclaim_wake(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.reclaim_wake.set(Box::new(wake));
+    }
+
+    /// Asks for the reclamation of graves soon (a clear just made one).
+    pub(crate) fn reclaim_soon(&self) {
+        if let Some(wake) = self.reclaim_wake.get() {
+            wake();
+        }
+    }
+
+    /// Whether a cleared table awaits reclamation (a read, no write).
+    pub(crate) fn has_graves(&self) -> Result<bool> {
+        guarded(|| ops::has_graves(&*self.db()?)).map_err(|e| self.error(e))
     }
 
     /// Whether some entry is past its deadline at `now_ms` (a read, no write).

@@ -1,7 +1,21 @@
 //! Opening (and reopening) the redb database: the file checks at open, the move-aside of a
 //! damaged file, and the [`Origin`] the writer reopens after a failed commit.
+//!
+//! A file is known by its identity (device and inode on Unix), taken from the handle the
+//! database is opened over, not from the path: a path can come to name another file (a
+//! temp cleaner deletes it and something creates it again, a backup is copied over it).
+//! Invariants:
+//! - The writer never reopens a path that names another file than the one it opened, and
+//!   never creates a file at a path except with the old file's registry written into it
+//!   ([`Origin::create_fresh`]), so ids keep their meaning.
+//! - Only the file that was found damaged is moved aside, and a move never overwrites a
+//!   name ([`Origin::move_aside`]).
+//! - A file this library created and could not initialise (a full disk) is removed, so it
+//!   is not later refused as "not a cache".
 
+use std::fs::{File, Metadata, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::faults::FaultyBackend;
@@ -9,7 +23,69 @@ use super::guarded;
 use super::ops::{self, InitOutcome};
 use crate::error::{Error, Result};
 
+/// What to do when the cache file turns out to be damaged at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnCorruption {
+    /// Move the damaged file aside (`<file>.corrupt-<unix ms>`), report it through
+    /// [`Cache::health`](crate::Cache::health) and the error hook, and start with an empty cache. A cache is
+    /// disposable; this is the default.
+    #[default]
+    Recreate,
+    /// Fail with [`Error::Corrupted`] and leave the file alone.
+    Fail,
+}
+
 const REDB_MAGIC: [u8; 4] = *b"redb";
+
+/// Which file a path named: device and inode (on other systems, only that one existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    fn of(meta: &Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Metadata) -> FileId {
+        FileId { dev: 0, ino: 0 }
+    }
+
+    fn at(path: &Path) -> Option<FileId> {
+        std::fs::metadata(path).ok().map(|m| FileId::of(&m))
+    }
+}
+
+/// What a path names now, compared with the file last opened there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtPath {
+    /// That file (or there is no path: a backend).
+    Same,
+    /// Nothing.
+    Gone,
+    /// Another file.
+    Other,
+}
+
+/// How [`open_file`] gets its file handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Open the file, creating it if missing.
+    Create,
+    /// Open an existing file only.
+    Existing,
+    /// Create a new file; fail if the path names one.
+    Fresh,
+}
 
 /// Where the database lives, and how to open it again.
 pub(crate) enum Origin {
@@ -20,6 +96,8 @@ pub(crate) enum Origin {
         verify_on_open: bool,
         /// Whether a missing file is created (`false`: it is an error).
         create: bool,
+        /// The file the last open looked at (and, once open, the database's file).
+        seen: Mutex<Option<FileId>>,
     },
     /// A backend shared with the caller (memory, or a fault-injecting wrapper): reopened
     /// over a clone of it; never moved aside.
@@ -27,6 +105,22 @@ pub(crate) enum Origin {
 }
 
 impl Origin {
+    /// A file at `path`; `create`: a missing file is created on the first open.
+    pub(crate) fn file(
+        path: &Path,
+        page_cache_bytes: usize,
+        verify_on_open: bool,
+        create: bool,
+    ) -> Origin {
+        Origin::File {
+            path: path.to_path_buf(),
+            page_cache_bytes,
+            verify_on_open,
+            create,
+            seen: Mutex::new(None),
+        }
+    }
+
     /// The file, if there is one.
     pub(crate) fn path(&self) -> Option<&Path> {
         match self {
@@ -38,15 +132,161 @@ impl Origin {
     /// Opens the database and checks that it is ours. Damage becomes [`Error::Corrupted`].
     pub(crate) fn open(&self) -> Result<redb::Database> {
         match self {
-            Origin::File {
-                path,
-                page_cache_bytes,
-                verify_on_open,
-                create,
-            } => open_file(path, *page_cache_bytes, *verify_on_open, *create),
+            Origin::File { create: true, .. } => self.open_file(Mode::Create),
+            Origin::File { .. } => self.open_file(Mode::Existing),
             Origin::Backend(backend) => open_backend(backend.clone()),
         }
     }
+
+    /// Opens the same file again (after a failed commit): never creates one, and refuses
+    /// a path that names another file by now (reported as [`Error::Detached`]).
+    pub(crate) fn reopen(&self) -> Result<redb::Database> {
+        let Origin::File { path, .. } = self else {
+            return self.open();
+        };
+        let detached = || Error::Detached {
+            path: path.clone(),
+            reason: "another file was put at its path; that file is left alone".into(),
+        };
+        if self.at_path() == AtPath::Other {
+            return Err(detached());
+        }
+        let expected = self.seen();
+        let db = self.open_file(Mode::Existing)?;
+        // Replaced between the look and the open: let go of it at once.
+        if expected.is_some() && self.seen() != expected {
+            drop(db);
+            self.set_seen(expected);
+            return Err(detached());
+        }
+        Ok(db)
+    }
+
+    /// Creates a new file at the path, which must name none (see [`AtPath::Gone`]).
+    pub(crate) fn create_fresh(&self) -> Result<redb::Database> {
+        match self {
+            Origin::File { .. } => self.open_file(Mode::Fresh),
+            Origin::Backend(_) => self.open(),
+        }
+    }
+
+    /// Removes the file last opened, if the path still names it: a fresh file that could
+    /// not be made ready.
+    pub(crate) fn discard(&self) {
+        if let Origin::File { path, .. } = self
+            && self.at_path() == AtPath::Same
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// What the path names now.
+    pub(crate) fn at_path(&self) -> AtPath {
+        let Origin::File { path, .. } = self else {
+            return AtPath::Same;
+        };
+        match (FileId::at(path), self.seen()) {
+            (None, _) => AtPath::Gone,
+            (Some(now), Some(seen)) if now != seen => AtPath::Other,
+            _ => AtPath::Same,
+        }
+    }
+
+    fn set_seen(&self, id: Option<FileId>) {
+        if let Origin::File { seen, .. } = self {
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        }
+    }
+
+    fn seen(&self) -> Option<FileId> {
+        match self {
+            Origin::File { seen, .. } => *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            Origin::Backend(_) => None,
+        }
+    }
+
+    fn open_file(&self, mode: Mode) -> Result<redb::Database> {
+        let Origin::File {
+            path,
+            page_cache_bytes,
+            verify_on_open,
+            seen,
+            ..
+        } = self
+        else {
+            return self.open();
+        };
+        open_file(path, *page_cache_bytes, *verify_on_open, mode, seen)
+    }
+
+    /// Renames the file last opened (found damaged) to `<file>.corrupt-<unix ms>`, and
+    /// returns the new name - or `None`, moving nothing, if the path names another file
+    /// by now (another `Cache` replaced it first). Never overwrites a name: the file is
+    /// hard-linked under its new name, which fails if that name exists, and only then
+    /// unlinked from the path. The caller holds [`take_turn`] until the file that
+    /// replaces it is in place.
+    pub(crate) fn move_aside(&self, _turn: &Turn) -> Result<Option<PathBuf>> {
+        let Origin::File { path, .. } = self else {
+            return Ok(None);
+        };
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        if self.at_path() != AtPath::Same {
+            return Ok(None);
+        }
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let name = |n: u32| {
+            let mut aside = path.as_os_str().to_owned();
+            match n {
+                0 => aside.push(format!(".corrupt-{stamp}")),
+                n => aside.push(format!(".corrupt-{stamp}-{n}")),
+            }
+            PathBuf::from(aside)
+        };
+        let mut n = 0;
+        let aside = loop {
+            let aside = name(n);
+            match std::fs::hard_link(path, &aside) {
+                Ok(()) => break aside,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // No hard links here (some file systems): a checked rename instead.
+                Err(_) if !aside.exists() => {
+                    std::fs::rename(path, &aside).map_err(io)?;
+                    return Ok(Some(aside));
+                }
+                Err(_) => n += 1,
+            }
+        };
+        // The link names whatever the path named a moment ago: keep it only if that was
+        // the damaged file.
+        if FileId::at(&aside) != self.seen() {
+            let _ = std::fs::remove_file(&aside);
+            return Ok(None);
+        }
+        if FileId::at(path) != self.seen() {
+            return Ok(None);
+        }
+        std::fs::remove_file(path).map_err(io)?;
+        Ok(Some(aside))
+    }
+}
+
+/// This process's turn to open, move aside or create cache files (see [`take_turn`]).
+pub(crate) type Turn = MutexGuard<'static, ()>;
+
+/// Opening a cache file, moving a damaged one aside and creating the fresh one that
+/// replaces it take turns in this process. Otherwise one `Cache` could find another's
+/// fresh file half-written (and refuse it as not a cache), or move it aside as the
+/// damaged file both had found. (Another process is kept out only by redb's lock and the
+/// identity checks, which leave a window of microseconds.)
+pub(crate) fn take_turn() -> Turn {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
@@ -56,70 +296,121 @@ fn corrupted(path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Opens the redb file at `path` (creating it if missing and `create`) and checks it is
-/// ours.
+/// The handle to open the database over, and whether this call created the file.
+fn handle(path: &Path, mode: Mode) -> std::io::Result<(File, bool)> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    match mode {
+        Mode::Existing => Ok((options.open(path)?, false)),
+        Mode::Fresh => Ok((options.create_new(true).open(path)?, true)),
+        Mode::Create => match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(file) => Ok((file, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok((options.open(path)?, false))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Opens the redb file at `path` as `mode` says and checks it is ours. Records in `seen`
+/// the file it looked at, also when that file is then refused as damaged. A file this
+/// call created and could not initialise is removed again.
 fn open_file(
     path: &Path,
     page_cache_bytes: usize,
     verify: bool,
-    create: bool,
+    mode: Mode,
+    seen: &Mutex<Option<FileId>>,
 ) -> Result<redb::Database> {
-    if let Some(bytes) = leading_bytes(path)
-        && !bytes.is_empty()
-        && bytes != REDB_MAGIC[..bytes.len()]
-    {
-        return Err(Error::NotACache {
-            path: path.to_path_buf(),
-            reason: "not a redb database".into(),
-        });
-    }
-    // A file that is someone else's (foreign tables, a newer format) is refused after a
-    // read-only look, so not even redb's header bookkeeping touches it.
-    if let Some(refusal) = inspect_read_only(path)? {
-        return Err(refusal);
-    }
-    let opened = std::panic::catch_unwind(|| {
-        let mut builder = redb::Builder::new();
-        builder
-            .set_cache_size(page_cache_bytes)
-            .set_check_integrity_on_open(verify);
-        if create {
-            builder.create(path)
-        } else {
-            builder.open(path)
-        }
-    });
-    let db = match opened {
-        Err(_) => return Err(corrupted(path, "redb panicked while opening it")),
-        Ok(Ok(db)) => db,
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(Error::AlreadyOpen {
+    if mode != Mode::Fresh {
+        if let Some(bytes) = leading_bytes(path)
+            && !bytes.is_empty()
+            && bytes != REDB_MAGIC[..bytes.len()]
+        {
+            return Err(Error::NotACache {
                 path: path.to_path_buf(),
+                reason: "not a redb database".into(),
             });
         }
+        // A file that is someone else's (foreign tables, a newer format) is refused after
+        // a read-only look, so not even redb's header bookkeeping touches it.
+        if let Some(refusal) = inspect_read_only(path)? {
+            return Err(refusal);
+        }
+    }
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (file, created) = handle(path, mode).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let id = FileId::of(&meta);
+    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+    if mode == Mode::Existing && meta.len() == 0 {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "an empty file".into(),
+        });
+    }
+    let opened =
+        open_db(path, file, page_cache_bytes, verify).and_then(|db| checked(db, Some(path)));
+    match opened {
+        Ok(db) => Ok(db),
+        Err(e) => {
+            // Ours and useless (a full disk cut its initialisation short): left behind, it
+            // would be refused as not a cache once there is space again.
+            if created && FileId::at(path) == Some(id) {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Opens redb over `file`, mapping its failures.
+fn open_db(
+    path: &Path,
+    file: File,
+    page_cache_bytes: usize,
+    verify: bool,
+) -> Result<redb::Database> {
+    let opened = crate::panics::catch_quietly(|| {
+        let backend = redb::backends::FileBackend::new(file)?;
+        redb::Builder::new()
+            .set_cache_size(page_cache_bytes)
+            .set_check_integrity_on_open(verify)
+            .create_with_backend(backend)
+    });
+    match opened {
+        Err(_) => Err(corrupted(path, "redb panicked while opening it")),
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(Error::AlreadyOpen {
+            path: path.to_path_buf(),
+        }),
         // A file cut short inside redb's header reads past its end.
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
             if source.kind() == std::io::ErrorKind::UnexpectedEof =>
         {
-            return Err(corrupted(path, format!("truncated ({source})")));
+            Err(corrupted(path, format!("truncated ({source})")))
         }
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source)))) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
         // redb 4 writes nothing older: not a file of ours, so never moved aside.
-        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => {
-            return Err(Error::NotACache {
-                path: path.to_path_buf(),
-                reason: format!("a redb database of the old file format {v}"),
-            });
-        }
+        Ok(Err(redb::DatabaseError::UpgradeRequired(v))) => Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: format!("a redb database of the old file format {v}"),
+        }),
         // Corrupted, a failed repair...
-        Ok(Err(e)) => return Err(corrupted(path, e.to_string())),
-    };
-    checked(db, Some(path))
+        Ok(Err(e)) => Err(corrupted(path, e.to_string())),
+    }
 }
 
 /// Looks at an existing file read-only: `Some(refusal)` if it is not ours or is newer,
@@ -129,7 +420,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
-    let looked = std::panic::catch_unwind(|| {
+    let looked = crate::panics::catch_quietly(|| {
         let db = match redb::Builder::new().open_read_only(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(()),
@@ -159,9 +450,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
 
 /// Opens (or creates) a database over `backend`.
 fn open_backend(backend: FaultyBackend) -> Result<redb::Database> {
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        redb::Builder::new().create_with_backend(backend)
-    }));
+    let opened = crate::panics::catch_quietly(|| redb::Builder::new().create_with_backend(backend));
     let db = match opened {
         Err(_) => {
             return Err(storage_error(redb::Error::Corrupted(
@@ -223,25 +512,58 @@ fn leading_bytes(path: &Path) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// Renames a damaged file to `<file>.corrupt-<unix ms>` and returns the new name.
-pub(crate) fn move_aside(path: &Path) -> Result<PathBuf> {
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".corrupt-{stamp}"));
-    let mut aside = PathBuf::from(aside);
-    // Two resets within one millisecond must not overwrite the first file moved aside.
-    let mut n = 1;
-    while aside.exists() {
-        let mut next = path.as_os_str().to_owned();
-        next.push(format!(".corrupt-{stamp}-{n}"));
-        aside = PathBuf::from(next);
-        n += 1;
-    }
-    std::fs::rename(path, &aside).map_err(|source| Error::Io {
+/// Opens an existing cache file read-only: nothing is written to it, not even redb's
+/// header bookkeeping. `Ok(None)` if the file was not closed cleanly and so needs redb's
+/// recovery, which writes (see [`super::scratch`] for looking into it anyway). A file
+/// that is not ours, is newer or is held by a `Cache` is refused as by [`Origin::open`].
+pub(crate) fn open_read_only(path: &Path) -> Result<Option<redb::ReadOnlyDatabase>> {
+    std::fs::metadata(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(aside)
+    if let Some(bytes) = leading_bytes(path)
+        && bytes != REDB_MAGIC[..bytes.len()]
+    {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "not a redb database".into(),
+        });
+    }
+    if let Some(refusal) = inspect_read_only(path)? {
+        return Err(refusal);
+    }
+    let opened = crate::panics::catch_quietly(|| redb::Builder::new().open_read_only(path));
+    let db = match opened {
+        Err(panic) => return Err(corrupted(path, format!("redb panicked: {panic}"))),
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::RepairAborted)) => return Ok(None),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(Error::AlreadyOpen {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
+            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            return Err(corrupted(path, format!("truncated ({source})")));
+        }
+        Ok(Err(e)) => return Err(corrupted(path, e.to_string())),
+    };
+    match guarded(|| ops::inspect(&db)) {
+        Ok(Some(InitOutcome::Ready | InitOutcome::Older)) => Ok(Some(db)),
+        Ok(None) => Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "a redb database without the cache's tables".into(),
+        }),
+        Ok(Some(InitOutcome::Foreign(reason))) => Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason,
+        }),
+        Ok(Some(InitOutcome::Newer(found))) => Err(Error::NewerFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: crate::entry::FORMAT_VERSION,
+        }),
+        Err(e) => Err(corrupted(path, e.to_string())),
+    }
 }

@@ -7,11 +7,13 @@ use redb::{
 };
 
 use super::tables::{
-    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE,
-    MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name,
-    entry_ref, expiry_key, split_entry_ref, split_expiry_key,
+    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, GENERATIONS, GRAVE_PREFIX, GRAVES,
+    KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMOIZER_NAMES, MEMOIZERS, META,
+    MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name, entry_ref, expiry_end, expiry_key,
+    grave_key, grave_name, split_entry_ref, split_expiry_key, split_grave_key,
 };
-use crate::entry::{self, DepRow, FORMAT_VERSION};
+use crate::entry::{self, FORMAT_VERSION};
+use crate::key::DepRow;
 use crate::key::KeyHash;
 
 type R<T> = Result<T, redb::Error>;
@@ -99,13 +101,15 @@ fn drop_entries(txn: &WriteTransaction) -> R<()> {
     let names: Vec<String> = txn
         .list_tables()?
         .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(ENTRIES_PREFIX))
+        .filter(|n| n.starts_with(ENTRIES_PREFIX) || n.starts_with(GRAVE_PREFIX))
         .collect();
     for name in names {
         txn.delete_table(EntriesDef::new(&name))?;
     }
     txn.delete_multimap_table(DEPS)?;
     txn.delete_table(EXPIRY)?;
+    txn.delete_table(GENERATIONS)?;
+    txn.delete_table(GRAVES)?;
     Ok(())
 }
 
@@ -256,7 +260,7 @@ pub(crate) fn add_zone_member(txn: &WriteTransaction, zone_id: u64, memo_id: u64
 struct Indexes<'t> {
     txn: &'t WriteTransaction,
     deps: Option<redb::MultimapTable<'t, &'static [u8; 24], &'static [u8; 32]>>,
-    expiry: Option<redb::Table<'t, &'static [u8; 32], ()>>,
+    expiry: Option<redb::Table<'t, &'static [u8; 40], ()>>,
 }
 
 impl<'t> Indexes<'t> {
@@ -268,12 +272,12 @@ impl<'t> Indexes<'t> {
         }
     }
 
-    /// Adds (`add = true`) or removes the index rows of one entry: its dependency rows
-    /// (but `skip`, a row the caller already removed for every entry carrying it) and its
-    /// expiry row.
+    /// Adds (`add = true`) or removes the index rows of one entry of table generation
+    /// `generation`: its dependency rows (but `skip`, a row the caller already removed
+    /// for every entry carrying it) and its expiry row.
     fn update(
         &mut self,
-        memo_id: u64,
+        (memo_id, generation): (u64, u64),
         hash: &KeyHash,
         bytes: &[u8],
         add: bool,
@@ -285,7 +289,7 @@ impl<'t> Indexes<'t> {
         let Ok(view) = entry::decode(bytes, false) else {
             return Ok(());
         };
-        let target = entry_ref(memo_id, hash);
+        let target = entry_ref(memo_id, generation, hash);
         for row in view.deps().filter(|r| Some(r) != skip) {
             if self.deps.is_none() {
                 self.deps = Some(self.txn.open_multimap_table(DEPS)?);
@@ -303,7 +307,7 @@ impl<'t> Indexes<'t> {
                 self.expiry = Some(self.txn.open_table(EXPIRY)?);
             }
             if let Some(expiry) = &mut self.expiry {
-                let key = expiry_key(view.meta.expires_at_ms, memo_id, hash);
+                let key = expiry_key(view.meta.expires_at_ms, memo_id, generation, hash);
                 if add {
                     expiry.insert(&key, ())?;
                 } else {
@@ -315,15 +319,33 @@ impl<'t> Indexes<'t> {
     }
 }
 
-/// Adds (`add = true`) or removes the index rows of one entry.
+/// Adds (`add = true`) or removes the index rows of one live entry.
 fn index_rows(
     txn: &WriteTransaction,
-    memo_id: u64,
+    table: (u64, u64),
     hash: &KeyHash,
     bytes: &[u8],
     add: bool,
 ) -> R<()> {
-    Indexes::new(txn).update(memo_id, hash, bytes, add, None)
+    Indexes::new(txn).update(table, hash, bytes, add, None)
+}
+
+/// The generation of memoizer `id`'s live entries table.
+pub(crate) fn generation(txn: &WriteTransaction, id: u64) -> R<u64> {
+    Ok(txn
+        .open_table(GENERATIONS)?
+        .get(id)?
+        .map_or(0, |v| v.value()))
+}
+
+/// The name of the table holding entries of memoizer `id`, generation `generation`: its
+/// live table, or a grave.
+fn table_name(txn: &WriteTransaction, id: u64, generation: u64) -> R<String> {
+    Ok(if self::generation(txn, id)? == generation {
+        entries_name(id)
+    } else {
+        grave_name(id, generation)
+    })
 }
 
 /// Stores entries, each replacing (and un-indexing) any previous entry under the same
@@ -333,8 +355,8 @@ fn index_rows(
 /// open that table in the same transaction.
 pub(crate) struct Puts<'t> {
     txn: &'t WriteTransaction,
-    /// The open entries table, and whose it is.
-    open: Option<(u64, EntriesTableMut<'t>)>,
+    /// The open entries table, whose it is and its generation.
+    open: Option<(u64, u64, EntriesTableMut<'t>)>,
 }
 
 type EntriesTableMut<'t> = redb::Table<'t, &'static [u8; 16], &'static [u8]>;
@@ -346,20 +368,22 @@ impl<'t> Puts<'t> {
 
     /// Stores one entry.
     pub(crate) fn put(&mut self, memo_id: u64, hash: &KeyHash, bytes: &[u8]) -> R<()> {
-        let table = match &mut self.open {
-            Some((id, table)) if *id == memo_id => table,
+        let (generation, table) = match &mut self.open {
+            Some((id, generation, table)) if *id == memo_id => (*generation, table),
             open => {
                 *open = None; // closes the previous table first
+                let generation = generation(self.txn, memo_id)?;
                 let name = entries_name(memo_id);
                 let table = self.txn.open_table(EntriesDef::new(&name))?;
-                &mut open.insert((memo_id, table)).1
+                let (_, generation, table) = open.insert((memo_id, generation, table));
+                (*generation, table)
             }
         };
         let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
         if let Some(old) = old {
-            index_rows(self.txn, memo_id, hash, &old, false)?;
+            index_rows(self.txn, (memo_id, generation), hash, &old, false)?;
         }
-        index_rows(self.txn, memo_id, hash, bytes, true)
+        index_rows(self.txn, (memo_id, generation), hash, bytes, true)
     }
 
     /// Closes the open table, if any.
@@ -370,6 +394,7 @@ impl<'t> Puts<'t> {
 
 /// Removes one entry and its dependency rows. Returns whether it existed.
 pub(crate) fn remove(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash) -> R<bool> {
+    let generation = generation(txn, memo_id)?;
     let name = entries_name(memo_id);
     let def = EntriesDef::new(&name);
     let mut table = txn.open_table(def)?;
@@ -377,7 +402,7 @@ pub(crate) fn remove(txn: &WriteTransaction, memo_id: u64, hash: &KeyHash) -> R<
     drop(table);
     match old {
         Some(old) => {
-            index_rows(txn, memo_id, hash, &old, false)?;
+            index_rows(txn, (memo_id, generation), hash, &old, false)?;
             Ok(true)
         }
         None => Ok(false),
@@ -411,25 +436,141 @@ pub(crate) fn find_placed(
     Ok(None)
 }
 
-/// Removes every entry of a memoizer. Cost: O(1) table drop, plus O(entries) only when
-/// the memoizer's entries may carry dependency rows that must leave the index too.
+/// What an invalidation removes from the file, as [`remove_what`] carries it out.
+#[derive(Debug, Clone)]
+pub(crate) enum Removal {
+    /// One entry of memoizer `id`, under its row hash.
+    Key { id: u64, hash: KeyHash },
+    /// Every entry of memoizer `id`.
+    Memoizer(u64),
+    /// Every entry carrying the row, through the dependency index.
+    Dep(DepRow),
+    /// The same, found by reading every entry of zone `zone`'s members (the baseline
+    /// `benches/zones.rs` compares the index against).
+    DepByScan { zone: u64, row: DepRow },
+    /// Every entry of every memoizer recorded as a member of the zone.
+    Zone(u64),
+}
+
+/// What [`remove_what`] removed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Removed {
+    /// Entries removed one by one: (memoizer id, row hash).
+    pub keys: Vec<(u64, KeyHash)>,
+    /// Memoizers cleared whole: (memoizer id, entries it held).
+    pub cleared: Vec<(u64, u64)>,
+}
+
+impl Removed {
+    /// How many entries of memoizer `id` went.
+    pub(crate) fn of(&self, id: u64) -> u64 {
+        let keys = self.keys.iter().filter(|(m, _)| *m == id).count() as u64;
+        let cleared: u64 = self
+            .cleared
+            .iter()
+            .filter(|(m, _)| *m == id)
+            .map(|c| c.1)
+            .sum();
+        keys + cleared
+    }
+
+    /// How many entries went in all.
+    pub(crate) fn total(&self) -> u64 {
+        self.keys.len() as u64 + self.cleared.iter().map(|c| c.1).sum::<u64>()
+    }
+}
+
+/// Carries out `removal` in one transaction, keeping the indexes exact.
+pub(crate) fn remove_what(txn: &WriteTransaction, removal: &Removal) -> R<Removed> {
+    let mut removed = Removed::default();
+    match removal {
+        Removal::Key { id, hash } => {
+            if remove(txn, *id, hash)? {
+                removed.keys.push((*id, *hash));
+            }
+        }
+        Removal::Memoizer(id) => {
+            if let Some(record) = memoizer_record_by_id(txn, *id)? {
+                removed.cleared.push((*id, clear(txn, &record)?));
+            }
+        }
+        Removal::Dep(row) => removed.keys = invalidate_dep(txn, row)?,
+        Removal::DepByScan { zone, row } => {
+            removed.keys = invalidate_dep_by_scan(txn, *zone, row)?;
+        }
+        Removal::Zone(zone) => removed.cleared = clear_zone(txn, *zone)?,
+    }
+    Ok(removed)
+}
+
+/// Removes every entry of a memoizer, at a cost independent of how many it has: its
+/// entries table becomes a grave (a rename), its index rows stay and stay exact (they
+/// name the grave's generation), and the memoizer starts a new generation. The grave is
+/// reclaimed later, in bounded batches ([`reclaim`]). Returns how many entries it held.
 pub(crate) fn clear(txn: &WriteTransaction, record: &MemoRecord) -> R<u64> {
     let name = entries_name(record.id);
     let def = EntriesDef::new(&name);
-    let count = {
-        let table = txn.open_table(def)?;
-        let count = table.len()?;
-        if record.indexed && count > 0 {
-            let mut indexes = Indexes::new(txn);
-            for item in table.iter()? {
-                let (k, v) = item?;
-                indexes.update(record.id, k.value(), v.value(), false, None)?;
-            }
-        }
-        count
+    let count = match txn.open_table(def) {
+        Ok(table) => table.len()?,
+        Err(e) => return Err(e.into()),
     };
-    txn.delete_table(def)?;
+    if count == 0 {
+        txn.delete_table(def)?;
+        return Ok(0);
+    }
+    let generation = generation(txn, record.id)?;
+    let grave = grave_name(record.id, generation);
+    txn.rename_table(def, EntriesDef::new(&grave))?;
+    txn.open_table(GRAVES)?
+        .insert(&grave_key(record.id, generation), ())?;
+    txn.open_table(GENERATIONS)?
+        .insert(record.id, generation + 1)?;
     Ok(count)
+}
+
+/// Reclaims up to `limit` entries of the oldest grave (with their index rows), and drops
+/// the grave once it is empty. Returns how many entries went and whether graves remain.
+pub(crate) fn reclaim(txn: &WriteTransaction, limit: usize) -> R<(u64, bool)> {
+    let first = txn.open_table(GRAVES)?.first()?.map(|(k, _)| *k.value());
+    let Some(key) = first else {
+        return Ok((0, false));
+    };
+    let (id, generation) = split_grave_key(&key);
+    let name = grave_name(id, generation);
+    let def = EntriesDef::new(&name);
+    let mut table = txn.open_table(def)?;
+    let batch: Vec<(KeyHash, Vec<u8>)> = {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for item in table.iter()?.take(limit) {
+            let (k, v) = item?;
+            out.push((*k.value(), v.value().to_vec()));
+        }
+        out
+    };
+    let mut indexes = Indexes::new(txn);
+    for (hash, bytes) in &batch {
+        table.remove(hash)?;
+        indexes.update((id, generation), hash, bytes, false, None)?;
+    }
+    let empty = table.is_empty()?;
+    drop(table);
+    drop(indexes);
+    let mut graves = txn.open_table(GRAVES)?;
+    if empty {
+        txn.delete_table(def)?;
+        graves.remove(&key)?;
+    }
+    Ok((batch.len() as u64, !graves.is_empty()?))
+}
+
+/// Whether any grave awaits reclamation (a read, no write).
+pub(crate) fn has_graves(db: &redb::Database) -> R<bool> {
+    let read = db.begin_read()?;
+    match read.open_table(GRAVES) {
+        Ok(graves) => Ok(!graves.is_empty()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes every entry whose dependency rows include `row`, in every member memoizer.
@@ -445,28 +586,91 @@ pub(crate) fn invalidate_dep(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64
         }
         out
     };
-    remove_refs(txn, &targets, Some(row))
+    let mut removed = remove_refs(txn, &targets, Some(row))?;
+    removed.extend(sweep_placed(txn, row)?);
+    Ok(removed)
 }
 
-/// Removes the entries `targets` (entry refs, sorted) and their index rows, except
-/// `skip`, a dependency row the caller already removed for all of them. Each table is
-/// opened once. Returns the (memoizer id, hash) of each entry that existed.
+/// Whether entry `bytes` depends on `row`.
+fn carries(bytes: &[u8], row: &DepRow) -> bool {
+    entry::decode(bytes, false).is_ok_and(|v| v.deps().any(|d| d == *row))
+}
+
+/// Removes what the index may have missed: redb does not checksum pages on read, so a
+/// damaged index row can point elsewhere. In every placed member of `row`'s zone, the
+/// entries whose primary dependency is `row` lie in one run of rows (`key::place`); those
+/// still there that carry `row` go too. Cost: one range read per placed member, of a run
+/// the index removal has just emptied. Entries for which `row` is not the primary
+/// dependency, and entries of unplaced memoizers, have no such run: a damaged index row
+/// still misses them (`check_integrity` and `verify_on_open` find such damage).
+fn sweep_placed(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64, KeyHash)>> {
+    let mut zone_id = [0u8; 8];
+    zone_id.copy_from_slice(&row[..8]);
+    let mut lo = [0u8; 16];
+    lo[..8].copy_from_slice(&row[8..16]);
+    let mut hi = [0xffu8; 16];
+    hi[..8].copy_from_slice(&row[8..16]);
+    let mut removed = Vec::new();
+    let mut indexes = Indexes::new(txn);
+    for memo_id in zone_members(txn, u64::from_be_bytes(zone_id))? {
+        if !memoizer_record_by_id(txn, memo_id)?.is_some_and(|r| r.placed) {
+            continue;
+        }
+        // Only the live table: graves were invalidated whole already.
+        let generation = generation(txn, memo_id)?;
+        let name = entries_name(memo_id);
+        let mut table = txn.open_table(EntriesDef::new(&name))?;
+        let mut strays = Vec::new();
+        for item in table.range::<&[u8; 16]>(&lo..=&hi)? {
+            let (hash, bytes) = item?;
+            if carries(bytes.value(), row) {
+                strays.push(*hash.value());
+            }
+        }
+        for hash in strays {
+            if let Some(old) = table.remove(&hash)? {
+                indexes.update((memo_id, generation), &hash, old.value(), false, Some(row))?;
+                removed.push((memo_id, hash));
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the entries `targets` (entry refs) and their index rows, except `skip`, a
+/// dependency row the caller already removed for all of them. Each table is opened once.
+/// Returns the (memoizer id, hash) of each live entry that existed (entries of graves
+/// are removed too, to keep the index exact, but were invalidated already).
 fn remove_refs(
     txn: &WriteTransaction,
     targets: &[[u8; 32]],
     skip: Option<&DepRow>,
 ) -> R<Vec<(u64, KeyHash)>> {
+    let mut by_table: std::collections::BTreeMap<(u64, u64), Vec<KeyHash>> = Default::default();
+    for target in targets {
+        let (id, generation, hash) = split_entry_ref(target);
+        by_table.entry((id, generation)).or_default().push(hash);
+    }
     let mut removed = Vec::with_capacity(targets.len());
     let mut indexes = Indexes::new(txn);
-    // Entry refs sort by memoizer id first: one run per memoizer table.
-    for run in targets.chunk_by(|a, b| a[..8] == b[..8]) {
-        let (memo_id, _) = split_entry_ref(&run[0]);
-        let name = entries_name(memo_id);
+    for ((memo_id, generation), hashes) in by_table {
+        let live = self::generation(txn, memo_id)? == generation;
+        let name = table_name(txn, memo_id, generation)?;
         let mut table = txn.open_table(EntriesDef::new(&name))?;
-        for target in run {
-            let (_, hash) = split_entry_ref(target);
-            if let Some(old) = table.remove(&hash)? {
-                indexes.update(memo_id, &hash, old.value(), false, skip)?;
+        for hash in hashes {
+            let Some(old) = table.remove(&hash)? else {
+                continue;
+            };
+            // A damaged index row may point at an entry that does not depend on `skip`:
+            // that one stays.
+            if skip.is_some_and(|row| !carries(old.value(), row)) {
+                let kept = old.value().to_vec();
+                drop(old);
+                table.insert(&hash, kept.as_slice())?;
+                continue;
+            }
+            indexes.update((memo_id, generation), &hash, old.value(), false, skip)?;
+            if live {
                 removed.push((memo_id, hash));
             }
         }
@@ -477,6 +681,20 @@ fn remove_refs(
 /// The memoizers recorded as members of zone `zone_id` (by this run or an earlier one).
 fn zone_members(txn: &WriteTransaction, zone_id: u64) -> R<Vec<u64>> {
     let table = txn.open_multimap_table(ZONE_MEMBERS)?;
+    let mut out = Vec::new();
+    for v in table.get(zone_id)? {
+        out.push(v?.value());
+    }
+    Ok(out)
+}
+
+/// [`zone_members`], read from a snapshot (no write transaction).
+pub(crate) fn read_zone_members(txn: &ReadTransaction, zone_id: u64) -> R<Vec<u64>> {
+    let table = match txn.open_multimap_table(ZONE_MEMBERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
     let mut out = Vec::new();
     for v in table.get(zone_id)? {
         out.push(v?.value());
@@ -506,12 +724,13 @@ pub(crate) fn invalidate_dep_by_scan(
 ) -> R<Vec<(u64, KeyHash)>> {
     let mut targets = Vec::new();
     for memo_id in zone_members(txn, zone_id)? {
+        let generation = generation(txn, memo_id)?;
         let name = entries_name(memo_id);
         let table = txn.open_table(EntriesDef::new(&name))?;
         for item in table.iter()? {
             let (hash, bytes) = item?;
             if entry::decode(bytes.value(), false).is_ok_and(|v| v.deps().any(|d| d == *row)) {
-                targets.push(entry_ref(memo_id, hash.value()));
+                targets.push(entry_ref(memo_id, generation, hash.value()));
             }
         }
     }
@@ -519,30 +738,45 @@ pub(crate) fn invalidate_dep_by_scan(
     remove_refs(txn, &targets, None)
 }
 
-/// Removes up to `limit` entries whose deadline is at or before `now_ms`, oldest first.
-/// Returns the (memoizer id, hash) of each removed entry.
+/// Removes up to `limit` entries whose deadline is at or before `now_ms`, oldest first,
+/// from live tables and graves alike. Returns the (memoizer id, hash) of each removed
+/// live entry.
 pub(crate) fn purge_expired(
     txn: &WriteTransaction,
     now_ms: u64,
     limit: usize,
 ) -> R<Vec<(u64, KeyHash)>> {
-    let due: Vec<[u8; 32]> = {
+    let due: Vec<[u8; 40]> = {
         let expiry = txn.open_table(EXPIRY)?;
-        let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
         let mut out = Vec::new();
-        for item in expiry.range::<&[u8; 32]>(..=&end)?.take(limit) {
+        for item in expiry
+            .range::<&[u8; 40]>(..=&expiry_end(now_ms))?
+            .take(limit)
+        {
             out.push(*item?.0.value());
         }
         out
     };
     let mut removed = Vec::with_capacity(due.len());
     for key in due {
-        let (_, memo_id, hash) = split_expiry_key(&key);
-        if remove(txn, memo_id, &hash)? {
-            removed.push((memo_id, hash));
-        } else {
+        let (_, memo_id, generation, hash) = split_expiry_key(&key);
+        let live = self::generation(txn, memo_id)? == generation;
+        let name = table_name(txn, memo_id, generation)?;
+        let old = txn
+            .open_table(EntriesDef::new(&name))?
+            .remove(&hash)?
+            .map(|g| g.value().to_vec());
+        match old {
+            Some(old) => {
+                index_rows(txn, (memo_id, generation), &hash, &old, false)?;
+                if live {
+                    removed.push((memo_id, hash));
+                }
+            }
             // Only outside damage leaves a row without its entry; drop it.
-            txn.open_table(EXPIRY)?.remove(&key)?;
+            None => {
+                txn.open_table(EXPIRY)?.remove(&key)?;
+            }
         }
     }
     Ok(removed)
@@ -560,7 +794,6 @@ pub(crate) fn count_entries(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
 pub(crate) fn has_expired(db: &redb::Database, now_ms: u64) -> R<bool> {
     let read = db.begin_read()?;
     let expiry = read.open_table(EXPIRY)?;
-    let end = expiry_key(now_ms, u64::MAX, &[0xff; 16]);
-    let mut due = expiry.range::<&[u8; 32]>(..=&end)?;
+    let mut due = expiry.range::<&[u8; 40]>(..=&expiry_end(now_ms))?;
     Ok(due.next().transpose()?.is_some())
 }

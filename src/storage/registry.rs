@@ -12,7 +12,7 @@ use super::tables::{MEMOIZER_NAMES, MEMOIZERS, META, ZONE_MEMBERS, ZONES};
 type R<T> = Result<T, redb::Error>;
 
 /// The registry tables, read into memory.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Registry {
     meta: Vec<(String, u64)>,
     memoizers: Vec<(String, Vec<u8>)>,

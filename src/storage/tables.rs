@@ -15,32 +15,77 @@ pub(crate) const ZONES: TableDefinition<&str, u64> = TableDefinition::new("fresc
 /// Zone id -> ids of its member memoizers.
 pub(crate) const ZONE_MEMBERS: MultimapTableDefinition<u64, u64> =
     MultimapTableDefinition::new("fresco/zone_members");
-/// Dependency row (zone id BE ++ dep hash) -> entry ref (memoizer id BE ++ key hash).
+/// Dependency row (zone id BE ++ dep hash) -> entry ref (memoizer id BE ++ key hash ++
+/// table generation BE).
 pub(crate) const DEPS: MultimapTableDefinition<&[u8; 24], &[u8; 32]> =
     MultimapTableDefinition::new("fresco/deps");
 
-/// Expiry index: deadline (unix ms, BE) ++ memoizer id (BE) ++ key hash -> (). Ordered by
-/// deadline, so expired entries are found by one range read.
-pub(crate) const EXPIRY: TableDefinition<&[u8; 32], ()> = TableDefinition::new("fresco/expiry");
+/// Expiry index: deadline (unix ms, BE) ++ memoizer id (BE) ++ table generation (BE) ++
+/// key hash -> (). Ordered by deadline, so expired entries are found by one range read.
+pub(crate) const EXPIRY: TableDefinition<&[u8; 40], ()> = TableDefinition::new("fresco/expiry");
 
-/// Builds an [`EXPIRY`] key.
-pub(crate) fn expiry_key(expires_at_ms: u64, memo_id: u64, hash: &[u8; 16]) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
-    k[8..16].copy_from_slice(&memo_id.to_be_bytes());
-    k[16..].copy_from_slice(hash);
+/// Memoizer id -> the generation of its live entries table (absent: 0). Clearing a
+/// memoizer renames its table to a grave and bumps this.
+pub(crate) const GENERATIONS: TableDefinition<u64, u64> =
+    TableDefinition::new("fresco/generations");
+
+/// Graves: cleared entries tables awaiting reclamation, by memoizer id (BE) ++ generation
+/// (BE) -> (). Each names a table [`grave_name`]; its entries and their index rows are
+/// removed in bounded batches in the background (`ops::reclaim`).
+pub(crate) const GRAVES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("fresco/graves");
+
+/// Prefix of every grave's name.
+pub(crate) const GRAVE_PREFIX: &str = "fresco/reclaim/";
+
+/// Name of the grave of memoizer `id`'s entries table of generation `generation`.
+pub(crate) fn grave_name(id: u64, generation: u64) -> String {
+    format!("{GRAVE_PREFIX}{id}.{generation}")
+}
+
+/// A [`GRAVES`] key.
+pub(crate) fn grave_key(id: u64, generation: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&generation.to_be_bytes());
     k
 }
 
-/// Splits an [`EXPIRY`] key into (deadline, memoizer id, hash).
-pub(crate) fn split_expiry_key(k: &[u8; 32]) -> (u64, u64, [u8; 16]) {
-    let mut d = [0u8; 8];
-    d.copy_from_slice(&k[..8]);
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&k[8..16]);
+/// Splits a [`GRAVES`] key into (memoizer id, generation).
+pub(crate) fn split_grave_key(k: &[u8; 16]) -> (u64, u64) {
+    (word(&k[..8]), word(&k[8..]))
+}
+
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(bytes);
+    u64::from_be_bytes(w)
+}
+
+/// Builds an [`EXPIRY`] key.
+pub(crate) fn expiry_key(
+    expires_at_ms: u64,
+    memo_id: u64,
+    generation: u64,
+    hash: &[u8; 16],
+) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    k[8..16].copy_from_slice(&memo_id.to_be_bytes());
+    k[16..24].copy_from_slice(&generation.to_be_bytes());
+    k[24..].copy_from_slice(hash);
+    k
+}
+
+/// The last [`EXPIRY`] key with a deadline at or before `now_ms`.
+pub(crate) fn expiry_end(now_ms: u64) -> [u8; 40] {
+    expiry_key(now_ms, u64::MAX, u64::MAX, &[0xff; 16])
+}
+
+/// Splits an [`EXPIRY`] key into (deadline, memoizer id, generation, hash).
+pub(crate) fn split_expiry_key(k: &[u8; 40]) -> (u64, u64, u64, [u8; 16]) {
     let mut hash = [0u8; 16];
-    hash.copy_from_slice(&k[16..]);
-    (u64::from_be_bytes(d), u64::from_be_bytes(id), hash)
+    hash.copy_from_slice(&k[24..]);
+    (word(&k[..8]), word(&k[8..16]), word(&k[16..24]), hash)
 }
 
 pub(crate) const KEY_FORMAT_VERSION: &str = "format_version";
@@ -61,21 +106,21 @@ pub(crate) fn entries_name(id: u64) -> String {
     format!("{ENTRIES_PREFIX}{id}")
 }
 
-/// An entry reference as stored in [`DEPS`]: memoizer id (BE) and key hash, padded.
-pub(crate) fn entry_ref(memo_id: u64, hash: &[u8; 16]) -> [u8; 32] {
+/// An entry reference as stored in [`DEPS`]: memoizer id (BE), key hash, table
+/// generation (BE).
+pub(crate) fn entry_ref(memo_id: u64, generation: u64, hash: &[u8; 16]) -> [u8; 32] {
     let mut r = [0u8; 32];
     r[..8].copy_from_slice(&memo_id.to_be_bytes());
     r[8..24].copy_from_slice(hash);
+    r[24..].copy_from_slice(&generation.to_be_bytes());
     r
 }
 
-/// Splits an entry reference.
-pub(crate) fn split_entry_ref(r: &[u8; 32]) -> (u64, [u8; 16]) {
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&r[..8]);
+/// Splits an entry reference into (memoizer id, generation, hash).
+pub(crate) fn split_entry_ref(r: &[u8; 32]) -> (u64, u64, [u8; 16]) {
     let mut hash = [0u8; 16];
     hash.copy_from_slice(&r[8..24]);
-    (u64::from_be_bytes(id), hash)
+    (word(&r[..8]), word(&r[24..]), hash)
 }
 
 /// A memoizer's registry record.

@@ -15,7 +15,6 @@
 //!   to the last durable commit. Damage (`Corrupted`, or a panic inside redb) instead
 //!   moves the file aside under `OnCorruption::Recreate`.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -34,41 +33,124 @@ const IDLE_DURABLE: Duration = Duration::from_millis(50);
 /// Most jobs in one transaction; bounds the latency of a synchronous job behind a burst.
 const MAX_BATCH: usize = 4096;
 
-type AnyBox = Box<dyn Any + Send>;
-type RunFn = Box<dyn FnOnce(&WriteTransaction) -> Result<AnyBox, redb::Error> + Send>;
+/// A synchronous job: runs inside a batch's transaction, and is answered once the batch
+/// has committed (or failed). Typed end to end: each job sends its own result type.
+trait Task: Send {
+    /// Applies the job; its result is kept until the commit.
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error>;
+    /// Answers the caller: the kept result if the batch committed, else `failure`.
+    fn answer(self: Box<Self>, failure: Option<Error>);
+}
 
-pub(super) enum Job {
+/// A [`Task`] running `f` and answering with its result.
+struct Typed<T, F> {
+    f: Option<F>,
+    value: Option<T>,
+    reply: ReplyTx<T>,
+}
+
+impl<T, F> Task for Typed<T, F>
+where
+    T: Send,
+    F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        if let Some(f) = self.f.take() {
+            self.value = Some(f(txn)?);
+        }
+        Ok(())
+    }
+
+    fn answer(self: Box<Self>, failure: Option<Error>) {
+        let answer = match (failure, self.value) {
+            (None, Some(value)) => Ok(value),
+            (Some(e), _) => Err(e),
+            // Committed without reaching the job: only a batch that failed does that.
+            (None, None) => Err(Error::WriterStopped),
+        };
+        // Each reply channel holds one answer and gets one: `try_send` never waits.
+        let _ = self.reply.try_send(answer);
+    }
+}
+
+enum Job {
     Put {
         key: PendingKey,
         bytes: Arc<[u8]>,
         seq: u64,
     },
     Run {
-        f: RunFn,
-        reply: Sender<Result<AnyBox>>,
+        task: Box<dyn Task>,
         /// Whether its batch must commit durably (everything but read-only queries).
         durable: bool,
     },
-    Flush(Sender<Result<()>>),
+    Flush(ReplyTx<()>),
     /// A reader met damage: look at `Storage::suspect` now.
     Wake,
     Shutdown,
 }
 
+/// The writer's answer to one synchronous job. A channel that a thread can block on and
+/// a future can await alike (async-channel), so async invalidations wait for their
+/// commit without blocking an executor's thread.
+type ReplyTx<T> = async_channel::Sender<Result<T>>;
+
 /// A synchronous job's future result.
 pub(crate) struct Ticket<T> {
-    rx: channel::Receiver<Result<AnyBox>>,
-    _t: std::marker::PhantomData<fn() -> T>,
+    rx: async_channel::Receiver<Result<T>>,
 }
 
-impl<T: 'static> Ticket<T> {
+/// How a caller waits for a [`Ticket`]: blocking its thread, or as a future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    Block,
+    Await,
+}
+
+impl<T> Ticket<T> {
+    fn new() -> (ReplyTx<T>, Self) {
+        let (tx, rx) = async_channel::bounded(1);
+        (tx, Ticket { rx })
+    }
+
     /// Waits until the job's transaction has committed (or failed).
     pub(crate) fn wait(self) -> Result<T> {
-        let boxed = self.rx.recv().map_err(|_| Error::WriterStopped)??;
-        boxed
-            .downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| Error::WriterStopped)
+        Self::open(self.rx.recv_blocking())
+    }
+
+    /// Waits as `how` says. With [`Wait::Block`] the future never returns `Pending`:
+    /// the synchronous API runs such futures with [`now`].
+    pub(crate) async fn wait_as(self, how: Wait) -> Result<T> {
+        match how {
+            Wait::Block => self.wait(),
+            Wait::Await => Self::open(self.rx.recv().await),
+        }
+    }
+
+    fn open(reply: Result<Result<T>, async_channel::RecvError>) -> Result<T> {
+        reply.map_err(|_| Error::WriterStopped)?
+    }
+}
+
+/// Runs `future` to completion on this thread. The code that carries out an
+/// invalidation is written once, as a future whose only waits are tickets; the
+/// synchronous API passes [`Wait::Block`], so the first poll finishes it.
+pub(crate) fn now<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
     }
 }
 
@@ -118,6 +200,20 @@ impl Writer {
         self.send_run(f, true)
     }
 
+    /// Queues an invalidation's removal from the file (see [`ops::remove_what`]).
+    pub(crate) fn remove(&self, removal: ops::Removal) -> Ticket<ops::Removed> {
+        self.submit(move |txn| ops::remove_what(txn, &removal))
+    }
+
+    /// Runs `f` in the next transaction and waits for its commit, without forcing a
+    /// durable one: for work a crash may undo (reclaiming graves).
+    pub(crate) fn run_lazy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    ) -> Result<T> {
+        self.send_run(f, false).wait()
+    }
+
     /// Runs a read-only `f` after every job queued so far, without forcing a durable
     /// commit (it changes nothing that a crash could lose).
     pub(crate) fn query<T: Send + 'static>(
@@ -132,14 +228,16 @@ impl Writer {
         f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
         durable: bool,
     ) -> Ticket<T> {
-        let (reply, rx) = channel::bounded(1);
-        let f: RunFn = Box::new(move |txn| f(txn).map(|t| Box::new(t) as AnyBox));
-        // If the writer is gone the reply sender is dropped and `wait` reports it.
-        let _ = self.tx.send(Job::Run { f, reply, durable });
-        Ticket {
-            rx,
-            _t: std::marker::PhantomData,
-        }
+        let (reply, ticket) = Ticket::new();
+        let task = Box::new(Typed {
+            f: Some(f),
+            value: None,
+            reply,
+        });
+        // If the writer is gone the task (and its reply sender) is dropped and `wait`
+        // reports it.
+        let _ = self.tx.send(Job::Run { task, durable });
+        ticket
     }
 
     /// Runs `f` in the next transaction and waits for its commit.
@@ -152,11 +250,15 @@ impl Writer {
 
     /// Commits everything queued so far durably.
     pub(crate) fn flush(&self) -> Result<()> {
-        let (reply, rx) = channel::bounded(1);
-        self.tx
-            .send(Job::Flush(reply))
-            .map_err(|_| Error::WriterStopped)?;
-        rx.recv().map_err(|_| Error::WriterStopped)?
+        self.flush_ticket().wait()
+    }
+
+    /// Queues a durable commit of everything queued so far; the ticket is answered once
+    /// it is done (or with [`Error::WriterStopped`] if the writer is gone).
+    pub(crate) fn flush_ticket(&self) -> Ticket<()> {
+        let (reply, ticket) = Ticket::new();
+        let _ = self.tx.send(Job::Flush(reply));
+        ticket
     }
 
     /// Makes everything durable and stops the thread.
@@ -221,6 +323,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                     dirty = false;
                     last_durable = Instant::now();
                     storage.reporter.durable_commit();
+                    storage.check_file();
                 }
                 Ok(()) => dirty = true,
                 // The reopened database holds only what was durable.
@@ -234,8 +337,8 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
 }
 
 enum Reply {
-    Run(Sender<Result<AnyBox>>, Option<AnyBox>),
-    Flush(Sender<Result<()>>),
+    Run(Box<dyn Task>),
+    Flush(ReplyTx<()>),
 }
 
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
@@ -261,13 +364,11 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                     settled.push((key, seq));
                     puts.put(key.0, &key.1, &bytes)?;
                 }
-                Job::Run { f, reply, .. } => {
+                Job::Run { mut task, .. } => {
                     puts.close();
-                    replies.push(Reply::Run(reply, None));
-                    let value = f(&txn)?;
-                    if let Some(Reply::Run(_, slot)) = replies.last_mut() {
-                        *slot = Some(value);
-                    }
+                    let applied = task.apply(&txn);
+                    replies.push(Reply::Run(task));
+                    applied?;
                 }
                 Job::Flush(reply) => replies.push(Reply::Flush(reply)),
                 Job::Wake | Job::Shutdown => {}
@@ -283,7 +384,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     for job in jobs {
         match job {
             Job::Put { key, seq, .. } => settled.push((key, seq)),
-            Job::Run { reply, .. } => replies.push(Reply::Run(reply, None)),
+            Job::Run { task, .. } => replies.push(Reply::Run(task)),
             Job::Flush(reply) => replies.push(Reply::Flush(reply)),
             Job::Wake | Job::Shutdown => {}
         }
@@ -316,14 +417,10 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
             )
         };
         match reply {
-            Reply::Run(tx, Some(value)) if committed => {
-                let _ = tx.send(Ok(value));
-            }
-            Reply::Run(tx, _) => {
-                let _ = tx.send(Err(err()));
-            }
+            Reply::Run(task) => task.answer((!committed).then(err)),
+            // Each reply channel holds one answer and gets one: `try_send` never waits.
             Reply::Flush(tx) => {
-                let _ = tx.send(if committed { Ok(()) } else { Err(err()) });
+                let _ = tx.try_send(if committed { Ok(()) } else { Err(err()) });
             }
         }
     }

@@ -1,0 +1,741 @@
+//! A memoizer's tiers - the in-memory store, the persistent table, the epoch and the
+//! `max_hits` accounting - and the one place that changes them: reads, stores, and every
+//! invalidation, whoever asks for it ([`invalidate`]).
+//!
+//! The read seam: [`Tiers::stamp`], then [`Tiers::in_memory`] and [`Tiers::stored`];
+//! a found entry is served only after [`Tiers::take_hit`] said so (the invalidation fence
+//! and the `max_hits` budget both decide there). The miss seam: [`Tiers::epoch`] before
+//! computing, [`Tiers::store`] after.
+//!
+//! Invalidation protocol ([`invalidate`]), for any [`Remove`]:
+//! 1. It takes the fence's turn (invalidations take turns), then, under the storage's
+//!    pending lock: bumps every target's epoch, opens the fence's window over what goes
+//!    (`crate::fence`) and queues the disk job. From the opening every reader of every
+//!    tier misses what the window covers: it is the removal's linearization point. A
+//!    computation that started earlier either queued its store before the job (the job
+//!    removes it, the window hides it) or sees the new epoch and stores nothing; one that
+//!    stores after the bump is fresh, gets an entry id above the window's floor, and is
+//!    served at once.
+//! 2. The job commits durably; its pending copies leave the overlay and readers move to
+//!    the new snapshot before the caller is answered.
+//! 3. The in-memory sides are purged. A tiered read that fetched a removed entry before
+//!    the window opened promotes it only if no window opened since (checked under the
+//!    memory lock), so it cannot put the entry back after this purge.
+//! 4. The window closes: every tier agrees again.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rkyv::util::AlignedVec;
+
+use crate::entry::{self, Meta};
+use crate::error::{Error, Result};
+use crate::fence::{Check, Covers};
+use crate::flight::{Caller, Flight, Flights, Leader, Role};
+use crate::key::{DepRow, EncodedKey, HashMapByKey, KeyHash, KeyHasher};
+use crate::memory::{MemEntry, MemStore};
+use crate::shared::Shared;
+use crate::stats::Counters;
+use crate::storage::ops::{Removal, Removed};
+use crate::storage::writer::{Wait, now};
+use crate::storage::{SnapSlot, StoredBytes};
+use crate::value::Value;
+
+/// The persistent half of a memoizer.
+pub(crate) struct Persistent {
+    pub id: u64,
+    pub slot: Arc<SnapSlot>,
+}
+
+/// How a memoizer treats its entries (fixed at build).
+pub(crate) struct Policy {
+    pub name: String,
+    pub fingerprint: u64,
+    pub expires: Option<Duration>,
+    /// Age after which a live entry is recomputed by one caller while the others are
+    /// served it (`MemoizerBuilder::refresh_after`).
+    pub refresh_after: Option<Duration>,
+    pub max_hits: Option<u32>,
+    pub verify: bool,
+    pub hasher: KeyHasher,
+    /// Whether entries are filed under their primary dependency row ([`crate::key::place`]):
+    /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
+    /// key's primary dependency row.
+    pub placed: bool,
+    /// Whether the stored key is the argument as serialized, with no dependency rows
+    /// (no keyfunc, no zone keys): then a borrowed form of the key that serializes
+    /// alike finds and stores the same entry ([`crate::KeyLike`]).
+    pub plain_keys: bool,
+}
+
+/// The type-erased state of one memoizer, shared by its clones.
+pub(crate) struct Tiers {
+    pub policy: Policy,
+    /// Identifies this memoizer to the fence (unique in the process; memory-only
+    /// memoizers have no table id).
+    pub uid: u64,
+    memory: Option<Mutex<MemStore>>,
+    pub persistent: Option<Persistent>,
+    /// Bumped by every invalidation; a computation that started under an older epoch
+    /// does not store its result (it may be stale).
+    epoch: AtomicU64,
+    pub flights: Flights,
+    /// `max_hits` accounting: hash -> (entry id, times served).
+    served: Mutex<HashMapByKey<(u64, u32)>>,
+    pub stats: Counters,
+    pub shared: Arc<Shared>,
+}
+
+/// What a tier read found.
+pub(crate) enum Read<R> {
+    /// A live entry, served (its hit counted).
+    Found(R),
+    /// Nothing here: look in the next tier.
+    Absent,
+    /// Definitely a miss (expired, used up, or being invalidated): look no further.
+    Miss,
+    /// An invalidation began or ended meanwhile: start the lookup again.
+    Retry,
+}
+
+/// Whether a found entry may be served ([`Tiers::take_hit`]).
+pub(crate) enum Verdict {
+    Serve,
+    Miss,
+    Retry,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+impl Tiers {
+    /// `memory`: `None` for no in-memory tier, else its bound (`Some(None)`: unbounded).
+    pub(crate) fn new(
+        policy: Policy,
+        memory: Option<Option<usize>>,
+        persistent: Option<Persistent>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Tiers {
+            policy,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            memory: memory.map(|cap| Mutex::new(MemStore::new(cap))),
+            persistent,
+            epoch: AtomicU64::new(0),
+            flights: Flights::default(),
+            served: Mutex::new(HashMapByKey::default()),
+            stats: Counters::default(),
+            shared,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.policy.name
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    pub(crate) fn report(&self, error: Error) {
+        Counters::add(&self.stats.errors, 1);
+        self.shared.storage.reporter.report(&error);
+    }
+
+    /// Whether an entry with this deadline is still live. Reads the clock only for
+    /// entries that have a deadline, so hits without `expires` never pay for it.
+    fn live(&self, expires_at_ms: u64) -> bool {
+        expires_at_ms == 0 || self.now_ms() < expires_at_ms
+    }
+
+    /// Whether a live entry stored at `stored_at_ms` is due for a refresh. Reads the
+    /// clock (and the header) only for memoizers with `refresh_after`.
+    pub(crate) fn due(&self, stored_at_ms: impl FnOnce() -> u64) -> bool {
+        self.policy.refresh_after.is_some_and(|after| {
+            let at = stored_at_ms().saturating_add(after.as_millis() as u64);
+            self.now_ms() >= at
+        })
+    }
+
+    // ---- reads ----
+
+    /// Taken before a lookup reads any tier; [`take_hit`](Self::take_hit) checks it.
+    #[inline]
+    pub(crate) fn stamp(&self) -> u64 {
+        self.shared.fence.stamp()
+    }
+
+    /// Decides whether the entry `bytes` (id `entry_id`) found under `hash` by a lookup
+    /// stamped `stamp` is served, and if so counts the hit against `max_hits`. The
+    /// fence decides first: an entry an invalidation in progress removes is a miss, and
+    /// a read that an invalidation overtook looks again. Then `max_hits`: a used-up
+    /// value is a miss, and so is a read that raced with a newer store of this process
+    /// (not the value stored last under `hash`: its hits were counted already).
+    #[inline]
+    pub(crate) fn take_hit(
+        &self,
+        stamp: u64,
+        hash: &KeyHash,
+        bytes: &[u8],
+        entry_id: u64,
+    ) -> Verdict {
+        match self.shared.fence.check(stamp, self.uid, hash, bytes) {
+            Check::Valid => {}
+            Check::Covered => return Verdict::Miss,
+            Check::Moved => return Verdict::Retry,
+        }
+        match self.policy.max_hits {
+            None => Verdict::Serve,
+            Some(limit) if self.take_counted_hit(hash, entry_id, limit) => Verdict::Serve,
+            Some(_) => Verdict::Miss,
+        }
+    }
+
+    fn take_counted_hit(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> bool {
+        let mut served = lock(&self.served);
+        let slot = served.entry(*hash).or_insert((entry_id, 0));
+        if slot.0 != entry_id {
+            return false;
+        }
+        if slot.1 >= limit {
+            Counters::add(&self.stats.expirations, 1);
+            return false;
+        }
+        slot.1 += 1;
+        true
+    }
+
+    /// Starts the hit count of a value about to be stored; done before the value becomes
+    /// visible so no reader can count a hit against the previous value's budget.
+    fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
+        if self.policy.max_hits.is_some() {
+            lock(&self.served).insert(*hash, (entry_id, 0));
+        }
+    }
+
+    /// How many values `max_hits` is counting hits of.
+    pub(crate) fn hit_counts(&self) -> usize {
+        lock(&self.served).len()
+    }
+
+    /// Forgets the hit counts of values that left the store for good (evicted from a
+    /// store with no file behind it, expired), so `served` stays bounded by the live
+    /// entries. A value evicted from a tiered store's memory is still live in the file:
+    /// its count must stay, or it would be served again from a fresh budget.
+    fn forget_counts<'a>(&self, hashes: impl IntoIterator<Item = &'a KeyHash>) {
+        if self.policy.max_hits.is_none() {
+            return;
+        }
+        let mut served = lock(&self.served);
+        for hash in hashes {
+            served.remove(hash);
+        }
+    }
+
+    /// Counts entries evicted from the memory tier and, where no file holds them too,
+    /// forgets their hit counts.
+    fn evicted(&self, evicted: &[(KeyHash, MemEntry)]) {
+        Counters::add(&self.stats.evictions, evicted.len() as u64);
+        if self.persistent.is_none() {
+            self.forget_counts(evicted.iter().map(|(h, _)| h));
+        }
+    }
+
+    /// Looks in the in-memory tier and, for a live entry the fence and `max_hits` let
+    /// through, runs `read` on it under the tier's lock (the entry is read in place). An
+    /// entry due for a refresh is [`Looked::Due`] unless `serve_due` (nothing counted).
+    pub(crate) fn in_memory<R>(
+        &self,
+        ek: &EncodedKey,
+        stamp: u64,
+        serve_due: bool,
+        read: impl FnOnce(&MemEntry) -> Looked<R>,
+    ) -> Read<Looked<R>> {
+        let Some(mem) = self.memory.as_ref() else {
+            return Read::Absent;
+        };
+        let mut mem = lock(mem);
+        let found = mem.get_with(&ek.hash, |entry| {
+            if entry.key() != ek.bytes.as_slice() {
+                Counters::add(&self.stats.stale, 1);
+                return Some(Read::Absent);
+            }
+            if !self.live(entry.expires_at_ms()) {
+                return None;
+            }
+            if !serve_due && self.due(|| entry.meta().stored_at_ms) {
+                return Some(Read::Found(Looked::Due));
+            }
+            // Under the memory lock: an invalidation's purge of this tier waits for it.
+            Some(
+                match self.take_hit(stamp, &ek.hash, entry.bytes(), entry.entry_id()) {
+                    Verdict::Serve => Read::Found(read(entry)),
+                    Verdict::Miss => Read::Miss,
+                    Verdict::Retry => Read::Retry,
+                },
+            )
+        });
+        match found {
+            None => Read::Absent,
+            // Expired: the persistent tier holds the same entry, so look no further.
+            Some(None) => {
+                mem.remove(&ek.hash);
+                drop(mem);
+                self.forget_counts([&ek.hash]);
+                Counters::add(&self.stats.expirations, 1);
+                Read::Miss
+            }
+            Some(Some(read)) => read,
+        }
+    }
+
+    /// The bytes the persistent tier holds under the key's row, if any (pending or
+    /// committed). Errors are reported and read as a miss.
+    pub(crate) fn stored(&self, ek: &EncodedKey) -> Option<StoredBytes> {
+        let p = self.persistent.as_ref()?;
+        match self.shared.storage.get(&p.slot, &ek.hash) {
+            Ok(found) => found,
+            Err(e) => {
+                self.report(e);
+                None
+            }
+        }
+    }
+
+    /// The storage's commit generation, read before a persistent read (for
+    /// [`promote`](Self::promote)).
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.storage.generation()
+    }
+
+    /// Checks stored bytes belong to this key, type and version and are still live.
+    /// Returns the payload offset and the header.
+    pub(crate) fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
+        let view = match entry::decode(bytes, self.policy.verify) {
+            Ok(view) => view,
+            Err(malformed) => {
+                // Only damage makes an entry fail these checks: report it, read a miss
+                // (the recomputed value then overwrites the entry).
+                Counters::add(&self.stats.stale, 1);
+                self.report(Error::DamagedEntry {
+                    path: self.shared.storage.path().map(Path::to_path_buf),
+                    memoizer: self.policy.name.clone(),
+                    detail: format!("{malformed:?}"),
+                });
+                return None;
+            }
+        };
+        if view.key != ek.bytes.as_slice() || view.meta.fingerprint != self.policy.fingerprint {
+            Counters::add(&self.stats.stale, 1);
+            return None;
+        }
+        if !self.live(view.meta.expires_at_ms) {
+            self.forget_counts([&ek.hash]);
+            Counters::add(&self.stats.expirations, 1);
+            return None;
+        }
+        Some((view.payload_offset, view.meta))
+    }
+
+    /// Copies a persistent hit into the in-memory tier (tiered stores only), unless an
+    /// invalidation began since the lookup's `stamp` or a commit came since `generation`
+    /// was read: either may have removed these bytes and purged the memory tier before
+    /// this insert.
+    pub(crate) fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64, stamp: u64) {
+        let Some(mem) = &self.memory else { return };
+        let Some(entry) = MemEntry::new(Arc::from(bytes)) else {
+            return;
+        };
+        let mut mem = lock(mem);
+        if self.shared.fence.unchanged(stamp) && self.generation() == generation {
+            let evicted = mem.insert(ek.hash, entry);
+            drop(mem);
+            self.evicted(&evicted);
+        }
+    }
+
+    // ---- stores ----
+
+    /// The epoch a computation starts under; hand it to [`store`](Self::store).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
+    pub(crate) fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
+        let now = self.now_ms();
+        let meta = Meta {
+            fingerprint: self.policy.fingerprint,
+            stored_at_ms: now,
+            expires_at_ms: self
+                .policy
+                .expires
+                .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
+            // Before the epoch checks below: see the window floor in `invalidate`.
+            entry_id: self.shared.next_entry_id.fetch_add(1, Ordering::SeqCst),
+        };
+        self.reset_hits(&ek.hash, meta.entry_id);
+        // Encoded once: the memory tier and the write queue share these bytes.
+        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
+        let mut stored = false;
+        if let Some(mem) = &self.memory
+            && let Some(entry) = MemEntry::new(bytes.clone())
+        {
+            let mut mem = lock(mem);
+            if self.epoch() == epoch {
+                let evicted = mem.insert(ek.hash, entry);
+                drop(mem);
+                self.evicted(&evicted);
+                stored = true;
+            }
+        }
+        if let Some(p) = &self.persistent {
+            let shared = &self.shared;
+            stored = shared.storage.add_pending(
+                (p.id, ek.hash),
+                meta.entry_id,
+                bytes.clone(),
+                || self.epoch() == epoch,
+                || {
+                    shared
+                        .writer
+                        .put(p.id, ek.hash, bytes.clone(), meta.entry_id)
+                },
+            );
+        }
+        if stored {
+            Counters::add(&self.stats.inserts, 1);
+        }
+    }
+
+    // ---- counts, checks, expiry ----
+
+    /// Entries in the memory tier, if it is the only one.
+    pub(crate) fn memory_len(&self) -> Option<u64> {
+        self.memory.as_ref().map(|m| lock(m).len() as u64)
+    }
+
+    /// Checks the in-memory store's own invariants (for `check_integrity`).
+    pub(crate) fn validate_memory(&self) -> Result<(), String> {
+        self.memory.as_ref().map_or(Ok(()), |m| lock(m).validate())
+    }
+
+    /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
+    /// Neither changes what readers see: both were past their deadline already.
+    pub(crate) fn forget_expired(&self, now: u64, removed: &[(u64, KeyHash)]) -> u64 {
+        let id = self.persistent.as_ref().map(|p| p.id);
+        let from_disk: Vec<&KeyHash> = removed
+            .iter()
+            .filter(|(m, _)| Some(*m) == id)
+            .map(|(_, h)| h)
+            .collect();
+        self.forget_counts(from_disk.iter().copied());
+        let Some(mem) = &self.memory else { return 0 };
+        let mut mem = lock(mem);
+        let expired = mem.remove_expired(now);
+        let mut n = expired.len() as u64;
+        for h in &from_disk {
+            n += mem.remove(h).is_some() as u64;
+        }
+        drop(mem);
+        self.forget_counts(&expired);
+        Counters::add(&self.stats.expirations, n);
+        n
+    }
+
+    // ---- invalidation ----
+
+    /// Removes `what` (`Key` or `All`) from this memoizer's tiers (see [`invalidate`]).
+    pub(crate) fn invalidate(self: &Arc<Self>, what: Remove) -> Result<u64> {
+        now(self.invalidate_as(what, Wait::Block))
+    }
+
+    /// [`invalidate`](Self::invalidate), waiting as `how` says.
+    pub(crate) fn invalidate_as(
+        self: &Arc<Self>,
+        what: Remove,
+        how: Wait,
+    ) -> impl Future<Output = Result<u64>> + Send + '_ {
+        invalidate(&self.shared, std::slice::from_ref(self), what, how)
+    }
+
+    // Step 3 of the protocol.
+
+    /// Purges what `what` removed from the memory tier and the hit counts; returns how
+    /// many in-memory entries went.
+    fn forget(&self, what: &Remove, disk: &Removed) -> u64 {
+        let Some(mem) = &self.memory else {
+            // Hit counts live as long as the values they count.
+            self.forget_hits(what, &[]);
+            return 0;
+        };
+        let mut mem = lock(mem);
+        let removed: Vec<KeyHash> = match what {
+            Remove::Key(hash) => mem.remove(hash).map(|_| *hash).into_iter().collect(),
+            Remove::All | Remove::Zone(_) => {
+                let n = mem.clear() as u64;
+                self.forget_hits(what, &[]);
+                return n;
+            }
+            Remove::Dep { row, .. } => {
+                let mut hashes = mem.remove_dep(row);
+                let id = self.persistent.as_ref().map(|p| p.id);
+                for (_, h) in disk.keys.iter().filter(|(m, _)| Some(*m) == id) {
+                    if mem.remove(h).is_some() {
+                        hashes.push(*h);
+                    }
+                }
+                hashes
+            }
+        };
+        self.forget_hits(what, &removed);
+        removed.len() as u64
+    }
+
+    /// Drops the hit counts of removed values (`hashes`, or all for a clear).
+    fn forget_hits(&self, what: &Remove, hashes: &[KeyHash]) {
+        if self.policy.max_hits.is_none() {
+            return;
+        }
+        let mut served = lock(&self.served);
+        match what {
+            Remove::Key(hash) => {
+                served.remove(hash);
+            }
+            Remove::All | Remove::Zone(_) => served.clear(),
+            Remove::Dep { .. } => {
+                for h in hashes {
+                    served.remove(h);
+                }
+            }
+        }
+    }
+}
+
+// ---- the miss protocol (asked by every entry point: sync, async, archived) ----
+
+/// What a lookup found.
+pub(crate) enum Looked<R> {
+    Hit(R),
+    /// A live entry due for a refresh, not served (nothing counted, nothing decoded).
+    Due,
+    Miss,
+}
+
+/// The outcome of one pass of the miss protocol ([`Tiers::step`]).
+pub(crate) enum Step<'a, R> {
+    /// A hit: fresh, or due for a refresh that another caller is making.
+    Served(R),
+    /// Wait for this flight to land, then take another step.
+    Wait(Arc<Flight>),
+    /// Compute, then [`land`](Tiers::land) the value.
+    Lead(Lead<'a>),
+    /// Compute without caching: the computation recursed into its own key.
+    Alone,
+}
+
+/// The right to compute and store one key: the flight's leader guard and the epoch
+/// read before the computation starts.
+pub(crate) struct Lead<'a> {
+    leader: Leader<'a>,
+    epoch: u64,
+}
+
+impl Tiers {
+    /// The call's encoded key; if it could not be encoded, reports why and counts the
+    /// miss that the uncached computation will be.
+    pub(crate) fn encoded(&self, ek: Result<EncodedKey>) -> Option<EncodedKey> {
+        ek.map_err(|e| {
+            self.report(e);
+            Counters::add(&self.stats.misses, 1);
+        })
+        .ok()
+    }
+
+    /// One pass of the miss protocol, shared by every entry point (a thread or a task,
+    /// an owned or an archived hit): look up with `look` (its argument: whether to serve
+    /// an entry due for a refresh), then lead or join the key's flight.
+    ///
+    /// An entry due for a refresh (`refresh_after`) makes its caller lead, as a miss
+    /// would, unless a flight of the key is under way: then the entry is served while
+    /// that flight recomputes it.
+    pub(crate) fn step<R>(
+        &self,
+        ek: &EncodedKey,
+        caller: Caller,
+        look: impl Fn(bool) -> Looked<R>,
+    ) -> Step<'_, R> {
+        let landed = self.flights.landed();
+        let due = match look(false) {
+            Looked::Hit(v) => return Step::Served(v),
+            Looked::Due => true,
+            Looked::Miss => false,
+        };
+        let leader = match self.flights.join(ek.hash, caller) {
+            Role::Leader(leader) => leader,
+            role => {
+                // Another caller refreshes it (or this one, recursing): serve it
+                // meanwhile. It may be gone by now (removed, used up): then wait.
+                if due && let Looked::Hit(v) = look(true) {
+                    return Step::Served(v);
+                }
+                return match role {
+                    Role::Waiter(flight) => Step::Wait(flight),
+                    _ => {
+                        Counters::add(&self.stats.misses, 1);
+                        Step::Alone
+                    }
+                };
+            }
+        };
+        // Another leader may have stored the value between our lookup and our join;
+        // only then is a second look worth its cost (and its counting).
+        if self.flights.landed() != landed
+            && let Looked::Hit(v) = look(false)
+        {
+            return Step::Served(v);
+        }
+        let epoch = self.epoch();
+        Counters::add(&self.stats.misses, 1);
+        Step::Lead(Lead { leader, epoch })
+    }
+
+    /// Stores `value`, computed under `lead`, unless an invalidation came since the lead
+    /// began, and lands the flight. Returns the value's archive, or `None` if it cannot
+    /// be archived (reported; nothing stored).
+    pub(crate) fn land<V: Value>(
+        &self,
+        lead: Lead<'_>,
+        ek: &EncodedKey,
+        deps: Result<Vec<DepRow>>,
+        value: &V,
+    ) -> Option<AlignedVec> {
+        let archive = match value.__archive() {
+            Ok(archive) => {
+                match deps {
+                    Ok(deps) => self.store(ek, &archive, deps, lead.epoch),
+                    Err(e) => self.report(e),
+                }
+                Some(archive)
+            }
+            Err(e) => {
+                self.report(Error::ValueEncoding(e.to_string()));
+                None
+            }
+        };
+        drop(lead.leader);
+        archive
+    }
+}
+
+/// What an invalidation removes, as its caller says it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Remove {
+    /// One key (its row hash) of the one target.
+    Key(KeyHash),
+    /// Every entry of the targets.
+    All,
+    /// Every entry whose dependency rows include `row` (of zone `zone`), in every
+    /// memoizer, built by this run or not: through the index, or by reading every entry
+    /// of the zone's members (`by_scan`, the benchmarks' baseline).
+    Dep {
+        row: DepRow,
+        zone: u64,
+        by_scan: bool,
+    },
+    /// Every entry of every member of zone `0`, built by this run or not (the targets
+    /// are its live members).
+    Zone(u64),
+}
+
+impl Remove {
+    /// What the file loses, if any target lives there.
+    fn on_disk(&self, targets: &[Arc<Tiers>]) -> Option<Removal> {
+        let id = targets
+            .first()
+            .and_then(|t| t.persistent.as_ref())
+            .map(|p| p.id);
+        match *self {
+            Remove::Key(hash) => id.map(|id| Removal::Key { id, hash }),
+            Remove::All => id.map(Removal::Memoizer),
+            Remove::Dep {
+                row,
+                by_scan: false,
+                ..
+            } => Some(Removal::Dep(row)),
+            Remove::Dep {
+                row,
+                zone,
+                by_scan: true,
+            } => Some(Removal::DepByScan { zone, row }),
+            Remove::Zone(zone) => Some(Removal::Zone(zone)),
+        }
+    }
+
+    fn covers(&self, targets: &[Arc<Tiers>]) -> Covers {
+        match *self {
+            Remove::Key(hash) => Covers::Key {
+                uid: targets.first().map_or(0, |t| t.uid),
+                hash,
+            },
+            Remove::All | Remove::Zone(_) => {
+                Covers::Memoizers(targets.iter().map(|t| t.uid).collect())
+            }
+            Remove::Dep { row, .. } => Covers::Dep(row),
+        }
+    }
+}
+
+/// Carries out an invalidation in every tier of `targets` (for `Key` and `All`: the one
+/// memoizer; otherwise every live memoizer it may reach) and in the file, at one moment
+/// for every reader (see the module docs), waiting for its turn and its commit as `how`
+/// says. Returns how many entries were removed (an entry held in both tiers counts
+/// once). Callers only say what to remove.
+pub(crate) async fn invalidate(
+    shared: &Shared,
+    targets: &[Arc<Tiers>],
+    what: Remove,
+    how: Wait,
+) -> Result<u64> {
+    let turn = shared.fence.turn(how).await;
+    let disk = what.on_disk(targets);
+    let (window, ticket) = shared.storage.with_pending_lock(|| {
+        for t in targets {
+            t.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        // Entries stored from here on were computed under the new epochs: fresh.
+        let floor = shared.next_entry_id.load(Ordering::SeqCst);
+        let window = turn.open(what.covers(targets), floor);
+        (window, disk.map(|removal| shared.writer.remove(removal)))
+    });
+    let on_disk = match ticket {
+        Some(ticket) => ticket.wait_as(how).await.map(Some),
+        None => Ok(None),
+    };
+    let empty = Removed::default();
+    let disk = on_disk
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .unwrap_or(&empty);
+    if !disk.cleared.is_empty() {
+        // A cleared table became a grave: its space is reclaimed in the background.
+        shared.storage.reclaim_soon();
+    }
+    let mut removed = disk.total();
+    for t in targets {
+        let in_memory = t.forget(&what, disk);
+        // A tiered entry counts once: its disk copy, or its memory copy alone.
+        let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id));
+        removed += in_memory.saturating_sub(on_disk);
+        Counters::add(&t.stats.invalidations, on_disk.max(in_memory));
+    }
+    drop(window);
+    on_disk?;
+    Ok(removed)
+}
