@@ -100,6 +100,9 @@ mod key;
 pub mod macro_support;
 mod memoizer;
 mod memory;
+#[cfg(feature = "redis")]
+#[allow(dead_code, unused_imports)] // until the Cache is wired to it
+mod remote;
 mod report;
 mod stats;
 mod storage;
