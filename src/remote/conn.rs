@@ -26,6 +26,8 @@ pub(crate) struct Timeouts {
 
 pub(crate) struct Pool {
     client: redis::Client,
+    /// The same server spoken to in RESP3, for invalidation pushes.
+    resp3: redis::Client,
     pub(crate) url: ServerUrl,
     pub(crate) timeouts: Timeouts,
     idle: Mutex<Vec<redis::Connection>>,
@@ -36,9 +38,21 @@ pub(crate) struct Pool {
 impl Pool {
     /// Parses the URL (nothing is sent yet).
     pub(crate) fn new(url: ServerUrl, timeouts: Timeouts) -> Result<Self, Error> {
-        let client = redis::Client::open(url.secret()).map_err(|e| remote_error(&url, &e))?;
+        use redis::IntoConnectionInfo;
+        let opened = url.secret().into_connection_info().and_then(|info| {
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            Ok((
+                redis::Client::open(info.clone())?,
+                redis::Client::open(info.set_redis_settings(resp3))?,
+            ))
+        });
+        let (client, resp3) = opened.map_err(|e| remote_error(&url, &e))?;
         Ok(Pool {
             client,
+            resp3,
             url,
             timeouts,
             idle: Mutex::new(Vec::new()),
@@ -48,6 +62,15 @@ impl Pool {
 
     /// Opens a fresh connection with this pool's timeouts.
     pub(crate) fn connect(&self) -> Result<redis::Connection, Error> {
+        self.open(&self.client)
+    }
+
+    /// Opens a fresh RESP3 connection (for pushes) with this pool's timeouts.
+    pub(crate) fn connect_resp3(&self) -> Result<redis::Connection, Error> {
+        self.open(&self.resp3)
+    }
+
+    fn open(&self, client: &redis::Client) -> Result<redis::Connection, Error> {
         if let Some((at, why)) = &*self.down.lock().unwrap_or_else(|e| e.into_inner())
             && at.elapsed() < RETRY_AFTER
         {
@@ -56,8 +79,7 @@ impl Pool {
                 detail: format!("{why} (retrying shortly)"),
             });
         }
-        let opened = self
-            .client
+        let opened = client
             .get_connection_with_timeout(self.timeouts.connect)
             .and_then(|con| {
                 con.set_read_timeout(Some(self.timeouts.response))?;

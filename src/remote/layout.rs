@@ -74,6 +74,11 @@ impl Layout {
         format!("{}:l:{memo:016x}:{}", self.tag, hex(row))
     }
 
+    /// The client name of this namespace's push listener (`CLIENT LIST` shows it).
+    pub(crate) fn tracker_name(&self) -> String {
+        format!("fresco-tracking:{}", &self.tag[4..self.tag.len() - 1])
+    }
+
     /// The prefixes whose changes invalidate local copies (client tracking pushes).
     pub(crate) fn invalidating_prefixes(&self) -> [String; 3] {
         ["g", "zg", "s"].map(|p| format!("{}:{p}:", self.tag))

@@ -13,7 +13,9 @@ mod scripts;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tracking;
 mod url;
 
 pub(crate) use layout::Invalidated;
 pub(crate) use store::{Found, Lease, Remote, Settings, Stamps};
+pub(crate) use tracking::{Event, Tracker};

@@ -267,3 +267,87 @@ fn credentials_stay_out_of_errors_and_debug() {
         assert!(!shown.contains("someuser"), "{shown}");
     }
 }
+
+#[test]
+fn the_listener_hears_other_clients_invalidations_and_flushes_on_a_drop() {
+    use std::sync::mpsc;
+    let r = std::sync::Arc::new(remote("tracking"));
+    let (tx, rx) = mpsc::channel();
+    let tracker = Tracker::start(&r, move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap();
+    let wait = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("no event: {what}"))
+    };
+    assert_eq!(wait("first connect"), Event::Flush);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !tracker.live() {
+        assert!(std::time::Instant::now() < deadline, "never live");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let other = remote_sharing(&r);
+    other.bump_memoizer(MEMO).unwrap();
+    assert_eq!(
+        wait("generation"),
+        Event::Invalidated(Invalidated::Memoizer(MEMO))
+    );
+    other.bump_zone(ZONE).unwrap();
+    assert_eq!(
+        wait("zone generation"),
+        Event::Invalidated(Invalidated::Zone(ZONE))
+    );
+    let author = dep_row(ZONE, [42; 16]);
+    other
+        .read_stamps(&[other.layout.stamp(&author)], 0)
+        .unwrap();
+    assert_eq!(
+        wait("stamp created"),
+        Event::Invalidated(Invalidated::Dependency(author))
+    );
+    assert!(other.drop_stamp(&author).unwrap());
+    assert_eq!(
+        wait("stamp dropped"),
+        Event::Invalidated(Invalidated::Dependency(author))
+    );
+    // Reading existing stamps, storing entries and taking leases push nothing.
+    let (_, st) = stamps_for(&other, &[]);
+    assert!(other.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    let lease = other.try_lease(MEMO, &ROW).unwrap().unwrap();
+    other.release(&lease).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let quiet: Vec<_> = rx.try_iter().collect();
+    assert!(quiet.is_empty(), "{quiet:?}");
+
+    // The listener's connection is killed: it reconnects and says to flush.
+    let list: String = r
+        .pool
+        .with(|con| redis::cmd("CLIENT").arg("LIST").query(con))
+        .unwrap();
+    let name = r.layout.tracker_name();
+    let id = list
+        .lines()
+        .find(|l| l.contains(&format!(" name={name} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("listener connected")
+        .to_string();
+    r.pool
+        .with(|con| {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(&id)
+                .query::<()>(con)
+        })
+        .unwrap();
+    loop {
+        if wait("flush after a dropped connection") == Event::Flush {
+            break;
+        }
+    }
+    // A failed call elsewhere makes it distrust local copies until it reconnected.
+    tracker.suspect();
+    assert!(!tracker.live());
+    assert_eq!(wait("flush after suspicion"), Event::Flush);
+}
