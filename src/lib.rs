@@ -128,6 +128,10 @@ pub use stats::Stats;
 pub use value::Value;
 pub use zone::Zone;
 
+/// The Redis client this crate uses, for tests that read the server directly (hidden).
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub use redis as __redis;
 #[doc(hidden)]
 pub use rkyv as __rkyv;
 

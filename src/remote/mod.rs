@@ -9,7 +9,9 @@
 
 mod conn;
 mod layout;
+mod lease;
 mod scripts;
+mod service;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -17,5 +19,7 @@ mod tracking;
 mod url;
 
 pub(crate) use layout::Invalidated;
+pub(crate) use lease::{Held, Renewer, Turn};
+pub(crate) use service::{RemoteTier, Service};
 pub(crate) use store::{Found, Lease, Remote, Settings, Stamps};
 pub(crate) use tracking::{Event, Tracker};
