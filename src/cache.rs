@@ -43,7 +43,18 @@ pub(crate) struct CacheInner {
     pub next_entry_id: AtomicU64,
     /// The expiry sweeper, if enabled (set once, right after the cache is built).
     pub sweeper: OnceLock<crate::sweeper::Sweeper>,
+    /// The server of a connected cache (feature `redis`): its memoizers' persistent
+    /// tier.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub remote: RemoteService,
 }
+
+/// The server of a connected cache; never present without the `redis` feature.
+#[cfg(feature = "redis")]
+pub(crate) type RemoteService = Option<Arc<crate::remote::Service>>;
+/// The server of a connected cache; never present without the `redis` feature.
+#[cfg(not(feature = "redis"))]
+pub(crate) type RemoteService = Option<std::convert::Infallible>;
 
 impl Drop for CacheInner {
     fn drop(&mut self) {
@@ -61,6 +72,13 @@ impl CacheInner {
         let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(z) = zones.get(name) {
             return Ok(z.clone());
+        }
+        // A connected cache's zone ids name keys on the server: the same on every machine.
+        #[cfg(feature = "redis")]
+        if self.remote.is_some() {
+            let zone = Arc::new(ZoneInner::new(name, crate::remote::name_id(name), self));
+            zones.insert(name.to_string(), zone.clone());
+            return Ok(zone);
         }
         // Known from an earlier run (every start after the first): a read suffices.
         let known = self
@@ -232,6 +250,9 @@ pub struct CacheBuilder {
     page_cache_bytes: usize,
     verify_on_open: bool,
     sweep_interval: Option<Duration>,
+    /// Server settings of [`CacheBuilder::connect`] (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub(crate) remote: crate::remote::Options,
 }
 
 impl Default for CacheBuilder {
@@ -251,6 +272,8 @@ impl CacheBuilder {
             page_cache_bytes: 256 << 20,
             verify_on_open: false,
             sweep_interval: Some(Duration::from_secs(60)),
+            #[cfg(feature = "redis")]
+            remote: crate::remote::Options::default(),
         }
     }
 
@@ -365,7 +388,7 @@ impl CacheBuilder {
             self.on_corruption,
             self.sweep_interval,
         );
-        start(db, origin, true, reporter, settings)
+        start(db, origin, true, reporter, settings, None)
     }
 
     /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
@@ -399,12 +422,12 @@ impl CacheBuilder {
             OnCorruption::Fail,
             self.sweep_interval,
         );
-        start(db, origin, true, reporter, settings)
+        start(db, origin, true, reporter, settings, None)
     }
 
     /// A cache that keeps nothing on disk.
     pub fn in_memory(self) -> Result<Cache> {
-        self.over_backend(FaultyBackend::in_memory(), false)
+        self.over_backend(FaultyBackend::in_memory(), false, None)
     }
 
     /// Opens a cache over a redb backend given by the caller - for tests that inject I/O
@@ -414,10 +437,17 @@ impl CacheBuilder {
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
     pub fn __open_backend(self, backend: FaultyBackend) -> Result<Cache> {
-        self.over_backend(backend, true)
+        self.over_backend(backend, true, None)
     }
 
-    fn over_backend(self, backend: FaultyBackend, file_backed: bool) -> Result<Cache> {
+    /// A cache over `backend`; with `remote`, a connected cache whose memoizers keep their
+    /// persistent tier on that server (the redb backend then holds nothing of theirs).
+    pub(crate) fn over_backend(
+        self,
+        backend: FaultyBackend,
+        file_backed: bool,
+        remote: RemoteService,
+    ) -> Result<Cache> {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
@@ -427,7 +457,7 @@ impl CacheBuilder {
             self.on_corruption,
             self.sweep_interval,
         );
-        start(db, origin, file_backed, reporter, settings)
+        start(db, origin, file_backed, reporter, settings, remote)
     }
 }
 
@@ -442,6 +472,7 @@ fn start(
         OnCorruption,
         Option<Duration>,
     ),
+    remote: RemoteService,
 ) -> Result<Cache> {
     let storage = Arc::new(Storage::new(db, origin, on_corruption, reporter));
     let writer = Writer::spawn(storage.clone(), durable_interval)?;
@@ -457,6 +488,7 @@ fn start(
         zones: Mutex::new(HashMap::new()),
         next_entry_id: AtomicU64::new(seed),
         sweeper: OnceLock::new(),
+        remote,
     });
     if let Some(every) = sweep_interval {
         let sweeper = crate::sweeper::Sweeper::spawn(Arc::downgrade(&inner), every)?;

@@ -101,7 +101,6 @@ pub mod macro_support;
 mod memoizer;
 mod memory;
 #[cfg(feature = "redis")]
-#[allow(dead_code, unused_imports)] // until the Cache is wired to it
 mod remote;
 mod report;
 mod stats;

@@ -52,6 +52,15 @@ pub(crate) struct Persistent {
     pub slot: Arc<SnapSlot>,
 }
 
+/// The remote tier of a memoizer of a connected cache; never present without the `redis`
+/// feature.
+#[cfg(feature = "redis")]
+pub(crate) type RemoteSlot = Option<crate::remote::RemoteTier>;
+/// The remote tier of a memoizer of a connected cache; never present without the `redis`
+/// feature.
+#[cfg(not(feature = "redis"))]
+pub(crate) type RemoteSlot = Option<std::convert::Infallible>;
+
 /// The type-erased state of one memoizer, shared by its clones.
 pub(crate) struct MemoCore {
     pub name: String,
@@ -66,6 +75,8 @@ pub(crate) struct MemoCore {
     pub placed: bool,
     pub memory: Option<Mutex<MemStore>>,
     pub persistent: Option<Persistent>,
+    /// In a connected cache, the server takes the persistent table's place.
+    pub remote: RemoteSlot,
     /// Bumped by every invalidation; a computation that started under an older epoch
     /// does not store its result (it may be stale).
     pub epoch: AtomicU64,
@@ -120,7 +131,7 @@ impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
 }
 
 /// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
-fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+pub(crate) fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
     if (payload.as_ptr() as usize).is_multiple_of(align) {
         f(payload)
     } else {
@@ -170,7 +181,7 @@ impl MemoCore {
         }
     }
 
-    fn report(&self, error: Error) {
+    pub(crate) fn report(&self, error: Error) {
         Counters::add(&self.stats.errors, 1);
         self.cache.storage.reporter.report(&error);
     }
@@ -190,7 +201,7 @@ impl MemoCore {
         ek: &EncodedKey,
         read: impl FnOnce(&MemEntry) -> R,
     ) -> Result<Option<R>, ()> {
-        let Some(mem) = self.memory.as_ref() else {
+        let Some(mem) = self.memory.as_ref().filter(|_| self.local_trusted()) else {
             return Ok(None);
         };
         let mut mem = mem.lock().unwrap_or_else(|e| e.into_inner());
@@ -215,24 +226,46 @@ impl MemoCore {
         }
     }
 
+    /// Whether the in-memory tier may be served: always, except in a connected cache
+    /// while its invalidation listener is not live (pushes may be missed).
+    fn local_trusted(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            return rt.service.local_tiers_live();
+        }
+        true
+    }
+
+    /// What to report about a damaged entry.
+    fn damaged(&self, detail: String) -> Error {
+        #[cfg(feature = "redis")]
+        if let Some(service) = &self.cache.remote {
+            return Error::Remote {
+                server: service.server(),
+                detail,
+            };
+        }
+        let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
+        Error::Corrupted {
+            path: path.to_path_buf(),
+            detail,
+        }
+    }
+
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
-    fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
+    pub(crate) fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
         let view = match entry::decode(bytes, self.verify) {
             Ok(view) => view,
             Err(malformed) => {
                 // Only damage makes an entry fail these checks: report it, read a miss
                 // (the recomputed value then overwrites the entry).
                 Counters::add(&self.stats.stale, 1);
-                let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
-                self.report(Error::Corrupted {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "an entry of memoizer {:?} is damaged ({malformed:?}) and was read \
-                         as a miss",
-                        self.name
-                    ),
-                });
+                self.report(self.damaged(format!(
+                    "an entry of memoizer {:?} is damaged ({malformed:?}) and was read as a \
+                     miss",
+                    self.name
+                )));
                 return None;
             }
         };
@@ -266,8 +299,13 @@ impl MemoCore {
         }
     }
 
-    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
-    fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
+    /// Encodes a freshly computed value as an entry (a new entry id, the deadline).
+    pub(crate) fn encode_entry(
+        &self,
+        ek: &EncodedKey,
+        archive: &[u8],
+        deps: &[DepRow],
+    ) -> (Meta, Arc<[u8]>) {
         let now = self.now_ms();
         let meta = Meta {
             fingerprint: self.fingerprint,
@@ -277,9 +315,15 @@ impl MemoCore {
                 .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
             entry_id: self.cache.next_entry_id.fetch_add(1, Ordering::Relaxed),
         };
-        self.reset_hits(&ek.hash, meta.entry_id);
+        let bytes = entry::encode(&meta, ek.bytes.as_slice(), deps, archive).into();
+        (meta, bytes)
+    }
+
+    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
+    fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
         // Encoded once: the memory tier and the write queue share these bytes.
-        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
+        let (meta, bytes) = self.encode_entry(ek, archive, &deps);
+        self.reset_hits(&ek.hash, meta.entry_id);
         let mut stored = false;
         if let Some(mem) = &self.memory
             && let Some(entry) = MemEntry::new(bytes.clone())
@@ -312,6 +356,10 @@ impl MemoCore {
 
     /// Removes one key from every tier; returns whether anything was removed.
     pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            return self.remote_invalidate_key(rt, hash);
+        }
         let ticket = self.persistent.as_ref().map(|p| {
             let id = p.id;
             self.cache.storage.with_pending_lock(|| {
@@ -345,6 +393,10 @@ impl MemoCore {
 
     /// Removes every entry of this memoizer; returns how many there were.
     pub(crate) fn invalidate_all(&self) -> Result<u64> {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            return self.remote_invalidate_all(rt);
+        }
         let ticket = self.persistent.as_ref().map(|_| {
             let name = self.name.clone();
             self.cache.storage.with_pending_lock(|| {
@@ -463,6 +515,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         });
         if let Some(value) = in_memory.ok()? {
             return value?;
+        }
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &core.remote {
+            return self.remote_lookup(rt, ek).ok().flatten();
         }
         let p = core.persistent.as_ref()?;
         let generation = core.cache.storage.generation();
@@ -586,6 +642,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             {
                 return Ok(v);
             }
+            #[cfg(feature = "redis")]
+            if let Some(rt) = &core.remote {
+                return self.remote_miss(rt, ek, args, deps, compute);
+            }
             let epoch = core.epoch.load(Ordering::SeqCst);
             Counters::add(&core.stats.misses, 1);
             let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
@@ -622,6 +682,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             }
             Counters::add(&core.stats.hits, 1);
             return Ok(Some(hit));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &core.remote {
+            return Ok(self.remote_archived(rt, &ek));
         }
         let Some(p) = &core.persistent else {
             return Ok(None);
@@ -670,6 +734,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                     .query(move |txn| ops::count_entries(txn, id))
                     .ok()
             }
+            // A connected memoizer's count lives on the server, uncounted.
+            None if core.remote.is_some() => None,
             None => core
                 .memory
                 .as_ref()
@@ -820,7 +886,22 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         let indexed = self.expires.is_some() || keyed;
         let placed =
             keyed && self.whole_key && matches!(store, Store::Persistent | Store::Tiered(_));
+        #[cfg(feature = "redis")]
+        let remote = match (&cache.remote, store) {
+            (Some(service), Store::Persistent | Store::Tiered(_)) => {
+                Some(crate::remote::RemoteTier {
+                    service: service.clone(),
+                    memo: crate::remote::name_id(&self.name),
+                    zones: zones.iter().map(|z| z.zone.id).collect(),
+                    max_hits: self.max_hits.unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        let remote: RemoteSlot = None;
         let persistent = match store {
+            _ if remote.is_some() => None,
             Store::Persistent | Store::Tiered(_) => {
                 let name = self.name.clone();
                 let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
@@ -853,6 +934,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         };
         let memory = match store {
             Store::Memory => Some(MemStore::new(None)),
+            // A max_hits count lives on the server: never served from a local copy.
+            Store::Tiered(_) if remote.is_some() && self.max_hits.is_some() => None,
             Store::Lru(n) | Store::Tiered(n) => Some(MemStore::new(Some(n))),
             Store::Persistent => None,
         };
@@ -866,6 +949,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             placed,
             memory: memory.map(Mutex::new),
             persistent,
+            remote,
             epoch: AtomicU64::new(0),
             flights: Flights::default(),
             served: Mutex::new(HashMapByKey::default()),
@@ -877,6 +961,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         for z in &zones {
             z.zone.attach(&core);
         }
+        #[cfg(feature = "redis")]
+        crate::remote::listen_for(&cache, &core)?;
         let deps = crate::zone::dep_fns(&self.name, zones);
         Ok(Memoizer::from_parts(core, self.encode, deps))
     }

@@ -104,7 +104,7 @@ impl ZoneInner {
         }
     }
 
-    fn live_members(&self) -> Vec<Arc<MemoCore>> {
+    pub(crate) fn live_members(&self) -> Vec<Arc<MemoCore>> {
         let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         members.iter().filter_map(Weak::upgrade).collect()
     }
@@ -214,6 +214,13 @@ impl Zone {
     /// finishes (its result may be stale); its caller still gets the value.
     pub fn invalidate<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
         let row = self.row(dep)?;
+        #[cfg(feature = "redis")]
+        {
+            let cache = self.cache()?;
+            if let Some(service) = &cache.remote {
+                return crate::remote::invalidate_zone(&cache, service, &self.inner, Some(row));
+            }
+        }
         self.remove_dependents(row, move |txn| ops::invalidate_dep(txn, &row))
     }
 
@@ -278,6 +285,10 @@ impl Zone {
     /// stops joining the zone). Returns how many entries were removed.
     pub fn invalidate_all(&self) -> Result<u64> {
         let cache = self.cache()?;
+        #[cfg(feature = "redis")]
+        if let Some(service) = &cache.remote {
+            return crate::remote::invalidate_zone(&cache, service, &self.inner, None);
+        }
         let zone_id = self.inner.id;
         let members = self.inner.live_members();
         let ticket = cache.storage.with_pending_lock(|| {

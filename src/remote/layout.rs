@@ -8,6 +8,7 @@
 //! | `{fm:ns}:s:<zone>:<dep>` | string | dependency stamp (created on first use; deleted by `Zone::invalidate`) |
 //! | `{fm:ns}:e:<memo>:<row>` | hash | `v` entry bytes, `sk` stamp key names, `st` their values, `h` hits |
 //! | `{fm:ns}:l:<memo>:<row>` | string | single-flight lease: the holder's token, `SET NX PX` |
+//! | `{fm:ns}:k:<memo>:<row>` | string | key stamp (created on first use; deleted by `invalidate_key`) |
 //!
 //! `<memo>` and `<zone>` are 16 hex digits of the memoizer's and zone's ids, `<dep>` and
 //! `<row>` 32 hex digits of a dependency and a row hash.
@@ -70,6 +71,11 @@ impl Layout {
         format!("{}:e:{memo:016x}:{}", self.tag, hex(row))
     }
 
+    /// The stamp of one key of one memoizer.
+    pub(crate) fn key_stamp(&self, memo: u64, row: &KeyHash) -> String {
+        format!("{}:k:{memo:016x}:{}", self.tag, hex(row))
+    }
+
     pub(crate) fn lease(&self, memo: u64, row: &KeyHash) -> String {
         format!("{}:l:{memo:016x}:{}", self.tag, hex(row))
     }
@@ -80,8 +86,8 @@ impl Layout {
     }
 
     /// The prefixes whose changes invalidate local copies (client tracking pushes).
-    pub(crate) fn invalidating_prefixes(&self) -> [String; 3] {
-        ["g", "zg", "s"].map(|p| format!("{}:{p}:", self.tag))
+    pub(crate) fn invalidating_prefixes(&self) -> [String; 4] {
+        ["g", "zg", "s", "k"].map(|p| format!("{}:{p}:", self.tag))
     }
 
     /// Parses a key this layout names under one of [`Self::invalidating_prefixes`].
@@ -92,6 +98,13 @@ impl Layout {
         match kind {
             "g" => Some(Invalidated::Memoizer(u64::from_str_radix(rest, 16).ok()?)),
             "zg" => Some(Invalidated::Zone(u64::from_str_radix(rest, 16).ok()?)),
+            "k" => {
+                let (memo, row) = rest.split_once(':')?;
+                Some(Invalidated::Key(
+                    u64::from_str_radix(memo, 16).ok()?,
+                    u128::from_str_radix(row, 16).ok()?.to_be_bytes(),
+                ))
+            }
             "s" => {
                 let (zone, dep) = rest.split_once(':')?;
                 let mut row = [0u8; 24];
@@ -110,6 +123,8 @@ pub(crate) enum Invalidated {
     Memoizer(u64),
     Zone(u64),
     Dependency(DepRow),
+    /// One key of one memoizer (its row hash).
+    Key(u64, KeyHash),
 }
 
 #[cfg(test)]
@@ -138,6 +153,10 @@ mod tests {
         assert_eq!(
             l.parse_invalidation(l.stamp(&row).as_bytes()),
             Some(Invalidated::Dependency(row))
+        );
+        assert_eq!(
+            l.parse_invalidation(l.key_stamp(1, &[9; 16]).as_bytes()),
+            Some(Invalidated::Key(1, [9; 16]))
         );
         assert_eq!(l.parse_invalidation(b"{fm:other}:g:0000000000000001"), None);
         assert_eq!(l.parse_invalidation(l.entry(1, &[1; 16]).as_bytes()), None);

@@ -2,6 +2,11 @@
 //! by one background thread per remote store while the computation runs; waiters poll
 //! the entry with a growing backoff and take over when the lease is gone (released, or
 //! expired because its holder died).
+//!
+//! A lease whose acquisition or release failed (a timeout: the command may still run
+//! when the server answers again) is an *orphan*: the same thread releases it as soon as
+//! the server answers, so that an outage does not leave other machines waiting a whole
+//! lease for a holder that gave up on it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +20,8 @@ use crate::key::KeyHash;
 #[derive(Default)]
 pub(crate) struct Renewer {
     held: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// Leases to release once the server answers, until they expire anyway.
+    orphans: Mutex<Vec<(Lease, Instant)>>,
     next: AtomicU64,
     started: std::sync::OnceLock<()>,
     wake: Condvar,
@@ -35,8 +42,9 @@ impl Drop for Held {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
-        // A failed release only leaves the lease to expire.
-        let _ = self.remote.release(&self.lease);
+        if self.remote.release(&self.lease).is_err() {
+            self.renewer.orphan(&self.remote, (*self.lease).clone());
+        }
     }
 }
 
@@ -44,8 +52,11 @@ impl Drop for Held {
 pub(crate) enum Turn<R> {
     /// Another machine stored the value meanwhile.
     Found(R),
-    /// Compute: with the lease, or without one when the server could not be asked.
-    Compute(Option<Held>),
+    /// Compute, holding the lease.
+    Lead(Held),
+    /// Compute without a lease: the server failed (the error, unless `look` reported it
+    /// already).
+    Alone(Option<crate::error::Error>),
 }
 
 /// Longest sleep between two looks at a leased row.
@@ -53,9 +64,9 @@ const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 impl Renewer {
     /// Waits for the row's lease, looking for the value with `look` between attempts.
-    /// `look` returns `Err` when the server failed: the caller then computes without a
-    /// lease (the value is still returned; reads validate stamps, so an unleased store
-    /// is never wrong, only possibly duplicated).
+    /// `look` returns `Err` when the server failed (it reported it): the caller then
+    /// computes without a lease (the value is still returned; reads validate stamps, so
+    /// an unleased store is never wrong, only possibly duplicated).
     pub(crate) fn take_turn<R>(
         self: &Arc<Self>,
         remote: &Arc<Remote>,
@@ -65,25 +76,29 @@ impl Renewer {
     ) -> Turn<R> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            match remote.try_lease(memo, row) {
-                Err(_) => return Turn::Compute(None),
-                Ok(Some(lease)) => {
+            let lease = remote.new_lease(memo, row);
+            match remote.acquire(&lease) {
+                Err(e) => {
+                    self.orphan(remote, lease);
+                    return Turn::Alone(Some(e));
+                }
+                Ok(true) => {
                     let held = self.hold(remote, lease);
                     // The previous holder may have stored just before releasing.
                     return match look() {
                         Ok(Some(found)) => Turn::Found(found),
-                        Ok(None) => Turn::Compute(Some(held)),
-                        Err(()) => Turn::Compute(None),
+                        Ok(None) => Turn::Lead(held),
+                        Err(()) => Turn::Alone(None),
                     };
                 }
-                Ok(None) => {}
+                Ok(false) => {}
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
             match look() {
                 Ok(Some(found)) => return Turn::Found(found),
                 Ok(None) => {}
-                Err(()) => return Turn::Compute(None),
+                Err(()) => return Turn::Alone(None),
             }
         }
     }
@@ -95,14 +110,7 @@ impl Renewer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, lease.clone());
-        self.started.get_or_init(|| {
-            let renewer = Arc::downgrade(self);
-            let remote = Arc::downgrade(remote);
-            let _ = std::thread::Builder::new()
-                .name("fresco-memoize-leases".into())
-                .spawn(move || renew_loop(&renewer, &remote));
-        });
-        self.wake.notify_all();
+        self.wake_thread(remote);
         Held {
             remote: remote.clone(),
             renewer: self.clone(),
@@ -112,15 +120,63 @@ impl Renewer {
     }
 }
 
+impl Renewer {
+    /// Releases `lease` later, once the server answers.
+    fn orphan(self: &Arc<Self>, remote: &Arc<Remote>, lease: Lease) {
+        let expires = Instant::now() + remote.settings.lease;
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((lease, expires));
+        self.wake_thread(remote);
+    }
+
+    /// Starts the renewing thread if it is not running, and wakes it.
+    fn wake_thread(self: &Arc<Self>, remote: &Arc<Remote>) {
+        self.started.get_or_init(|| {
+            let renewer = Arc::downgrade(self);
+            let remote = Arc::downgrade(remote);
+            let _ = std::thread::Builder::new()
+                .name("fresco-memoize-leases".into())
+                .spawn(move || renew_loop(&renewer, &remote));
+        });
+        self.wake.notify_all();
+    }
+
+    /// Tries to release every orphan; keeps those the server did not answer for.
+    fn release_orphans(&self, remote: &Remote) -> bool {
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        let now = Instant::now();
+        let left: Vec<_> = orphans
+            .into_iter()
+            .filter(|(lease, expires)| *expires > now && remote.release(lease).is_err())
+            .collect();
+        let any = !left.is_empty();
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(left);
+        any
+    }
+}
+
+/// How often orphans are retried while the server does not answer.
+const ORPHAN_RETRY: Duration = Duration::from_millis(20);
+
 fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
     loop {
         let (Some(renewer), Some(remote)) = (renewer.upgrade(), remote.upgrade()) else {
             return;
         };
-        let every = remote.settings.lease / 3;
+        let orphans_left = renewer.release_orphans(&remote);
+        let every = if orphans_left {
+            ORPHAN_RETRY
+        } else {
+            remote.settings.lease / 3
+        };
         let held: Vec<Arc<Lease>> = {
             let held = renewer.held.lock().unwrap_or_else(|e| e.into_inner());
-            let held = if held.is_empty() {
+            let held = if held.is_empty() && !orphans_left {
                 // Sleep until a lease is taken (or a while, to notice the store going).
                 renewer
                     .wake
@@ -138,7 +194,7 @@ fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
             let _ = remote.renew(lease);
         }
         drop((renewer, remote));
-        if !held.is_empty() {
+        if !held.is_empty() || orphans_left {
             std::thread::sleep(every.saturating_sub(started.elapsed()));
         }
     }

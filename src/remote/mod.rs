@@ -8,8 +8,11 @@
 //! See ARCHITECTURE.md, "The remote store", for the layout and the invariants.
 
 mod conn;
+mod connect;
 mod layout;
 mod lease;
+mod memo;
+mod push;
 mod scripts;
 mod service;
 mod store;
@@ -18,8 +21,6 @@ mod tests;
 mod tracking;
 mod url;
 
-pub(crate) use layout::Invalidated;
-pub(crate) use lease::{Held, Renewer, Turn};
+pub(crate) use connect::{Options, name_id};
+pub(crate) use push::{invalidate_zone, listen_for};
 pub(crate) use service::{RemoteTier, Service};
-pub(crate) use store::{Found, Lease, Remote, Settings, Stamps};
-pub(crate) use tracking::{Event, Tracker};

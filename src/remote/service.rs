@@ -34,6 +34,11 @@ impl Service {
         })
     }
 
+    /// The server's address, credentials removed.
+    pub(crate) fn server(&self) -> String {
+        self.remote.pool.url.to_string()
+    }
+
     /// Asks the server for a `PONG`.
     pub(crate) fn ping(&self) -> Result<(), Error> {
         self.remote
@@ -51,6 +56,13 @@ impl Service {
             detail: format!("could not start the invalidation listener thread: {e}"),
         })?;
         let _ = self.tracker.set(tracker);
+        // Give the listener the time of one connect and one answer to come up, so that
+        // a local tier works from the first call when the server is there.
+        let timeouts = self.remote.settings.timeouts;
+        let deadline = std::time::Instant::now() + timeouts.connect + timeouts.response;
+        while !self.local_tiers_live() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(())
     }
 
@@ -86,10 +98,11 @@ impl RemoteTier {
         self.service.remote.hit(self.memo, row, self.max_hits)
     }
 
-    /// The stamps a computation of an entry with these dependency rows starts under.
-    pub(crate) fn begin(&self, deps: &[DepRow]) -> Result<Stamps, Error> {
+    /// The stamps a computation of the entry `row` with these dependency rows starts
+    /// under.
+    pub(crate) fn begin(&self, row: &KeyHash, deps: &[DepRow]) -> Result<Stamps, Error> {
         let remote = &self.service.remote;
-        let keys = remote.stamp_keys(self.memo, &self.zones, deps);
+        let keys = remote.stamp_keys(self.memo, &self.zones, row, deps);
         remote.read_stamps(&keys, 1 + self.zones.len())
     }
 

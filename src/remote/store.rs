@@ -60,7 +60,7 @@ pub(crate) enum Found {
 }
 
 /// A single-flight lease held by this process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lease {
     key: String,
     token: String,
@@ -108,12 +108,20 @@ impl Remote {
         format!("{:x}", self.random.hash_one(n))
     }
 
-    /// The stamp keys of an entry: its memoizer's generation, the generations of the
-    /// memoizer's zones, then one stamp per dependency row.
-    pub(crate) fn stamp_keys(&self, memo: u64, zones: &[u64], deps: &[DepRow]) -> Vec<String> {
-        let mut keys = Vec::with_capacity(1 + zones.len() + deps.len());
+    /// The stamp keys of an entry: its memoizer's generation and the generations of the
+    /// memoizer's zones (`1 + zones.len()` keys without a TTL), then its key's stamp and
+    /// one stamp per dependency row.
+    pub(crate) fn stamp_keys(
+        &self,
+        memo: u64,
+        zones: &[u64],
+        row: &KeyHash,
+        deps: &[DepRow],
+    ) -> Vec<String> {
+        let mut keys = Vec::with_capacity(2 + zones.len() + deps.len());
         keys.push(self.layout.generation(memo));
         keys.extend(zones.iter().map(|z| self.layout.zone_generation(*z)));
+        keys.push(self.layout.key_stamp(memo, row));
         keys.extend(deps.iter().map(|d| self.layout.stamp(d)));
         keys
     }
@@ -182,20 +190,34 @@ impl Remote {
     }
 
     /// Tries to take the single-flight lease of a row.
+    #[cfg(test)]
     pub(crate) fn try_lease(&self, memo: u64, row: &KeyHash) -> Result<Option<Lease>, Error> {
-        let key = self.layout.lease(memo, row);
-        let token = self.fresh();
+        let lease = self.new_lease(memo, row);
+        Ok(self.acquire(&lease)?.then_some(lease))
+    }
+
+    /// A lease token for a row, not yet asked for.
+    pub(crate) fn new_lease(&self, memo: u64, row: &KeyHash) -> Lease {
+        Lease {
+            key: self.layout.lease(memo, row),
+            token: self.fresh(),
+        }
+    }
+
+    /// Asks for `lease`; true if it is ours now. After an error it may be ours or not
+    /// (a command that timed out may still run): release it to be sure.
+    pub(crate) fn acquire(&self, lease: &Lease) -> Result<bool, Error> {
         let ms = millis(Some(self.settings.lease));
         let taken: Option<String> = self.pool.with(|con| {
             redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
+                .arg(&lease.key)
+                .arg(&lease.token)
                 .arg("NX")
                 .arg("PX")
                 .arg(ms)
                 .query(con)
         })?;
-        Ok(taken.map(|_| Lease { key, token }))
+        Ok(taken.is_some())
     }
 
     /// Extends a lease by the lease duration; false if it was lost (expired, taken over).
@@ -216,12 +238,21 @@ impl Remote {
         Ok(released == 1)
     }
 
-    /// Removes one entry; returns whether it existed.
+    /// Invalidates one key: its stamp is deleted (a computation of it that is running
+    /// will not store, and local tiers hear of it), and its entry with it. Returns
+    /// whether the entry existed.
     pub(crate) fn remove(&self, memo: u64, row: &KeyHash) -> Result<bool, Error> {
         let key = self.layout.entry(memo, row);
-        let n: i64 = self
-            .pool
-            .with(|con| redis::cmd("UNLINK").arg(&key).query(con))?;
+        let stamp = self.layout.key_stamp(memo, row);
+        let (n, _): (i64, i64) = self.pool.with(|con| {
+            redis::pipe()
+                .atomic()
+                .cmd("UNLINK")
+                .arg(&key)
+                .cmd("UNLINK")
+                .arg(&stamp)
+                .query(con)
+        })?;
         Ok(n > 0)
     }
 

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::*;
+use super::layout::Invalidated;
+use super::store::{Found, Remote, Settings, Stamps};
+use super::tracking::{Event, Tracker};
 use crate::entry::dep_row;
 
 fn url() -> String {
@@ -40,7 +42,7 @@ const ZONE: u64 = 7;
 const ROW: [u8; 16] = [3; 16];
 
 fn stamps_for(r: &Remote, deps: &[crate::entry::DepRow]) -> (Vec<String>, Stamps) {
-    let keys = r.stamp_keys(MEMO, &[ZONE], deps);
+    let keys = r.stamp_keys(MEMO, &[ZONE], &ROW, deps);
     let st = r.read_stamps(&keys, 2).unwrap();
     (keys, st)
 }
@@ -313,6 +315,11 @@ fn the_listener_hears_other_clients_invalidations_and_flushes_on_a_drop() {
     );
     // Reading existing stamps, storing entries and taking leases push nothing.
     let (_, st) = stamps_for(&other, &[]);
+    assert_eq!(
+        wait("key stamp created"),
+        Event::Invalidated(Invalidated::Key(MEMO, ROW))
+    );
+    stamps_for(&other, &[]);
     assert!(other.put(MEMO, &ROW, b"v", &st, 0).unwrap());
     let lease = other.try_lease(MEMO, &ROW).unwrap().unwrap();
     other.release(&lease).unwrap();
