@@ -20,14 +20,15 @@ static CACHE: LazyLock<Cache> = LazyLock::new(|| {
     let path = std::env::temp_dir().join("fresco-memoize-desktop.memo");
     // Start from an empty file so every run shows the same thing.
     let _ = std::fs::remove_file(&path);
-    Cache::open(&path).expect("open the cache file")
+    // `Display` says what to do about a failure; `expect` would print `Debug`.
+    Cache::open(&path).unwrap_or_else(|e| panic!("cannot open the cache file: {e}"))
 });
 
 /// Everything derived from an author depends on the author's id.
 static AUTHORS: LazyLock<Zone> = LazyLock::new(|| {
     CACHE
         .zone("Authors")
-        .expect("zone")
+        .unwrap_or_else(|e| panic!("{e}"))
         .key(|author: &Author| author.id)
 });
 
@@ -83,7 +84,7 @@ fn render(book: &Book, author: &Author) -> String {
 
 /// Renders `jobs` on a pool of `workers` threads; returns how long it took.
 fn run_pool(workers: usize, jobs: &[(Book, Author)]) -> Duration {
-    let (tx, rx) = crossbeam::channel::unbounded::<(Book, Author)>();
+    let (tx, rx) = crossbeam_channel::unbounded::<(Book, Author)>();
     for job in jobs {
         tx.send(job.clone()).expect("queue");
     }
@@ -155,7 +156,9 @@ fn main() {
     assert_eq!((bios, blurbs), (2, 5));
 
     // 3. The user edits Tolstoy's record: clear everything derived from author 1.
-    let removed = AUTHORS.invalidate(&tolstoy.id).expect("invalidate");
+    let removed = AUTHORS
+        .invalidate(&tolstoy.id)
+        .unwrap_or_else(|e| panic!("{e}"));
     println!("edited author 1: the Authors zone removed {removed} entries (1 biography, 3 blurbs)");
     assert_eq!(removed, 4);
 
@@ -170,7 +173,7 @@ fn main() {
 
     // A `static` cache is never dropped, so make the last results durable before exit
     // (otherwise up to `durable_interval`, 1 s by default, of them would be lost).
-    CACHE.flush().expect("flush");
+    CACHE.flush().unwrap_or_else(|e| panic!("{e}"));
     let stats = biography::memoizer().stats();
     println!(
         "biography: {} hits, {} misses; blurb: {} entries in {}",

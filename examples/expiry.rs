@@ -8,12 +8,25 @@
 //! cargo run --example expiry
 //! ```
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fresco_memoize::{Cache, Store};
 
-fn main() -> Result<(), fresco_memoize::Error> {
+/// Errors are printed with `Display`, which says what to do (`fn main() -> Result`
+/// would print their `Debug` form).
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), fresco_memoize::Error> {
     let dir = std::env::temp_dir().join(format!("fresco-memoize-expiry-{}", std::process::id()));
     let path = dir.join("expiry.memo");
     let cache = Cache::builder()

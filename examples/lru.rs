@@ -8,6 +8,7 @@
 //! cargo run --example lru
 //! ```
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use fresco_memoize::{Cache, Store, memoize};
@@ -21,7 +22,19 @@ fn thumbnail(name: &str) -> String {
     format!("[{name} 64x64]")
 }
 
-fn main() -> Result<(), fresco_memoize::Error> {
+/// Errors are printed with `Display`, which says what to do (`fn main() -> Result`
+/// would print their `Debug` form).
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), fresco_memoize::Error> {
     let cache = Cache::in_memory()?;
     let square = cache
         .memoizer::<u64, u64>("square")

@@ -7,6 +7,7 @@
 //! cargo run --release --example quickstart   # again: served from the file
 //! ```
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use fresco_memoize::{Cache, Fingerprint};
@@ -27,7 +28,19 @@ fn slow_report(number: u64) -> Report {
     }
 }
 
-fn main() -> Result<(), fresco_memoize::Error> {
+/// Errors are printed with `Display`, which says what to do (`fn main() -> Result`
+/// would print their `Debug` form).
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), fresco_memoize::Error> {
     let path = std::env::temp_dir().join("fresco-memoize-quickstart.memo");
     let cache = Cache::open(&path)?;
     let reports = cache

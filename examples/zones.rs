@@ -12,6 +12,7 @@
 //! ```
 
 use std::cell::Cell;
+use std::process::ExitCode;
 
 use fresco_memoize::{Cache, Zone};
 use serde::Serialize;
@@ -87,7 +88,19 @@ fn fetch_biography(b: &Book, computed: &Cell<u32>) -> String {
     format!("{} wrote {:?}", a.name, b.title)
 }
 
-fn main() -> Result<(), fresco_memoize::Error> {
+/// Errors are printed with `Display`, which says what to do (`fn main() -> Result`
+/// would print their `Debug` form).
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), fresco_memoize::Error> {
     let path = std::env::temp_dir().join("fresco-memoize-zones-example.memo");
     if std::env::args().any(|a| a == "--reset") {
         let _ = std::fs::remove_file(&path);

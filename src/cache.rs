@@ -374,9 +374,10 @@ impl CacheBuilder {
             {
                 let aside = move_aside(&path)?;
                 reporter.set_moved_aside(aside.clone());
-                reporter.report(&Error::Corrupted {
+                reporter.report(&Error::MovedAside {
                     path: path.clone(),
-                    detail: format!("{detail}; moved to {} and started afresh", aside.display()),
+                    moved_to: aside,
+                    detail,
                 });
                 origin.open()?
             }

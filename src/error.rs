@@ -44,6 +44,38 @@ pub enum Error {
         /// What redb or the entry checks reported.
         detail: String,
     },
+    /// A damaged cache file was moved aside and the cache carried on with a fresh file at
+    /// its path. Only reported (through [`Cache::health`] and the error hook), never
+    /// returned: there is nothing left to do.
+    ///
+    /// [`Cache::health`]: crate::Cache::health
+    MovedAside {
+        /// The cache file, now a fresh one.
+        path: PathBuf,
+        /// Where the damaged file went.
+        moved_to: PathBuf,
+        /// What was found damaged.
+        detail: String,
+    },
+    /// One stored entry failed its checks (checksum, structure) and was read as a miss;
+    /// the recomputed value overwrites it. Only reported.
+    DamagedEntry {
+        /// The cache file, or `None` for an in-memory cache.
+        path: Option<PathBuf>,
+        /// The memoizer the entry belongs to.
+        memoizer: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The cache stopped using its file and runs without one (values are computed and
+    /// returned, nothing is stored) until it is reopened: the file was replaced by
+    /// another one, or could not be replaced after damage. Only reported.
+    Detached {
+        /// The cache file's path.
+        path: PathBuf,
+        /// What happened to the file.
+        reason: String,
+    },
     /// redb reported an error (I/O, a full disk, a damaged page...).
     Storage {
         /// The cache file, or `None` for an in-memory cache.
@@ -142,6 +174,38 @@ impl fmt::Display for Error {
                 f,
                 "cache file {} is damaged ({detail}); delete it, or open with \
                  OnCorruption::Recreate to start afresh automatically",
+                path.display()
+            ),
+            Error::MovedAside {
+                path,
+                moved_to,
+                detail,
+            } => write!(
+                f,
+                "cache file {} was damaged ({detail}); it was moved to {} and the cache \
+                 carries on with a fresh file - nothing to do (delete the moved file once \
+                 it is of no use for diagnosis)",
+                path.display(),
+                moved_to.display()
+            ),
+            Error::DamagedEntry {
+                path,
+                memoizer,
+                detail,
+            } => write!(
+                f,
+                "an entry of memoizer {memoizer:?} in {} is damaged ({detail}); it was read \
+                 as a miss and the recomputed value replaces it - if this repeats, check \
+                 the disk",
+                path.as_ref().map_or_else(
+                    || "the in-memory cache".to_string(),
+                    |p| p.display().to_string()
+                )
+            ),
+            Error::Detached { path, reason } => write!(
+                f,
+                "cache {} stopped using its file: {reason}; until the Cache is reopened, \
+                 values are computed and returned but not stored",
                 path.display()
             ),
             Error::Storage {

@@ -1,10 +1,16 @@
 //! Single-flight: concurrent misses on one key run the computation once.
 //!
 //! The first caller becomes the leader; later callers wait on its flight. When the leader
-//! finishes - with a value, an error or a panic - its [`Leader`] guard is dropped, which
-//! removes the flight and wakes the waiters. Waiters then look the key up again: they
-//! find the stored value, or (if the leader failed) one of them becomes the next leader.
-//! No lock is held while the computation runs, and different keys never share a flight.
+//! finishes - with a value, an error or a panic, or because its future was dropped - its
+//! [`Leader`] guard is dropped, which removes the flight and wakes the waiters. Waiters
+//! then look the key up again: they find the stored value, or (if the leader failed or
+//! was cancelled) one of them becomes the next leader. No lock is held while the
+//! computation runs, and different keys never share a flight.
+//!
+//! Threads and futures share one flight per key: a waiter blocks on the flight's event
+//! ([`Flight::wait`]) or awaits it ([`Flight::wait_async`]) - `event-listener` gives one
+//! event both can wait on - so sync and async callers of one key compute once between
+//! them.
 //!
 //! [`Flights::landed`] counts finished flights, so a new leader can tell whether anyone
 //! could have stored the value since its own lookup, and skip a second lookup if not.
@@ -14,20 +20,41 @@
 
 use crate::key::{HashMapByKey, KeyHash};
 // Through `crate::sync` so that tests/shuttle_flight.rs can model-check this very file.
-use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering, ThreadId, current_thread};
+use crate::sync::{
+    Arc, AtomicBool, AtomicU64, Event, Listener, Mutex, Ordering, ThreadId, current_thread,
+};
 
 pub(crate) struct Flight {
-    leader: ThreadId,
-    done: Mutex<bool>,
-    cv: Condvar,
+    /// The thread of a synchronous leader, to tell a computation that recursed into its
+    /// own key. `None` for a future, which may move between threads while it runs.
+    leader: Option<ThreadId>,
+    /// Set once, when the leader's guard is dropped; `landed` fires right after.
+    done: AtomicBool,
+    landed: Event,
 }
 
 impl Flight {
-    /// Blocks until the leader is done.
+    /// Blocks the thread until the leader is done.
     pub(crate) fn wait(&self) {
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        while !*done {
-            done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
+        while !self.done.load(Ordering::SeqCst) {
+            // Registered before the second look, so a notification in between is not lost.
+            let listener = self.landed.listen();
+            if self.done.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.wait();
+        }
+    }
+
+    /// Waits until the leader is done without blocking the thread. Dropping the future
+    /// stops waiting and leaves the flight as it is.
+    pub(crate) async fn wait_async(&self) {
+        while !self.done.load(Ordering::SeqCst) {
+            let listener = self.landed.listen();
+            if self.done.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
         }
     }
 }
@@ -47,6 +74,15 @@ pub(crate) enum Role<'a> {
     Reentrant,
 }
 
+/// Who joins a flight.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Caller {
+    /// A thread, which blocks while it computes or waits.
+    Thread,
+    /// A future, which may be polled on any thread and may be dropped at any await.
+    Task,
+}
+
 /// Held by the computing caller; dropping it releases the waiters.
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
@@ -62,20 +98,23 @@ impl Flights {
         self.landed.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn join(&self, hash: KeyHash) -> Role<'_> {
+    /// Leads the flight of `hash`, or joins the one under way. A flight led by a thread
+    /// that is now asking again - directly, or through a future it polls to completion -
+    /// is reentrant whoever asks.
+    pub(crate) fn join(&self, hash: KeyHash, caller: Caller) -> Role<'_> {
         let me = current_thread();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = map.get(&hash) {
-            return if f.leader == me {
+            return if f.leader == Some(me) {
                 Role::Reentrant
             } else {
                 Role::Waiter(f.clone())
             };
         }
         let flight = Arc::new(Flight {
-            leader: me,
-            done: Mutex::new(false),
-            cv: Condvar::new(),
+            leader: (caller == Caller::Thread).then_some(me),
+            done: AtomicBool::new(false),
+            landed: Event::new(),
         });
         map.insert(hash, flight.clone());
         Role::Leader(Leader {
@@ -97,7 +136,7 @@ impl Drop for Leader<'_> {
         }
         self.flights.landed.fetch_add(1, Ordering::SeqCst);
         drop(map);
-        *self.flight.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.flight.cv.notify_all();
+        self.flight.done.store(true, Ordering::SeqCst);
+        self.flight.landed.notify(usize::MAX);
     }
 }

@@ -53,6 +53,11 @@ impl<V: Value> ArchivedHit<V> {
         Self::checked(Backing::Stored(stored), offset)
     }
 
+    /// A guard over a value's own archive (a miss hands back what it just computed).
+    pub(crate) fn from_archive(archive: AlignedVec) -> Option<Self> {
+        Self::checked(Backing::Copied(archive), 0)
+    }
+
     pub(crate) fn from_memory(entry: MemEntry) -> Option<Self> {
         let offset = entry.payload_offset();
         Self::from_stored(StoredBytes::Shared(entry.bytes().clone()), offset)

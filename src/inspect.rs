@@ -15,13 +15,15 @@ use serde::Serialize;
 
 use crate::Cache;
 use crate::cache::{CacheBuilder, OnCorruption};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
 use crate::memoizer::MemoCore;
 use crate::storage::guarded;
-use crate::storage::open::Origin;
+use crate::storage::open::{Origin, open_read_only};
 use crate::storage::ops;
+use crate::storage::scratch::ScratchCopy;
 use crate::storage::tables::{
     DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
     ZONE_MEMBERS, ZONES, entries_name, expiry_key, split_expiry_key,
@@ -109,8 +111,9 @@ pub struct CompactReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FileCheck {
-    /// Whether redb had to repair its own structures (their checksums failed; the last
-    /// commits that were not yet durable were rolled back). `false`: they were sound.
+    /// Whether redb found its own structures damaged (their checksums failed) and had to
+    /// repair them - in the scratch copy it checked, never in the file itself. `false`:
+    /// they were sound.
     pub redb_repaired: bool,
     /// The cache's own invariants (entries parse; the dependency and expiry indexes
     /// match the entries exactly).
@@ -280,10 +283,47 @@ impl Cache {
         })
     }
 
-    /// Checks a cache file that no `Cache` holds open: redb verifies the checksums of its
-    /// own structures (repairing them if it can), then the cache's invariants are checked
-    /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is
-    /// never created, moved or recreated. A file redb cannot repair is
+    /// What a cache file that no `Cache` holds open contains, as [`inspect`](Self::inspect)
+    /// tells it, read without writing a byte to the file: it is opened read-only (a file
+    /// that was not closed cleanly, which redb must recover first, is looked into through
+    /// a scratch copy in the temporary directory). The file must exist.
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.memo");
+    /// Cache::open(&path)?.memoizer::<u32, u32>("m").build()?.get_or_compute(&1, |n| n + 1);
+    /// let before = std::fs::read(&path).unwrap();
+    /// assert_eq!(Cache::inspect_file(&path)?.entries(), 1);
+    /// assert_eq!(std::fs::read(&path).unwrap(), before);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn inspect_file(path: impl AsRef<Path>) -> Result<CacheInfo> {
+        let path = path.as_ref();
+        let now_ms = crate::clock::SystemClock.now_ms();
+        let storage_error = |source| Error::Storage {
+            path: Some(path.to_path_buf()),
+            source,
+        };
+        let mut info = match open_read_only(path)? {
+            Some(db) => guarded(|| read_info(&db, now_ms)).map_err(storage_error)?,
+            None => {
+                let copy = ScratchCopy::of(path)?;
+                let db = open_closed(copy.path()).map_err(|e| copy.blame(path, e))?;
+                guarded(|| read_info(&db, now_ms)).map_err(storage_error)?
+            }
+        };
+        info.path = Some(path.to_path_buf());
+        info.file_bytes = Some(file_len(path)?);
+        Ok(info)
+    }
+
+    /// Checks a cache file that no `Cache` holds open, without writing a byte to it: on a
+    /// scratch copy in the temporary directory, redb verifies the checksums of its own
+    /// structures (repairing the copy if it can), then the cache's invariants are checked
+    /// as by [`check_integrity`](Cache::check_integrity). The file must exist; it is never
+    /// created, moved, repaired or recreated. A file redb cannot repair is
     /// [`Error::Corrupted`].
     ///
     /// ```
@@ -299,26 +339,10 @@ impl Cache {
     /// ```
     pub fn verify_file(path: impl AsRef<Path>) -> Result<FileCheck> {
         let path = path.as_ref();
-        let mut db = open_closed(path)?;
-        let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
-            redb::Error::Io(source) => Error::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-            other => Error::Corrupted {
-                path: path.to_path_buf(),
-                detail: other.to_string(),
-            },
-        })?;
-        drop(db);
-        let cache = CacheBuilder::new()
-            .sweep_interval(None)
-            .on_corruption(OnCorruption::Fail)
-            .open_existing(path)?;
-        Ok(FileCheck {
-            redb_repaired: !sound,
-            invariants: cache.check_integrity()?,
-        })
+        // Refuses what is not ours, newer or busy, before copying anything.
+        drop(open_read_only(path)?);
+        let copy = ScratchCopy::of(path)?;
+        verify_closed(copy.path()).map_err(|e| copy.blame(path, e))
     }
 
     fn live_core(&self, name: &str) -> Option<std::sync::Arc<MemoCore>> {
@@ -338,6 +362,30 @@ fn open_closed(path: &Path) -> Result<redb::Database> {
     .open()
 }
 
+/// redb's checks, then the cache's invariants, on a closed file (which they may repair).
+fn verify_closed(path: &Path) -> Result<FileCheck> {
+    let mut db = open_closed(path)?;
+    let sound = guarded(|| Ok(db.check_integrity()?)).map_err(|e| match e {
+        redb::Error::Io(source) => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => Error::Corrupted {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })?;
+    drop(db);
+    let cache = CacheBuilder::new()
+        .sweep_interval(None)
+        .on_corruption(OnCorruption::Fail)
+        .open_existing(path)?;
+    Ok(FileCheck {
+        redb_repaired: !sound,
+        invariants: cache.check_integrity()?,
+    })
+}
+
 fn file_len(path: &Path) -> Result<u64> {
     std::fs::metadata(path)
         .map(|m| m.len())
@@ -347,7 +395,7 @@ fn file_len(path: &Path) -> Result<u64> {
         })
 }
 
-fn read_info(db: &redb::Database, now_ms: u64) -> R<CacheInfo> {
+fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
     let txn = db.begin_read()?;
     let format_version = txn
         .open_table(META)?

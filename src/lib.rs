@@ -18,6 +18,13 @@
 //!   [`Zone::invalidate`] removes exactly the entries that depend on one key, through an
 //!   index kept in the file.
 //! - Failures of the cache itself never cost you your value: see [`Cache::health`].
+//! - Async code uses the same memoizers on any executor:
+//!   [`Memoizer::get_or_compute_async`], `#[memoize]` on `async fn`, and `_async` forms of
+//!   invalidations, [`Cache::flush_async`] and [`CacheBuilder::open_async`]. Threads and
+//!   tasks share one single-flight per key.
+//! - [`MemoizerBuilder::refresh_after`] serves a stored value while one caller refreshes
+//!   it; [`Memoizer::get_archived_or_compute`] reads hits in place and computes on a miss;
+//!   [`Memoizer::get_or_compute_with`] takes a borrowed form of the key ([`KeyLike`]).
 //! - [`#[memoize]`](macro@memoize) puts all of this on a function or method, like the
 //!   Python original's decorator: `#[memoize(cache = CACHE, expires = 10)]`.
 //! - Expired entries leave the file on their own: a background sweeper
@@ -86,6 +93,8 @@ extern crate self as fresco_memoize;
 #[doc(hidden)]
 #[path = "entry_hooks.rs"]
 pub mod __entry;
+mod asynchronous;
+mod borrowed;
 mod cache;
 mod clock;
 mod entry;
@@ -100,6 +109,7 @@ mod key;
 pub mod macro_support;
 mod memoizer;
 mod memory;
+mod panics;
 #[cfg(feature = "redis")]
 mod remote;
 mod report;
@@ -110,6 +120,7 @@ mod sync;
 mod value;
 mod zone;
 
+pub use borrowed::KeyLike;
 pub use cache::{Cache, CacheBuilder, OnCorruption};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@
 
 use std::borrow::Borrow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
@@ -177,6 +178,45 @@ pub fn erase<K: ?Sized + 'static, V: Value>(
     built.map(|m| Box::new(m) as Box<dyn Any + Send + Sync>)
 }
 
+/// The memoizer of a memoized `async fn`, or why it could not be built.
+pub type Built<K, V> = std::result::Result<&'static Memoizer<K, V>, &'static Error>;
+
+/// The body of a memoized `async fn`: the call through its memoizer, or - if that
+/// could not be built - the computation alone. The key and dependency closures get the
+/// memoizer too (a single argument is keyed through its keyfunc).
+pub async fn call_async<K: ?Sized, V: Value, A, F: Future<Output = V>>(
+    memoizer: Built<K, V>,
+    args: A,
+    key: impl FnOnce(&Memoizer<K, V>, &A) -> Key,
+    deps: impl FnOnce(&Memoizer<K, V>, &A) -> Deps,
+    compute: impl FnOnce(A) -> F,
+) -> V {
+    match memoizer {
+        Ok(m) => {
+            m.__call_async(args, |a| key(m, a), |a| deps(m, a), compute)
+                .await
+        }
+        Err(_) => compute(args).await,
+    }
+}
+
+/// [`call_async`] for an `async fn` returning `Result` (errors are not cached).
+pub async fn try_call_async<K: ?Sized, V: Value, A, E, F: Future<Output = Result<V, E>>>(
+    memoizer: Built<K, V>,
+    args: A,
+    key: impl FnOnce(&Memoizer<K, V>, &A) -> Key,
+    deps: impl FnOnce(&Memoizer<K, V>, &A) -> Deps,
+    compute: impl FnOnce(A) -> F,
+) -> Result<V, E> {
+    match memoizer {
+        Ok(m) => {
+            m.__try_call_async(args, |a| key(m, a), |a| deps(m, a), compute)
+                .await
+        }
+        Err(_) => compute(args).await,
+    }
+}
+
 /// The panic of `memoizer()` when the memoizer could not be built.
 #[track_caller]
 pub fn unavailable(function: &str, error: &Error) -> ! {
@@ -208,8 +248,53 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Deps,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
+        let (ek, deps) = self.prepare(&args, key, deps);
+        self.run(args, ek, deps, compute)
+    }
+
+    /// `#[memoize]` on an `async fn`: [`__call`](Self::__call), awaited.
+    #[doc(hidden)]
+    pub async fn __call_async<A, F: Future<Output = V>>(
+        &self,
+        args: A,
+        key: impl FnOnce(&A) -> Key,
+        deps: impl FnOnce(&A) -> Deps,
+        compute: impl FnOnce(A) -> F,
+    ) -> V {
+        let compute = |a| async { Ok::<V, Infallible>(compute(a).await) };
+        match self.__try_call_async(args, key, deps, compute).await {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    /// `#[memoize]` on an `async fn` returning `Result`.
+    #[doc(hidden)]
+    pub async fn __try_call_async<A, E, F: Future<Output = Result<V, E>>>(
+        &self,
+        args: A,
+        key: impl FnOnce(&A) -> Key,
+        deps: impl FnOnce(&A) -> Deps,
+        compute: impl FnOnce(A) -> F,
+    ) -> Result<V, E> {
+        let (ek, deps) = self.prepare(&args, key, deps);
+        self.run_async(args, ek, deps, compute).await
+    }
+
+    /// The encoded key of a call, and what derives its dependency rows on a miss (a
+    /// placed memoizer needs them already to find the entry: then they are derived
+    /// here, once, and carried in the key).
+    fn prepare<'m, A, KF: FnOnce(&A) -> Key, DF: FnOnce(&A) -> Deps>(
+        &'m self,
+        args: &A,
+        key: KF,
+        deps: DF,
+    ) -> (
+        Result<EncodedKey>,
+        impl FnOnce(&A) -> Result<Vec<DepRow>> + use<'m, A, K, V, KF, DF>,
+    ) {
         let mut deps = Some(deps);
-        let ek = match key(&args).0 {
+        let ek = match key(args).0 {
             KeyRepr::Encoded(ek) => ek,
             KeyRepr::Bytes(bytes) => bytes.map_err(Error::KeyEncoding).map(|bytes| {
                 let hash = (self.core.hasher)(bytes.as_slice());
@@ -217,7 +302,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                     return EncodedKey::plain(bytes, hash);
                 }
                 // Filed under its dependencies: they are needed to find the row.
-                let rows = deps.take().map_or_else(Deps::new, |f| f(&args));
+                let rows = deps.take().map_or_else(Deps::new, |f| f(args));
                 let rows = rows.finish(self.name());
                 let primary = rows.as_ref().ok().and_then(|rows| rows.first());
                 let mut ek = EncodedKey::placed(bytes, hash, primary);
@@ -225,8 +310,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 ek
             }),
         };
-        let deps = |a: &A| deps.map_or_else(Deps::new, |f| f(a)).finish(self.name());
-        self.run(args, ek, deps, compute)
+        let deps = move |a: &A| deps.map_or_else(Deps::new, |f| f(a)).finish(self.name());
+        (ek, deps)
     }
 
     /// `#[memoize]`: the key of a single argument, through this memoizer's keyfunc.

@@ -6,16 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rkyv::util::AlignedVec;
 use serde::Serialize;
 
 use crate::cache::CacheInner;
 use crate::entry::{self, DepRow, Meta};
 use crate::error::{Error, Result};
-use crate::flight::{Flights, Role};
+use crate::flight::{Caller, Flight, Flights, Leader, Role};
 use crate::hit::ArchivedHit;
 use crate::key::{EncodedKey, HashMapByKey, KeyBytes, KeyHash, KeyHasher, xxh3_key_hash};
 use crate::memory::{MemEntry, MemStore};
 use crate::stats::{Counters, Stats};
+use crate::storage::writer::{Wait, now};
 use crate::storage::{SnapSlot, ops};
 use crate::{Value, fingerprint};
 
@@ -66,6 +68,9 @@ pub(crate) struct MemoCore {
     pub name: String,
     pub fingerprint: u64,
     pub expires: Option<Duration>,
+    /// Age after which a live entry is recomputed by one caller while the others are
+    /// served it (`MemoizerBuilder::refresh_after`).
+    pub refresh_after: Option<Duration>,
     pub max_hits: Option<u32>,
     pub verify: bool,
     pub hasher: KeyHasher,
@@ -73,6 +78,10 @@ pub(crate) struct MemoCore {
     /// persistent memoizers with zone keys and no keyfunc. Finding a row then needs the
     /// key's primary dependency row.
     pub placed: bool,
+    /// Whether the stored key is the argument as serialized, with no dependency rows
+    /// (no keyfunc, no zone keys): then a borrowed form of the key that serializes
+    /// alike finds and stores the same entry ([`crate::KeyLike`]).
+    pub plain_keys: bool,
     pub memory: Option<Mutex<MemStore>>,
     pub persistent: Option<Persistent>,
     /// In a connected cache, the server takes the persistent table's place.
@@ -192,6 +201,15 @@ impl MemoCore {
         expires_at_ms == 0 || self.now_ms() < expires_at_ms
     }
 
+    /// Whether a live entry stored at `stored_at_ms` is due for a refresh. Reads the
+    /// clock (and the header) only for memoizers with `refresh_after`.
+    pub(crate) fn due(&self, stored_at_ms: impl FnOnce() -> u64) -> bool {
+        self.refresh_after.is_some_and(|after| {
+            let at = stored_at_ms().saturating_add(after.as_millis() as u64);
+            self.now_ms() >= at
+        })
+    }
+
     /// Looks in the in-memory tier and runs `read` on a live entry for this key, under
     /// the tier's lock (the entry is read in place). `Err(())` means "definitely a miss,
     /// do not look further": the entry expired, and the persistent tier holds the same
@@ -242,12 +260,15 @@ impl MemoCore {
         if let Some(service) = &self.cache.remote {
             return Error::Remote {
                 server: service.server(),
-                detail,
+                detail: format!(
+                    "an entry of memoizer {:?} is damaged ({detail}) and was read as a miss",
+                    self.name
+                ),
             };
         }
-        let path = self.cache.storage.path().unwrap_or(Path::new("<memory>"));
-        Error::Corrupted {
-            path: path.to_path_buf(),
+        Error::DamagedEntry {
+            path: self.cache.storage.path().map(Path::to_path_buf),
+            memoizer: self.name.clone(),
             detail,
         }
     }
@@ -261,11 +282,7 @@ impl MemoCore {
                 // Only damage makes an entry fail these checks: report it, read a miss
                 // (the recomputed value then overwrites the entry).
                 Counters::add(&self.stats.stale, 1);
-                self.report(self.damaged(format!(
-                    "an entry of memoizer {:?} is damaged ({malformed:?}) and was read as a \
-                     miss",
-                    self.name
-                )));
+                self.report(self.damaged(format!("{malformed:?}")));
                 return None;
             }
         };
@@ -356,6 +373,13 @@ impl MemoCore {
 
     /// Removes one key from every tier; returns whether anything was removed.
     pub(crate) fn invalidate_hash(&self, hash: KeyHash) -> Result<bool> {
+        now(self.invalidate_hash_as(hash, Wait::Block))
+    }
+
+    /// [`invalidate_hash`](Self::invalidate_hash), waiting for the commit as `how` says.
+    pub(crate) async fn invalidate_hash_as(&self, hash: KeyHash, how: Wait) -> Result<bool> {
+        // A connected cache's server answers within its response timeout: the async
+        // form blocks for that round trip.
         #[cfg(feature = "redis")]
         if let Some(rt) = &self.remote {
             return self.remote_invalidate_key(rt, hash);
@@ -373,7 +397,10 @@ impl MemoCore {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         // The memory tier is purged after the commit (see `promote`).
-        let on_disk = ticket.map(|t| t.wait());
+        let on_disk = match ticket {
+            Some(t) => Some(t.wait_as(how).await),
+            None => None,
+        };
         let mut removed = self.memory.as_ref().is_some_and(|m| {
             m.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -393,6 +420,11 @@ impl MemoCore {
 
     /// Removes every entry of this memoizer; returns how many there were.
     pub(crate) fn invalidate_all(&self) -> Result<u64> {
+        now(self.invalidate_all_as(Wait::Block))
+    }
+
+    /// [`invalidate_all`](Self::invalidate_all), waiting for the commit as `how` says.
+    pub(crate) async fn invalidate_all_as(&self, how: Wait) -> Result<u64> {
         #[cfg(feature = "redis")]
         if let Some(rt) = &self.remote {
             return self.remote_invalidate_all(rt);
@@ -413,7 +445,10 @@ impl MemoCore {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         // The memory tier is purged after the commit (see `promote`).
-        let on_disk = ticket.map(|t| t.wait());
+        let on_disk = match ticket {
+            Some(t) => Some(t.wait_as(how).await),
+            None => None,
+        };
         let in_memory = self.clear_in_memory();
         let removed = match on_disk {
             Some(on_disk) => on_disk?,
@@ -466,6 +501,163 @@ impl MemoCore {
     }
 }
 
+/// What a lookup found.
+pub(crate) enum Looked<R> {
+    Hit(R),
+    /// A live entry due for a refresh, not served (nothing counted, nothing decoded).
+    Due,
+    Miss,
+}
+
+/// The outcome of one pass of the miss protocol ([`MemoCore::step`]).
+pub(crate) enum Step<'a, R> {
+    /// A hit: fresh, or due for a refresh that another caller is making.
+    Served(R),
+    /// Wait for this flight to land, then take another step.
+    Wait(Arc<Flight>),
+    /// Compute, then [`land`](MemoCore::land) the value.
+    Lead(Lead<'a>),
+    /// Compute without caching: the computation recursed into its own key.
+    Alone,
+}
+
+/// The right to compute and store one key: the flight's leader guard and the epoch
+/// read before the computation starts.
+pub(crate) struct Lead<'a> {
+    leader: Leader<'a>,
+    epoch: u64,
+    /// A connected memoizer's lease on the server and the stamps it computes under.
+    #[cfg(feature = "redis")]
+    remote: crate::remote::Leading,
+}
+
+impl MemoCore {
+    /// The call's encoded key; if it could not be encoded, reports why and counts the
+    /// miss that the uncached computation will be.
+    pub(crate) fn encoded(&self, ek: Result<EncodedKey>) -> Option<EncodedKey> {
+        ek.map_err(|e| {
+            self.report(e);
+            Counters::add(&self.stats.misses, 1);
+        })
+        .ok()
+    }
+
+    /// One pass of the miss protocol, shared by every entry point (a thread or a task,
+    /// an owned or an archived hit): look up with `look` (its argument: whether to serve
+    /// an entry due for a refresh), then lead or join the key's flight.
+    ///
+    /// An entry due for a refresh (`refresh_after`) makes its caller lead, as a miss
+    /// would, unless a flight of the key is under way: then the entry is served while
+    /// that flight recomputes it.
+    pub(crate) fn step<R>(
+        &self,
+        ek: &EncodedKey,
+        caller: Caller,
+        look: impl Fn(bool) -> Looked<R>,
+    ) -> Step<'_, R> {
+        let landed = self.flights.landed();
+        let due = match look(false) {
+            Looked::Hit(v) => return Step::Served(v),
+            Looked::Due => true,
+            Looked::Miss => false,
+        };
+        let leader = match self.flights.join(ek.hash, caller) {
+            Role::Leader(leader) => leader,
+            role => {
+                // Another caller refreshes it (or this one, recursing): serve it
+                // meanwhile. It may be gone by now (removed, used up): then wait.
+                if due && let Looked::Hit(v) = look(true) {
+                    return Step::Served(v);
+                }
+                return match role {
+                    Role::Waiter(flight) => Step::Wait(flight),
+                    _ => {
+                        Counters::add(&self.stats.misses, 1);
+                        Step::Alone
+                    }
+                };
+            }
+        };
+        // Another leader may have stored the value between our lookup and our join;
+        // only then is a second look worth its cost (and its counting).
+        if self.flights.landed() != landed
+            && let Looked::Hit(v) = look(false)
+        {
+            return Step::Served(v);
+        }
+        // A connected memoizer leads on the server too: wait for (or take) the key's
+        // lease, which another machine may hold.
+        #[cfg(feature = "redis")]
+        let remote = match self.remote_turn(ek, || match look(false) {
+            Looked::Hit(v) => Some(v),
+            _ => None,
+        }) {
+            Ok(leading) => leading,
+            Err(v) => return Step::Served(v),
+        };
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        Counters::add(&self.stats.misses, 1);
+        Step::Lead(Lead {
+            leader,
+            epoch,
+            #[cfg(feature = "redis")]
+            remote,
+        })
+    }
+
+    /// Called by the leader once it knows the entry's dependency rows, before it
+    /// computes: a connected memoizer reads the stamps the value will be stored under.
+    pub(crate) fn begin(&self, lead: &mut Lead<'_>, ek: &EncodedKey, deps: &Result<Vec<DepRow>>) {
+        #[cfg(feature = "redis")]
+        if let (Some(rt), Ok(deps)) = (&self.remote, deps) {
+            lead.remote.stamps = self.remote_begin(rt, &ek.hash, deps);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (lead, ek, deps);
+    }
+
+    /// Stores `value`, computed under `lead`, unless an invalidation came since the lead
+    /// began, and lands the flight. Returns the value's archive, or `None` if it cannot
+    /// be archived (reported; nothing stored).
+    pub(crate) fn land<V: Value>(
+        &self,
+        lead: Lead<'_>,
+        ek: &EncodedKey,
+        deps: Result<Vec<DepRow>>,
+        value: &V,
+    ) -> Option<AlignedVec> {
+        let archive = match value.__archive() {
+            Ok(archive) => {
+                match deps {
+                    Ok(deps) => self.store_led(&lead, ek, &archive, deps),
+                    Err(e) => self.report(e),
+                }
+                Some(archive)
+            }
+            Err(e) => {
+                self.report(Error::ValueEncoding(e.to_string()));
+                None
+            }
+        };
+        drop(lead.leader);
+        archive
+    }
+
+    /// Stores a value computed under `lead`: on the server (under the stamps read when
+    /// it began) for a connected memoizer, else in this cache's tiers.
+    fn store_led(&self, lead: &Lead<'_>, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>) {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            if let Some(stamps) = &lead.remote.stamps {
+                let (meta, bytes) = self.encode_entry(ek, archive, &deps);
+                self.remote_store(rt, ek, bytes, meta.expires_at_ms, stamps);
+            }
+            return;
+        }
+        self.store(ek, archive, deps, lead.epoch);
+    }
+}
+
 impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) fn from_parts(
         core: Arc<MemoCore>,
@@ -497,40 +689,58 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         Ok(EncodedKey::plain(bytes, hash))
     }
 
-    /// Looks `ek` up in every tier and deserializes a live hit.
-    fn lookup(&self, ek: &EncodedKey) -> Option<V> {
+    /// Looks `ek` up in every tier and deserializes a live hit. An entry due for a
+    /// refresh is served only if `serve_due`; otherwise it is [`Looked::Due`], and
+    /// nothing is counted or decoded.
+    pub(crate) fn lookup(&self, ek: &EncodedKey, serve_due: bool) -> Looked<V> {
         let core = &*self.core;
         let align = std::mem::align_of::<V::Archived>();
         let in_memory = core.in_memory(ek, |entry| {
+            if !serve_due && core.due(|| entry.meta().stored_at_ms) {
+                return Looked::Due;
+            }
             if !core.take_hit(&ek.hash, entry.entry_id()) {
-                return None;
+                return Looked::Miss;
             }
             let value = with_aligned(entry.payload(), align, |payload| {
                 V::__access(payload).and_then(V::__deserialize).ok()
             });
-            if value.is_some() {
-                Counters::add(&core.stats.hits, 1);
+            match value {
+                Some(value) => {
+                    Counters::add(&core.stats.hits, 1);
+                    Looked::Hit(value)
+                }
+                None => Looked::Miss,
             }
-            Some(value)
         });
-        if let Some(value) = in_memory.ok()? {
-            return value?;
+        match in_memory {
+            Ok(Some(found)) => return found,
+            Ok(None) => {}
+            Err(()) => return Looked::Miss,
         }
         #[cfg(feature = "redis")]
         if let Some(rt) = &core.remote {
-            return self.remote_lookup(rt, ek).ok().flatten();
+            return self.remote_lookup(rt, ek, serve_due);
         }
-        let p = core.persistent.as_ref()?;
+        let Some(p) = core.persistent.as_ref() else {
+            return Looked::Miss;
+        };
         let generation = core.cache.storage.generation();
         let stored = match core.cache.storage.get(&p.slot, &ek.hash) {
-            Ok(found) => found?,
+            Ok(Some(found)) => found,
+            Ok(None) => return Looked::Miss,
             Err(e) => {
                 core.report(e);
-                return None;
+                return Looked::Miss;
             }
         };
         let bytes = stored.bytes();
-        let (offset, meta) = core.admit(ek, bytes)?;
+        let Some((offset, meta)) = core.admit(ek, bytes) else {
+            return Looked::Miss;
+        };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Looked::Due;
+        }
         // Validate, then spend the max_hits budget, then deserialize: a used-up value is
         // never decoded (the in-memory path above keeps the same order).
         let value = with_aligned(&bytes[offset..], align, |payload| {
@@ -542,12 +752,66 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         });
         let Some(value) = value else {
             Counters::add(&core.stats.stale, 1);
-            return None;
+            return Looked::Miss;
         };
-        let value = value?;
+        let Some(value) = value else {
+            return Looked::Miss;
+        };
         Counters::add(&core.stats.hits, 1);
         core.promote(ek, bytes, generation);
-        Some(value)
+        Looked::Hit(value)
+    }
+
+    /// Looks `ek` up in every tier and hands out a live hit in place (see
+    /// [`lookup`](Self::lookup) for `serve_due`).
+    pub(crate) fn lookup_archived(
+        &self,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Result<Looked<ArchivedHit<V>>> {
+        let core = &*self.core;
+        let Ok(in_memory) = core.in_memory(ek, MemEntry::clone) else {
+            return Ok(Looked::Miss);
+        };
+        if let Some(entry) = in_memory {
+            if !serve_due && core.due(|| entry.meta().stored_at_ms) {
+                return Ok(Looked::Due);
+            }
+            let id = entry.entry_id();
+            let Some(hit) = ArchivedHit::from_memory(entry) else {
+                return Ok(Looked::Miss);
+            };
+            if !core.take_hit(&ek.hash, id) {
+                return Ok(Looked::Miss);
+            }
+            Counters::add(&core.stats.hits, 1);
+            return Ok(Looked::Hit(hit));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &core.remote {
+            return Ok(self.remote_archived(rt, ek, serve_due));
+        }
+        let Some(p) = &core.persistent else {
+            return Ok(Looked::Miss);
+        };
+        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash)? else {
+            return Ok(Looked::Miss);
+        };
+        let Some((offset, meta)) = core.admit(ek, stored.bytes()) else {
+            return Ok(Looked::Miss);
+        };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Ok(Looked::Due);
+        }
+        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
+            Counters::add(&core.stats.stale, 1);
+            return Ok(Looked::Miss);
+        };
+        if !core.take_hit(&ek.hash, meta.entry_id) {
+            return Ok(Looked::Miss);
+        }
+        Counters::add(&core.stats.hits, 1);
+        Ok(Looked::Hit(hit))
     }
 
     /// Returns the cached value for `key`, or computes it with `compute`, stores it and
@@ -603,6 +867,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// key, `deps` their dependency rows (asked for only on a miss, and only if `ek` does
     /// not carry them already; an error means the value must not be stored), and `args`
     /// reach `compute` by value. `#[memoize]` calls it with the function's own arguments.
+    /// [`run_async`](Self::run_async) is the same loop around the same steps.
     pub(crate) fn run<A, E>(
         &self,
         args: A,
@@ -610,56 +875,96 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
-        let core = &*self.core;
-        let mut ek = match ek {
-            Ok(ek) => ek,
-            Err(e) => {
-                core.report(e);
-                Counters::add(&core.stats.misses, 1);
-                return compute(args);
-            }
+        let look = |ek: &EncodedKey, due| self.lookup(ek, due);
+        self.drive(args, ek, deps, compute, look, |value, _| Ok(value))
+    }
+
+    /// [`run`](Self::run) for any form of the answer: `look` finds a hit, `finish` turns
+    /// a computed value (and its archive, if it was archived) into the answer.
+    fn drive<A, E, R>(
+        &self,
+        args: A,
+        ek: Result<EncodedKey>,
+        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
+        compute: impl FnOnce(A) -> Result<V, E>,
+        look: impl Fn(&EncodedKey, bool) -> Looked<R>,
+        finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let Some(mut ek) = self.core.encoded(ek) else {
+            return finish(compute(args)?, None);
         };
         loop {
-            let landed = core.flights.landed();
-            if let Some(v) = self.lookup(&ek) {
-                return Ok(v);
-            }
-            let leader = match core.flights.join(ek.hash) {
-                Role::Leader(leader) => leader,
-                Role::Waiter(flight) => {
-                    flight.wait();
-                    continue;
+            match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {
+                Step::Served(v) => return Ok(v),
+                Step::Wait(flight) => flight.wait(),
+                Step::Alone => return finish(compute(args)?, None),
+                Step::Lead(mut lead) => {
+                    let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
+                    self.core.begin(&mut lead, &ek, &deps);
+                    let value = compute(args)?;
+                    let archive = self.core.land(lead, &ek, deps, &value);
+                    return finish(value, archive);
                 }
-                Role::Reentrant => {
-                    Counters::add(&core.stats.misses, 1);
-                    return compute(args);
-                }
-            };
-            // Another leader may have stored the value between our lookup and our join;
-            // only then is a second look worth its cost (and its counting).
-            if core.flights.landed() != landed
-                && let Some(v) = self.lookup(&ek)
-            {
-                return Ok(v);
             }
-            #[cfg(feature = "redis")]
-            if let Some(rt) = &core.remote {
-                return self.remote_miss(rt, ek, args, deps, compute);
-            }
-            let epoch = core.epoch.load(Ordering::SeqCst);
-            Counters::add(&core.stats.misses, 1);
-            let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
-            let value = compute(args)?;
-            match value.__archive() {
-                Ok(archive) => match deps {
-                    Ok(deps) => core.store(&ek, &archive, deps, epoch),
-                    Err(e) => core.report(e),
-                },
-                Err(e) => core.report(Error::ValueEncoding(e.to_string())),
-            }
-            drop(leader);
-            return Ok(value);
         }
+    }
+
+    /// The value for `key` read in place, computed and stored first on a miss: a large
+    /// value is then never deserialized, on a hit or on the call that computed it.
+    /// Single-flight, `max_hits`, `refresh_after` and errors behave as in
+    /// [`get_or_compute`](Self::get_or_compute).
+    ///
+    /// `Err` only if the value cannot be archived at all ([`Error::ValueEncoding`]; it
+    /// could not be cached either - [`get_or_compute`](Self::get_or_compute) returns
+    /// such a value owned).
+    ///
+    /// ```
+    /// # use fresco_memoize::Cache;
+    /// let cache = Cache::in_memory()?;
+    /// let pages = cache.memoizer::<u32, Vec<u8>>("pages").build()?;
+    /// let page = pages.get_archived_or_compute(&1, |_| vec![7; 50 << 10])?;
+    /// assert_eq!(page.len(), 50 << 10);
+    /// let again = pages.get_archived_or_compute(&1, |_| unreachable!())?;
+    /// assert_eq!(again[0], 7);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn get_archived_or_compute(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> V,
+    ) -> Result<ArchivedHit<V>> {
+        self.try_get_archived_or_compute(key, |k| Ok(compute(k)))
+    }
+
+    /// [`get_archived_or_compute`](Self::get_archived_or_compute) for a computation that
+    /// can fail: its `Err` is returned untouched and nothing is cached. The cache's own
+    /// error (a value that cannot be archived) is converted into `E`.
+    pub fn try_get_archived_or_compute<E: From<Error>>(
+        &self,
+        key: &K,
+        compute: impl FnOnce(&K) -> Result<V, E>,
+    ) -> Result<ArchivedHit<V>, E> {
+        let core = &*self.core;
+        let look = |ek: &EncodedKey, due| {
+            self.lookup_archived(ek, due).unwrap_or_else(|e| {
+                core.report(e);
+                Looked::Miss
+            })
+        };
+        let finish = |value: V, archive: Option<AlignedVec>| {
+            let archive = match archive {
+                Some(archive) => Ok(archive),
+                None => value.__archive(),
+            };
+            archive
+                .map_err(|e| e.to_string())
+                .and_then(|a| {
+                    ArchivedHit::from_archive(a).ok_or_else(|| "it does not validate".into())
+                })
+                .map_err(|e| E::from(Error::ValueEncoding(e)))
+        };
+        let ek = self.encode(key);
+        self.drive(key, ek, |k| (self.deps.all)(k), compute, look, finish)
     }
 
     /// The cached value for `key` read in place, without computing anything.
@@ -667,44 +972,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// `Ok(None)` on a miss (absent, expired, used up by `max_hits`, or written for
     /// another type). A hit counts towards `max_hits` like any other.
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
-        let core = &*self.core;
-        let ek = self.encode(key)?;
-        let Ok(in_memory) = core.in_memory(&ek, MemEntry::clone) else {
-            return Ok(None);
-        };
-        if let Some(entry) = in_memory {
-            let id = entry.entry_id();
-            let Some(hit) = ArchivedHit::from_memory(entry) else {
-                return Ok(None);
-            };
-            if !core.take_hit(&ek.hash, id) {
-                return Ok(None);
-            }
-            Counters::add(&core.stats.hits, 1);
-            return Ok(Some(hit));
+        match self.lookup_archived(&self.encode(key)?, true)? {
+            Looked::Hit(hit) => Ok(Some(hit)),
+            Looked::Due | Looked::Miss => Ok(None),
         }
-        #[cfg(feature = "redis")]
-        if let Some(rt) = &core.remote {
-            return Ok(self.remote_archived(rt, &ek));
-        }
-        let Some(p) = &core.persistent else {
-            return Ok(None);
-        };
-        let Some(stored) = core.cache.storage.get(&p.slot, &ek.hash)? else {
-            return Ok(None);
-        };
-        let Some((offset, meta)) = core.admit(&ek, stored.bytes()) else {
-            return Ok(None);
-        };
-        let Some(hit) = ArchivedHit::from_stored(stored, offset) else {
-            Counters::add(&core.stats.stale, 1);
-            return Ok(None);
-        };
-        if !core.take_hit(&ek.hash, meta.entry_id) {
-            return Ok(None);
-        }
-        Counters::add(&core.stats.hits, 1);
-        Ok(Some(hit))
     }
 
     /// Removes the entry for `key` (after the key function). Returns whether one existed.
@@ -756,6 +1027,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     name: String,
     store: Option<Store>,
     expires: Option<Duration>,
+    refresh_after: Option<Duration>,
     max_hits: Option<u32>,
     version: String,
     verify: bool,
@@ -791,6 +1063,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             name: name.to_string(),
             store: None,
             expires: None,
+            refresh_after: None,
             max_hits: None,
             version: String::new(),
             verify: true,
@@ -815,6 +1088,42 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// deadline is stored with the entry, so it holds across restarts. Default: never.
     pub fn expires(mut self, ttl: Duration) -> Self {
         self.expires = Some(ttl);
+        self
+    }
+
+    /// Serve while refreshing: once a stored value is `age` old, the next call
+    /// recomputes it, and calls that come while it does are served the stored value
+    /// instead of waiting (sync and async callers alike). [`expires`](Self::expires)
+    /// stays the hard limit: an expired value is never served, and waiters wait.
+    ///
+    /// - One caller refreshes at a time (single-flight); if its computation fails,
+    ///   panics or is cancelled, nothing changes and the next call tries again.
+    /// - A value served while stale counts as a hit for [`max_hits`](Self::max_hits);
+    ///   once used up it is not served, and callers wait for the refresh.
+    /// - An invalidation (of the key, the memoizer or a zone) removes the entry: it is
+    ///   gone, never stale, and the next call computes as on any miss.
+    /// - The age counts from the store, like `expires`, and holds across restarts.
+    ///
+    /// ```
+    /// use fresco_memoize::{Cache, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new(1_000_000);
+    /// let cache = Cache::builder().clock(clock.clone()).in_memory()?;
+    /// let rates = cache
+    ///     .memoizer::<str, u32>("rates")
+    ///     .refresh_after(Duration::from_secs(60))
+    ///     .expires(Duration::from_secs(3600))
+    ///     .build()?;
+    /// assert_eq!(rates.get_or_compute("EUR", |_| 1), 1);
+    /// clock.advance(Duration::from_secs(61));
+    /// // Due: this call refreshes (callers arriving meanwhile would get 1).
+    /// assert_eq!(rates.get_or_compute("EUR", |_| 2), 2);
+    /// assert_eq!(rates.get_or_compute("EUR", |_| unreachable!()), 2);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn refresh_after(mut self, age: Duration) -> Self {
+        self.refresh_after = Some(age);
         self
     }
 
@@ -943,10 +1252,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             name: self.name.clone(),
             fingerprint,
             expires: self.expires,
+            refresh_after: self.refresh_after,
             max_hits: self.max_hits,
             verify: self.verify,
             hasher: self.hasher,
             placed,
+            plain_keys: self.whole_key && !keyed,
             memory: memory.map(Mutex::new),
             persistent,
             remote,

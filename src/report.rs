@@ -1,8 +1,14 @@
 //! Where the library's own failures go when they cannot be returned to a caller.
 //!
 //! Policy: a failure of the cache never costs the caller its computed value. A store that
-//! fails is reported here (counted, kept as the last error, passed to the user's hook or
-//! printed to stderr) and the value is returned uncached.
+//! fails is reported here (counted, kept as the last error for [`Health`], passed to the
+//! user's hook, and logged through the `log` crate when the `log` feature is on) and the
+//! value is returned uncached. Nothing is printed to stderr: a GUI program has none, and
+//! the application's logger decides where reports go.
+//!
+//! A panicking hook is caught (quietly, see [`crate::panics`]) and reported like any other
+//! failure, but not to the hook again: the hook may run on the cache's writer thread,
+//! which must outlive it.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -34,14 +40,21 @@ impl Reporter {
 
     /// Records an error that no caller will see.
     pub(crate) fn report(&self, error: &Error) {
-        let n = self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
-        match &self.hook {
-            Some(hook) => hook(error),
-            // Print the first few and then every thousandth, so a full disk cannot flood stderr.
-            None if n < 10 || n.is_multiple_of(1000) => eprintln!("fresco-memoize: {error}"),
-            None => {}
+        let n = self.record(error.to_string());
+        log_line(n, log_level(error), &error.to_string());
+        let Some(hook) = &self.hook else { return };
+        if let Err(panic) = crate::panics::catch_quietly(|| hook(error)) {
+            let rendered = format!("the on_error hook panicked ({panic}) while reporting: {error}");
+            let n = self.record(rendered.clone());
+            log_line(n, log_level(error), &rendered);
         }
+    }
+
+    /// Counts one reported error and keeps it as the last; returns how many came before.
+    fn record(&self, rendered: String) -> u64 {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rendered);
+        n
     }
 
     pub(crate) fn set_moved_aside(&self, path: PathBuf) {
@@ -79,4 +92,33 @@ pub struct Health {
     pub moved_aside: Option<PathBuf>,
     /// Commits made durable (fsynced) since the cache was opened.
     pub durable_commits: u64,
+}
+
+/// How serious a report is: the cache dealt with damage on its own (a warning), or it
+/// failed to do what it was asked (an error).
+#[cfg_attr(not(feature = "log"), allow(dead_code))]
+#[derive(Clone, Copy)]
+enum Level {
+    Warn,
+    Error,
+}
+
+fn log_level(error: &Error) -> Level {
+    match error {
+        Error::MovedAside { .. } | Error::DamagedEntry { .. } => Level::Warn,
+        _ => Level::Error,
+    }
+}
+
+/// Logs the `n`th report (counted from 0): the first few and then every thousandth, so
+/// that a full disk cannot flood the log.
+#[cfg_attr(not(feature = "log"), allow(unused_variables))]
+fn log_line(n: u64, level: Level, text: &str) {
+    #[cfg(feature = "log")]
+    if n < 10 || n.is_multiple_of(1000) {
+        match level {
+            Level::Warn => log::warn!(target: "fresco_memoize", "{text}"),
+            Level::Error => log::error!(target: "fresco_memoize", "{text}"),
+        }
+    }
 }

@@ -36,6 +36,7 @@ use crate::key::{KeyBytes, KeyHash, xxh3_key_hash};
 use crate::memoizer::{MemoCore, MemoizerBuilder};
 use crate::stats::Counters;
 use crate::storage::ops;
+use crate::storage::writer::{Wait, now};
 
 /// Maps a memoizer's arguments to its dependency keys, encoded.
 ///
@@ -213,15 +214,31 @@ impl Zone {
     /// A computation of a member that started before this call stores nothing when it
     /// finishes (its result may be stale); its caller still gets the value.
     pub fn invalidate<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
-        let row = self.row(dep)?;
-        #[cfg(feature = "redis")]
-        {
-            let cache = self.cache()?;
-            if let Some(service) = &cache.remote {
-                return crate::remote::invalidate_zone(&cache, service, &self.inner, Some(row));
+        now(self.invalidate_as(dep, Wait::Block))
+    }
+
+    /// [`invalidate`](Self::invalidate), waiting for the commit as `how` says. The
+    /// future holds no borrow of `dep`: it is encoded first.
+    pub(crate) fn invalidate_as<D: Serialize + ?Sized>(
+        &self,
+        dep: &D,
+        how: Wait,
+    ) -> impl Future<Output = Result<u64>> + Send + '_ {
+        let row = self.row(dep);
+        async move {
+            let row = row?;
+            // A connected cache's server answers within its response timeout: the
+            // async form blocks for that round trip.
+            #[cfg(feature = "redis")]
+            {
+                let cache = self.cache()?;
+                if let Some(service) = &cache.remote {
+                    return crate::remote::invalidate_zone(&cache, service, &self.inner, Some(row));
+                }
             }
+            let job = move |txn: &redb::WriteTransaction| ops::invalidate_dep(txn, &row);
+            self.remove_dependents(row, job, how).await
         }
-        self.remove_dependents(row, move |txn| ops::invalidate_dep(txn, &row))
     }
 
     /// The same as [`invalidate`](Self::invalidate), done the way an index-less cache
@@ -230,9 +247,9 @@ impl Zone {
     pub fn __invalidate_by_scan<D: Serialize + ?Sized>(&self, dep: &D) -> Result<u64> {
         let row = self.row(dep)?;
         let zone_id = self.inner.id;
-        self.remove_dependents(row, move |txn| {
-            ops::invalidate_dep_by_scan(txn, zone_id, &row)
-        })
+        let job =
+            move |txn: &redb::WriteTransaction| ops::invalidate_dep_by_scan(txn, zone_id, &row);
+        now(self.remove_dependents(row, job, Wait::Block))
     }
 
     fn row<D: Serialize + ?Sized>(&self, dep: &D) -> Result<DepRow> {
@@ -241,10 +258,11 @@ impl Zone {
     }
 
     /// Runs a dependency removal on disk, then purges the in-memory sides.
-    fn remove_dependents(
+    async fn remove_dependents(
         &self,
         row: DepRow,
         job: impl FnOnce(&redb::WriteTransaction) -> Result<Removed, redb::Error> + Send + 'static,
+        how: Wait,
     ) -> Result<u64> {
         let cache = self.cache()?;
         let members = self.inner.live_members();
@@ -254,7 +272,7 @@ impl Zone {
             }
             cache.writer.submit(job)
         });
-        let on_disk = ticket.wait();
+        let on_disk = ticket.wait_as(how).await;
         let disk: &[(u64, KeyHash)] = on_disk.as_deref().unwrap_or(&[]);
         let mut by_memoizer: HashMap<u64, Vec<KeyHash>> = HashMap::new();
         for (id, hash) in disk {
@@ -284,6 +302,11 @@ impl Zone {
     /// run has not built (membership is remembered in the file, also after a memoizer
     /// stops joining the zone). Returns how many entries were removed.
     pub fn invalidate_all(&self) -> Result<u64> {
+        now(self.invalidate_all_as(Wait::Block))
+    }
+
+    /// [`invalidate_all`](Self::invalidate_all), waiting for the commit as `how` says.
+    pub(crate) async fn invalidate_all_as(&self, how: Wait) -> Result<u64> {
         let cache = self.cache()?;
         #[cfg(feature = "redis")]
         if let Some(service) = &cache.remote {
@@ -299,7 +322,7 @@ impl Zone {
                 .writer
                 .submit(move |txn| ops::clear_zone(txn, zone_id))
         });
-        let on_disk = ticket.wait();
+        let on_disk = ticket.wait_as(how).await;
         let cleared: HashMap<u64, u64> = on_disk
             .as_ref()
             .map(|v| v.iter().copied().collect())

@@ -469,3 +469,135 @@ fn missing_foreign_damaged_and_busy_files_fail_clearly_and_stay_untouched() {
     drop(cache);
     ok(&["stats", s(&busy)]);
 }
+
+/// Issue #11, D8: a malformed `--key` is a clear error naming the problem, and nothing is
+/// removed. It used to be guessed at: an object with several `$` tags was taken as a
+/// struct (`{"$some": 1, "$none": null}` removed author 1's entries), an integer beyond
+/// 64 bits became a float, an overflowing `$f32` became infinity.
+#[test]
+fn malformed_keys_are_refused_and_remove_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = library(dir.path());
+    let p = s(&path);
+    let before: Vec<u64> = ["books.synopsis", "authors.bio"]
+        .iter()
+        .map(|m| entries(&path, m))
+        .collect();
+    for (target, key, message) in [
+        (
+            ["--zone", "Authors"],
+            r#"{"$some": 1, "$none": null}"#,
+            "must have that one key only",
+        ),
+        (
+            ["--zone", "Authors"],
+            r#"{"$u64": 1, "id": 2}"#,
+            "must have that one key only",
+        ),
+        (
+            ["--memoizer", "books.synopsis"],
+            "18446744073709551616",
+            "does not fit a 64-bit integer",
+        ),
+        (
+            ["--memoizer", "books.synopsis"],
+            "-9223372036854775809",
+            "does not fit a 64-bit integer",
+        ),
+        (
+            ["--memoizer", "books.synopsis"],
+            r#"{"$f32": 1e39}"#,
+            "within f32's range",
+        ),
+    ] {
+        let mut args = vec!["invalidate", p];
+        args.extend(target);
+        args.extend(["--key", key]);
+        fails(&args, message);
+    }
+    let after: Vec<u64> = ["books.synopsis", "authors.bio"]
+        .iter()
+        .map(|m| entries(&path, m))
+        .collect();
+    assert_eq!(before, after, "a refused key removed entries");
+    // Tagged integers still take their literal exactly, beyond 64 bits too.
+    let o = fm(&[
+        "invalidate",
+        p,
+        "--memoizer",
+        "books.synopsis",
+        "--key",
+        r#"{"$u128": 18446744073709551616}"#,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Issue #11, D5: the commands that only read leave the file byte-identical (`stats` used
+/// to open it read-write and rewrite thousands of bytes; `check` ran redb's repairing
+/// check on it), and the commands that change a file refuse a damaged one - damaged
+/// pages (redb's checksums fail) or a broken index - with a clear message, instead of
+/// rewriting it.
+#[test]
+fn reading_commands_never_write_and_writing_commands_refuse_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = library(dir.path());
+    let p = s(&path);
+    let intact = std::fs::read(&path).unwrap();
+    for args in [
+        &["stats", p][..],
+        &["--json", "stats", p],
+        &["check", p],
+        &["--json", "check", p],
+    ] {
+        ok(args);
+        assert!(
+            std::fs::read(&path).unwrap() == intact,
+            "{args:?} wrote to an intact file"
+        );
+    }
+
+    // Damaged pages: one flipped byte inside a stored value (the file still opens).
+    let flipped = dir.path().join("flipped.memo");
+    let mut bytes = intact.clone();
+    let needle = b"synopsis of book 17";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the value is in the file");
+    bytes[at + 3] ^= 0x01;
+    std::fs::write(&flipped, &bytes).unwrap();
+
+    // A broken index: a dangling expiry row, written behind the library's back.
+    let dangling = dir.path().join("dangling.memo");
+    std::fs::write(&dangling, &intact).unwrap();
+    {
+        let db = redb::Database::open(&dangling).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&[u8; 32], ()> =
+                redb::TableDefinition::new("fresco/expiry");
+            txn.open_table(def).unwrap().insert(&[1u8; 32], ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    for damaged in [&flipped, &dangling] {
+        let d = s(damaged);
+        let before = std::fs::read(damaged).unwrap();
+        let o = fm(&["check", d]);
+        assert_eq!(o.status.code(), Some(1), "check passes {d}: {}", stdout(&o));
+        ok(&["stats", d]);
+        for args in [
+            &["compact", d][..],
+            &["purge-expired", d],
+            &["invalidate", d, "--memoizer", "books.synopsis"],
+            &["invalidate", d, "--zone", "Authors", "--key", "1"],
+        ] {
+            fails(args, "is damaged");
+        }
+        assert!(
+            std::fs::read(damaged).unwrap() == before,
+            "{d} was written to"
+        );
+    }
+}

@@ -3,9 +3,11 @@
 //!
 //! What is checked, honestly:
 //! - Single-flight runs on the real `src/flight.rs`, compiled here against shuttle's
-//!   `Mutex`/`Condvar`/thread ids (the library reaches its primitives through
-//!   `crate::sync`). The lookup/store loop around it is a copy of the shape of
-//!   `Memoizer::try_get_or_compute` over a plain map, not the library's stores.
+//!   `Mutex`/thread ids and an `Event` built on shuttle's `Condvar` (the library
+//!   reaches its primitives through `crate::sync`). The lookup/store loops around it
+//!   are copies of the shape of `Memoizer::run` and `Memoizer::run_async` over a plain
+//!   map, not the library's stores; futures run on shuttle's `block_on` or are polled
+//!   by hand (to cancel one mid-flight).
 //! - The invalidation protocol (epoch + pending-overlay lock + one FIFO writer) is a
 //!   faithful model written here: `Storage::add_pending`, `Storage::with_pending_lock`,
 //!   the writer's put/settle and the invalidation's removal, step for step. It is not the
@@ -13,7 +15,10 @@
 //!   must be caught, which shows the check has teeth.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use shuttle::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use shuttle::sync::mpsc;
@@ -26,21 +31,89 @@ mod key {
     pub type HashMapByKey<V> = std::collections::HashMap<KeyHash, V>;
 }
 
-/// What `src/flight.rs` imports as `crate::sync`: shuttle's primitives.
+/// What `src/flight.rs` imports as `crate::sync`: shuttle's primitives, and an `Event`
+/// with `event-listener`'s shape built on them (a generation counter under a mutex,
+/// a condvar for blocked threads, wakers for futures), so that shuttle schedules every
+/// wait.
 mod sync {
-    pub use shuttle::sync::atomic::{AtomicU64, Ordering};
-    pub use shuttle::sync::{Arc, Condvar, Mutex};
+    pub use shuttle::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    pub use shuttle::sync::{Arc, Mutex};
     pub use shuttle::thread::ThreadId;
+
+    use shuttle::sync::Condvar;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
 
     pub fn current_thread() -> ThreadId {
         shuttle::thread::current().id()
+    }
+
+    /// Its locks ignore poisoning, like the library's: a panicking leader notifies
+    /// while it unwinds, and std (and shuttle) poison a lock released during a panic.
+    #[derive(Default)]
+    pub struct Event {
+        state: Mutex<(u64, Vec<Waker>)>,
+        cv: Condvar,
+    }
+
+    impl Event {
+        pub fn new() -> Self {
+            Event::default()
+        }
+
+        pub fn listen(&self) -> EventListener<'_> {
+            let seen = self.state.lock().unwrap_or_else(|e| e.into_inner()).0;
+            EventListener { event: self, seen }
+        }
+
+        pub fn notify(&self, _all: usize) {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.0 += 1;
+            for waker in state.1.drain(..) {
+                waker.wake();
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    /// Fires once the event has been notified after `listen`.
+    pub struct EventListener<'a> {
+        event: &'a Event,
+        seen: u64,
+    }
+
+    pub trait Listener {
+        fn wait(self);
+    }
+
+    impl Listener for EventListener<'_> {
+        fn wait(self) {
+            let mut state = self.event.state.lock().unwrap_or_else(|e| e.into_inner());
+            while state.0 == self.seen {
+                state = self.event.cv.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    impl Future for EventListener<'_> {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let mut state = self.event.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.0 != self.seen {
+                return Poll::Ready(());
+            }
+            state.1.push(cx.waker().clone());
+            Poll::Pending
+        }
     }
 }
 
 #[path = "../src/flight.rs"]
 mod flight;
 
-use flight::{Flights, Role};
+use flight::{Caller, Flights, Role};
 
 const ITERATIONS: usize = 2_000;
 
@@ -66,7 +139,7 @@ impl Memo {
             if let Some(v) = self.lookup(key) {
                 return v;
             }
-            let leader = match self.flights.join(key) {
+            let leader = match self.flights.join(key, Caller::Thread) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(flight) => {
                     flight.wait();
@@ -88,6 +161,86 @@ impl Memo {
             return v;
         }
     }
+}
+
+impl Memo {
+    /// `Memoizer::run_async`'s shape: the same loop, the flight awaited.
+    async fn get_or_compute_async<F: Future<Output = u64>>(
+        &self,
+        key: key::KeyHash,
+        compute: impl FnOnce() -> F,
+    ) -> u64 {
+        loop {
+            let landed = self.flights.landed();
+            if let Some(v) = self.lookup(key) {
+                return v;
+            }
+            let leader = match self.flights.join(key, Caller::Task) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(flight) => {
+                    flight.wait_async().await;
+                    continue;
+                }
+                Role::Reentrant => return compute().await,
+            };
+            if self.flights.landed() != landed
+                && let Some(v) = self.lookup(key)
+            {
+                return v;
+            }
+            self.computed.fetch_add(1, Ordering::SeqCst);
+            let v = compute().await;
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            store.insert(key, v);
+            drop(leader);
+            return v;
+        }
+    }
+}
+
+#[test]
+fn a_cancelled_async_leader_hands_over_and_threads_and_tasks_share_a_flight() {
+    // Thread A polls a call whose computation never finishes once - it leads, or waits,
+    // or is served - and drops it (cancels it). A thread (B) and a task (C) ask for the
+    // same key: between them they compute once, whoever led, and neither hangs.
+    let body = || {
+        let memo = Arc::new(Memo::default());
+        let finished = Arc::new(AtomicUsize::new(0));
+        let m = memo.clone();
+        let cancelled = thread::spawn(move || {
+            let mut cx = Context::from_waker(Waker::noop());
+            // Polled once, then dropped as the closure returns: cancelled.
+            let call = pin!(m.get_or_compute_async([5; 16], std::future::pending::<u64>));
+            call.poll(&mut cx)
+        });
+        let (m, f) = (memo.clone(), finished.clone());
+        let thread_caller = thread::spawn(move || {
+            m.get_or_compute([5; 16], || {
+                f.fetch_add(1, Ordering::SeqCst);
+                5
+            })
+        });
+        let (m, f) = (memo.clone(), finished.clone());
+        let task_caller = thread::spawn(move || {
+            shuttle::future::block_on(m.get_or_compute_async([5; 16], || async move {
+                f.fetch_add(1, Ordering::SeqCst);
+                5
+            }))
+        });
+        assert_eq!(thread_caller.join().unwrap(), 5);
+        assert_eq!(task_caller.join().unwrap(), 5);
+        assert!(matches!(
+            cancelled.join().unwrap(),
+            Poll::Pending | Poll::Ready(5)
+        ));
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "computed twice");
+        assert!(matches!(
+            memo.flights.join([5; 16], Caller::Thread),
+            Role::Leader(_)
+        ));
+    };
+    shuttle::check_random(body, ITERATIONS);
+    shuttle::check_pct(body, ITERATIONS, 3);
 }
 
 #[test]
@@ -170,7 +323,10 @@ fn a_panicking_leader_releases_its_waiters() {
         assert!(results.iter().flatten().all(|v| *v == 7));
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
         // No flight is left behind: a later call leads at once.
-        assert!(matches!(memo.flights.join([7; 16]), Role::Leader(_)));
+        assert!(matches!(
+            memo.flights.join([7; 16], Caller::Thread),
+            Role::Leader(_)
+        ));
     };
     shuttle::check_random(body, ITERATIONS);
     shuttle::check_pct(body, ITERATIONS, 3);
@@ -185,7 +341,7 @@ fn landed_counts_every_finished_flight() {
                 .map(|i| {
                     let flights = flights.clone();
                     thread::spawn(move || {
-                        if let Role::Leader(leader) = flights.join([i; 16]) {
+                        if let Role::Leader(leader) = flights.join([i; 16], Caller::Thread) {
                             drop(leader);
                         }
                     })
@@ -208,7 +364,10 @@ fn a_computation_that_recurses_into_its_own_key_does_not_deadlock() {
             let inner = memo.clone();
             let v = memo.get_or_compute([3; 16], || inner.get_or_compute([3; 16], || 5) + 1);
             assert_eq!(v, 6);
-            assert!(matches!(memo.flights.join([4; 16]), Role::Leader(_)));
+            assert!(matches!(
+                memo.flights.join([4; 16], Caller::Thread),
+                Role::Leader(_)
+            ));
         },
         100,
     );

@@ -165,12 +165,6 @@ struct Arg {
 
 fn check_signature(f: &ItemFn) -> Result<()> {
     let sig = &f.sig;
-    if let Some(t) = &sig.asyncness {
-        return Err(Error::new(
-            t.span,
-            "#[memoize] cannot memoize an async fn: memoize the synchronous work it awaits",
-        ));
-    }
     if let Some(t) = &sig.constness {
         return Err(Error::new(t.span, "#[memoize] cannot memoize a const fn"));
     }
@@ -500,12 +494,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
     };
 
     // The call path: key and dependency rows from the borrowed arguments.
+    // The closures' bodies; `__m` is the memoizer (bound by the sync call path's match,
+    // a closure argument in the async one).
     let (key_fn, deps_fn) = if single {
         let a0 = lend(&args, 0);
-        (
-            quote!(|__a| __m.__key_of(#a0)),
-            quote!(|__a| __m.__deps_of(#a0)),
-        )
+        (quote!(__m.__key_of(#a0)), quote!(__m.__deps_of(#a0)))
     } else {
         let lent: Vec<_> = (0..args.len()).map(|i| lend(&args, i)).collect();
         let key = match &o.keyfunc {
@@ -530,8 +523,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
             }
         });
         (
-            quote!(|__a| #key),
-            quote!(|__a| {
+            key,
+            quote!({
                 #[allow(unused_mut)]
                 let mut __d = #fp::macro_support::Deps::new();
                 #(#adds)*
@@ -583,18 +576,45 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
     } else {
         quote!(#ident::#slot_fn())
     };
-    let function = quote! {
-        #(#attrs)*
-        #vis #sig {
-            let __fresco_compute = move |(#(#pats,)*): (#(#tys,)*)| -> #ret #body;
-            match #get {
-                ::core::result::Result::Ok(__m) => #call(
+    let function = if f.sig.asyncness.is_some() {
+        // The body becomes an async block. The computation is written inline in the
+        // helper's call so that its argument types (with the caller's lifetimes) are
+        // inferred from the arguments, and the typed binding gives `?` its return type.
+        let helper = if fallible {
+            quote!(#fp::macro_support::try_call_async)
+        } else {
+            quote!(#fp::macro_support::call_async)
+        };
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                #helper(
+                    #get,
                     (#(#passed,)*),
-                    #key_fn,
-                    #deps_fn,
-                    __fresco_compute,
-                ),
-                ::core::result::Result::Err(_) => __fresco_compute((#(#passed,)*)),
+                    |__m, __a| #key_fn,
+                    |__m, __a| #deps_fn,
+                    move |(#(#pats,)*)| async move {
+                        let __fresco_out: #ret = #body;
+                        __fresco_out
+                    },
+                )
+                .await
+            }
+        }
+    } else {
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                let __fresco_compute = move |(#(#pats,)*): (#(#tys,)*)| -> #ret #body;
+                match #get {
+                    ::core::result::Result::Ok(__m) => #call(
+                        (#(#passed,)*),
+                        |__a| #key_fn,
+                        |__a| #deps_fn,
+                        __fresco_compute,
+                    ),
+                    ::core::result::Result::Err(_) => __fresco_compute((#(#passed,)*)),
+                }
             }
         }
     };

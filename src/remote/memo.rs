@@ -11,21 +11,21 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::lease::Turn;
+use super::lease::{Held, Turn};
 use super::service::{RemoteTier, Service};
 use super::store::{Found, Stamps};
 use crate::Value;
-use crate::entry::DepRow;
+use crate::entry::{DepRow, Meta};
 use crate::error::{Error, Result};
 use crate::hit::ArchivedHit;
 use crate::key::{EncodedKey, KeyHash};
-use crate::memoizer::{MemoCore, Memoizer, with_aligned};
+use crate::memoizer::{Looked, MemoCore, Memoizer, with_aligned};
 use crate::memory::MemEntry;
 use crate::stats::Counters;
 use crate::storage::StoredBytes;
 
-/// Entry bytes from the server that passed the checks, and their payload offset.
-pub(crate) type Checked = (Arc<[u8]>, usize);
+/// Entry bytes from the server that passed the checks, their payload offset and header.
+pub(crate) type Checked = (Arc<[u8]>, usize, Meta);
 
 impl MemoCore {
     /// Reports a failed call to the server and distrusts the local tiers until the
@@ -56,7 +56,7 @@ impl MemoCore {
         };
         Ok(self
             .admit(ek, &bytes)
-            .map(|(offset, _)| (Arc::from(bytes), offset)))
+            .map(|(offset, meta)| (Arc::from(bytes), offset, meta)))
     }
 
     /// Copies bytes read from the server into the local tier, unless an invalidation
@@ -156,90 +156,98 @@ impl MemoCore {
     }
 }
 
+impl MemoCore {
+    /// The server side of leading a miss: wait for the key's lease (another machine may
+    /// compute it), serving the value if it lands meanwhile (`Err`), or take it.
+    pub(crate) fn remote_turn<R>(
+        &self,
+        ek: &EncodedKey,
+        look: impl Fn() -> Option<R>,
+    ) -> Result<Leading, R> {
+        let Some(rt) = &self.remote else {
+            return Ok(Leading::default());
+        };
+        let service = &rt.service;
+        let turn = service
+            .leases
+            .take_turn(&service.remote, rt.memo, &ek.hash, || Ok(look()));
+        let lease = match turn {
+            Turn::Found(value) => return Err(value),
+            Turn::Lead(held) => Some(held),
+            Turn::Alone(error) => {
+                if let Some(e) = error {
+                    self.remote_failed(service, e);
+                }
+                None
+            }
+        };
+        Ok(Leading {
+            _lease: lease,
+            stamps: None,
+        })
+    }
+}
+
+/// What a connected memoizer's leader holds while it computes.
+#[derive(Default)]
+pub(crate) struct Leading {
+    /// The key's lease (none if the server could not be asked); released when dropped.
+    _lease: Option<Held>,
+    /// The stamps read before computing; `None`: the value is not stored.
+    pub stamps: Option<Stamps>,
+}
+
 impl<K: ?Sized, V: Value> Memoizer<K, V> {
-    /// A hit from the server, deserialized (and promoted into the local tier).
-    /// `Err(())`: the server failed (reported).
-    pub(crate) fn remote_lookup(&self, rt: &RemoteTier, ek: &EncodedKey) -> Result<Option<V>, ()> {
+    /// A hit from the server, deserialized (and promoted into the local tier). An entry
+    /// due for a refresh is [`Looked::Due`] unless `serve_due` (its hit was counted).
+    pub(crate) fn remote_lookup(
+        &self,
+        rt: &RemoteTier,
+        ek: &EncodedKey,
+        serve_due: bool,
+    ) -> Looked<V> {
         let core = &*self.core;
         let epoch = core.epoch.load(Ordering::SeqCst);
-        let Some((bytes, offset)) = core.remote_read(rt, ek)? else {
-            return Ok(None);
+        let Ok(Some((bytes, offset, meta))) = core.remote_read(rt, ek) else {
+            return Looked::Miss;
         };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Looked::Due;
+        }
         let align = std::mem::align_of::<V::Archived>();
         let value = with_aligned(&bytes[offset..], align, |payload| {
             V::__access(payload).and_then(V::__deserialize).ok()
         });
         let Some(value) = value else {
             Counters::add(&core.stats.stale, 1);
-            return Ok(None);
+            return Looked::Miss;
         };
         Counters::add(&core.stats.hits, 1);
         core.remote_promote(rt, ek, bytes, epoch);
-        Ok(Some(value))
+        Looked::Hit(value)
     }
 
-    /// A hit from the server read in place.
+    /// A hit from the server read in place (see [`remote_lookup`](Self::remote_lookup)).
     pub(crate) fn remote_archived(
         &self,
         rt: &RemoteTier,
         ek: &EncodedKey,
-    ) -> Option<ArchivedHit<V>> {
+        serve_due: bool,
+    ) -> Looked<ArchivedHit<V>> {
         let core = &*self.core;
         let epoch = core.epoch.load(Ordering::SeqCst);
-        let (bytes, offset) = core.remote_read(rt, ek).ok().flatten()?;
+        let Ok(Some((bytes, offset, meta))) = core.remote_read(rt, ek) else {
+            return Looked::Miss;
+        };
+        if !serve_due && core.due(|| meta.stored_at_ms) {
+            return Looked::Due;
+        }
         let Some(hit) = ArchivedHit::from_stored(StoredBytes::Shared(bytes.clone()), offset) else {
             Counters::add(&core.stats.stale, 1);
-            return None;
+            return Looked::Miss;
         };
         Counters::add(&core.stats.hits, 1);
         core.remote_promote(rt, ek, bytes, epoch);
-        Some(hit)
-    }
-
-    /// A miss of a connected memoizer, once this process's flight for the key is ours:
-    /// wait for (or take) the key's lease on the server, read the stamps, compute, and
-    /// store unless a stamp moved meanwhile.
-    pub(crate) fn remote_miss<A, E>(
-        &self,
-        rt: &RemoteTier,
-        mut ek: EncodedKey,
-        args: A,
-        deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
-        compute: impl FnOnce(A) -> Result<V, E>,
-    ) -> Result<V, E> {
-        let core = &*self.core;
-        let service = &rt.service;
-        let look = || self.remote_lookup(rt, &ek);
-        let _lease = match service
-            .leases
-            .take_turn(&service.remote, rt.memo, &ek.hash, look)
-        {
-            Turn::Found(value) => return Ok(value),
-            Turn::Lead(held) => Some(held),
-            Turn::Alone(error) => {
-                if let Some(e) = error {
-                    core.remote_failed(service, e);
-                }
-                None
-            }
-        };
-        Counters::add(&core.stats.misses, 1);
-        let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
-        let stamps = deps
-            .as_ref()
-            .ok()
-            .and_then(|d| core.remote_begin(rt, &ek.hash, d));
-        let value = compute(args)?;
-        match (value.__archive(), deps) {
-            (Ok(archive), Ok(deps)) => {
-                if let Some(stamps) = &stamps {
-                    let (meta, bytes) = core.encode_entry(&ek, &archive, &deps);
-                    core.remote_store(rt, &ek, bytes, meta.expires_at_ms, stamps);
-                }
-            }
-            (Err(e), _) => core.report(Error::ValueEncoding(e.to_string())),
-            (_, Err(e)) => core.report(e),
-        }
-        Ok(value)
+        Looked::Hit(hit)
     }
 }

@@ -22,5 +22,6 @@ mod tracking;
 mod url;
 
 pub(crate) use connect::{Options, name_id};
+pub(crate) use memo::Leading;
 pub(crate) use push::{invalidate_zone, listen_for};
 pub(crate) use service::{RemoteTier, Service};

@@ -26,16 +26,16 @@ pub(crate) mod faults;
 pub(crate) mod open;
 pub(crate) mod ops;
 mod registry;
+pub(crate) mod scratch;
 pub(crate) mod tables;
 pub(crate) mod writer;
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 
-use crossbeam::utils::CachePadded;
+use crossbeam_utils::CachePadded;
 use redb::{ReadOnlyTable, ReadableDatabase};
 
 use crate::cache::OnCorruption;
@@ -152,16 +152,10 @@ impl std::fmt::Debug for Storage {
 
 /// Runs `f`, turning a panic inside redb into a storage error.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T, redb::Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    // Quietly: the panic is reported as this error, not printed as a crash.
+    match crate::panics::catch_quietly(f) {
         Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(redb::Error::Corrupted(format!("redb panicked: {msg}")))
-        }
+        Err(msg) => Err(redb::Error::Corrupted(format!("redb panicked: {msg}"))),
     }
 }
 
@@ -345,7 +339,7 @@ impl Storage {
         };
         if let Some(old) = old {
             // A close after a latched failure reports that failure again; it is known.
-            let _ = catch_unwind(AssertUnwindSafe(|| old.close()));
+            let _ = crate::panics::catch_quietly(|| old.close());
         }
         // Reported once the lock is released: the user's hook may read the cache.
         let mut events = Vec::new();
@@ -377,19 +371,16 @@ impl Storage {
         let path = self.path.clone().unwrap_or_default();
         let moved = open::move_aside(&path);
         let reopened = moved.and_then(|aside| {
-            let what = format!(
-                "damage found while running; moved to {} and started afresh",
-                aside.display()
-            );
-            self.reporter.set_moved_aside(aside);
-            events.push(Error::Corrupted {
+            self.reporter.set_moved_aside(aside.clone());
+            events.push(Error::MovedAside {
                 path: path.clone(),
-                detail: what,
+                moved_to: aside,
+                detail: "damage found while running".into(),
             });
-            let registry = registry.ok_or_else(|| Error::Corrupted {
+            let registry = registry.ok_or_else(|| Error::Detached {
                 path: path.clone(),
-                detail: "its memoizer registry is unreadable too; this Cache now runs \
-                         without its file until it is reopened"
+                reason: "the damaged file's memoizer registry is unreadable too, so a fresh \
+                         file could not take over its ids"
                     .into(),
             })?;
             let db = self.origin.open()?;

@@ -78,7 +78,7 @@ fn open_file(
     if let Some(refusal) = inspect_read_only(path)? {
         return Err(refusal);
     }
-    let opened = std::panic::catch_unwind(|| {
+    let opened = crate::panics::catch_quietly(|| {
         let mut builder = redb::Builder::new();
         builder
             .set_cache_size(page_cache_bytes)
@@ -129,7 +129,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
-    let looked = std::panic::catch_unwind(|| {
+    let looked = crate::panics::catch_quietly(|| {
         let db = match redb::Builder::new().open_read_only(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(()),
@@ -159,9 +159,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
 
 /// Opens (or creates) a database over `backend`.
 fn open_backend(backend: FaultyBackend) -> Result<redb::Database> {
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        redb::Builder::new().create_with_backend(backend)
-    }));
+    let opened = crate::panics::catch_quietly(|| redb::Builder::new().create_with_backend(backend));
     let db = match opened {
         Err(_) => {
             return Err(storage_error(redb::Error::Corrupted(
@@ -244,4 +242,60 @@ pub(crate) fn move_aside(path: &Path) -> Result<PathBuf> {
         source,
     })?;
     Ok(aside)
+}
+
+/// Opens an existing cache file read-only: nothing is written to it, not even redb's
+/// header bookkeeping. `Ok(None)` if the file was not closed cleanly and so needs redb's
+/// recovery, which writes (see [`super::scratch`] for looking into it anyway). A file
+/// that is not ours, is newer or is held by a `Cache` is refused as by [`Origin::open`].
+pub(crate) fn open_read_only(path: &Path) -> Result<Option<redb::ReadOnlyDatabase>> {
+    std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(bytes) = leading_bytes(path)
+        && bytes != REDB_MAGIC[..bytes.len()]
+    {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "not a redb database".into(),
+        });
+    }
+    if let Some(refusal) = inspect_read_only(path)? {
+        return Err(refusal);
+    }
+    let opened = crate::panics::catch_quietly(|| redb::Builder::new().open_read_only(path));
+    let db = match opened {
+        Err(panic) => return Err(corrupted(path, format!("redb panicked: {panic}"))),
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::RepairAborted)) => return Ok(None),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(Error::AlreadyOpen {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
+            if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            return Err(corrupted(path, format!("truncated ({source})")));
+        }
+        Ok(Err(e)) => return Err(corrupted(path, e.to_string())),
+    };
+    match guarded(|| ops::inspect(&db)) {
+        Ok(Some(InitOutcome::Ready | InitOutcome::Older)) => Ok(Some(db)),
+        Ok(None) => Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "a redb database without the cache's tables".into(),
+        }),
+        Ok(Some(InitOutcome::Foreign(reason))) => Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason,
+        }),
+        Ok(Some(InitOutcome::Newer(found))) => Err(Error::NewerFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: crate::entry::FORMAT_VERSION,
+        }),
+        Err(e) => Err(corrupted(path, e.to_string())),
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use redb::{Durability, WriteTransaction};
 
 use super::{PendingKey, Storage, guarded, ops};
@@ -45,30 +45,86 @@ pub(super) enum Job {
     },
     Run {
         f: RunFn,
-        reply: Sender<Result<AnyBox>>,
+        reply: ReplyTx,
         /// Whether its batch must commit durably (everything but read-only queries).
         durable: bool,
     },
-    Flush(Sender<Result<()>>),
+    Flush(ReplyTx),
     /// A reader met damage: look at `Storage::suspect` now.
     Wake,
     Shutdown,
 }
 
+/// The writer's answer to one synchronous job. A channel that a thread can block on and
+/// a future can await alike (async-channel), so async invalidations wait for their
+/// commit without blocking an executor's thread.
+type ReplyTx = async_channel::Sender<Result<AnyBox>>;
+
 /// A synchronous job's future result.
 pub(crate) struct Ticket<T> {
-    rx: channel::Receiver<Result<AnyBox>>,
+    rx: async_channel::Receiver<Result<AnyBox>>,
     _t: std::marker::PhantomData<fn() -> T>,
 }
 
+/// How a caller waits for a [`Ticket`]: blocking its thread, or as a future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    Block,
+    Await,
+}
+
 impl<T: 'static> Ticket<T> {
+    fn new() -> (ReplyTx, Self) {
+        let (tx, rx) = async_channel::bounded(1);
+        let ticket = Ticket {
+            rx,
+            _t: std::marker::PhantomData,
+        };
+        (tx, ticket)
+    }
+
     /// Waits until the job's transaction has committed (or failed).
     pub(crate) fn wait(self) -> Result<T> {
-        let boxed = self.rx.recv().map_err(|_| Error::WriterStopped)??;
+        Self::open(self.rx.recv_blocking())
+    }
+
+    /// Waits as `how` says. With [`Wait::Block`] the future never returns `Pending`:
+    /// the synchronous API runs such futures with [`now`].
+    pub(crate) async fn wait_as(self, how: Wait) -> Result<T> {
+        match how {
+            Wait::Block => self.wait(),
+            Wait::Await => Self::open(self.rx.recv().await),
+        }
+    }
+
+    fn open(reply: Result<Result<AnyBox>, async_channel::RecvError>) -> Result<T> {
+        let boxed = reply.map_err(|_| Error::WriterStopped)??;
         boxed
             .downcast::<T>()
             .map(|b| *b)
             .map_err(|_| Error::WriterStopped)
+    }
+}
+
+/// Runs `future` to completion on this thread. The code that carries out an
+/// invalidation is written once, as a future whose only waits are tickets; the
+/// synchronous API passes [`Wait::Block`], so the first poll finishes it.
+pub(crate) fn now<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
     }
 }
 
@@ -132,14 +188,11 @@ impl Writer {
         f: impl FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
         durable: bool,
     ) -> Ticket<T> {
-        let (reply, rx) = channel::bounded(1);
+        let (reply, ticket) = Ticket::new();
         let f: RunFn = Box::new(move |txn| f(txn).map(|t| Box::new(t) as AnyBox));
         // If the writer is gone the reply sender is dropped and `wait` reports it.
         let _ = self.tx.send(Job::Run { f, reply, durable });
-        Ticket {
-            rx,
-            _t: std::marker::PhantomData,
-        }
+        ticket
     }
 
     /// Runs `f` in the next transaction and waits for its commit.
@@ -152,11 +205,15 @@ impl Writer {
 
     /// Commits everything queued so far durably.
     pub(crate) fn flush(&self) -> Result<()> {
-        let (reply, rx) = channel::bounded(1);
-        self.tx
-            .send(Job::Flush(reply))
-            .map_err(|_| Error::WriterStopped)?;
-        rx.recv().map_err(|_| Error::WriterStopped)?
+        self.flush_ticket().wait()
+    }
+
+    /// Queues a durable commit of everything queued so far; the ticket is answered once
+    /// it is done (or with [`Error::WriterStopped`] if the writer is gone).
+    pub(crate) fn flush_ticket(&self) -> Ticket<()> {
+        let (reply, ticket) = Ticket::new();
+        let _ = self.tx.send(Job::Flush(reply));
+        ticket
     }
 
     /// Makes everything durable and stops the thread.
@@ -234,8 +291,8 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
 }
 
 enum Reply {
-    Run(Sender<Result<AnyBox>>, Option<AnyBox>),
-    Flush(Sender<Result<()>>),
+    Run(ReplyTx, Option<AnyBox>),
+    Flush(ReplyTx),
 }
 
 /// Applies `batch` in one transaction. On failure, reports it, answers every job with
@@ -316,14 +373,16 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
             )
         };
         match reply {
+            // Each reply channel holds one answer and gets one: `try_send` never waits.
             Reply::Run(tx, Some(value)) if committed => {
-                let _ = tx.send(Ok(value));
+                let _ = tx.try_send(Ok(value));
             }
             Reply::Run(tx, _) => {
-                let _ = tx.send(Err(err()));
+                let _ = tx.try_send(Err(err()));
             }
             Reply::Flush(tx) => {
-                let _ = tx.send(if committed { Ok(()) } else { Err(err()) });
+                let done: AnyBox = Box::new(());
+                let _ = tx.try_send(if committed { Ok(done) } else { Err(err()) });
             }
         }
     }

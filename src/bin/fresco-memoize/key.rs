@@ -21,6 +21,9 @@
 //! `{"$none": null}`, `{"$seq": [..]}` (`Vec<T>`, `&[T]`: a sequence with a length),
 //! `{"$map": [[k, v], ..]}`, `{"$variant": 2}` or `{"$variant": [2, v]}` (an enum
 //! variant by index, with its payload).
+//!
+//! Nothing is guessed: an object with a `$` key and any other key, a plain integer beyond
+//! 64 bits and a `$f32` that overflows are errors, not a struct, a float or infinity.
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, SerializeTuple};
@@ -69,20 +72,28 @@ impl Key {
         Ok(match v {
             Value::Null => Key::Unit,
             Value::Bool(b) => Key::Bool(*b),
-            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-                (Some(u), _, _) => Key::U64(u),
-                (None, Some(i), _) => Key::I64(i),
-                (None, None, Some(f)) => Key::F64(f),
-                _ => return Err(format!("{n} is out of range; use {{\"$u128\": \"{n}\"}}")),
-            },
+            Value::Number(n) => number(n)?,
             Value::String(text) => Key::Str(text.clone()),
             Value::Array(items) => Key::Tuple(all(items)?),
             Value::Object(map) => {
-                if map.len() == 1
-                    && let Some((tag, inner)) = map.iter().next()
-                    && let Some(tag) = tag.strip_prefix('$')
+                let tags: Vec<&str> = map
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| k.starts_with('$'))
+                    .collect();
+                if let [tag] = tags[..]
+                    && map.len() == 1
                 {
-                    return tagged(tag, inner);
+                    return tagged(&tag[1..], &map[tag]);
+                }
+                // A struct's fields never start with `$`: several tags, or a tag among
+                // fields, is a mistake, not a struct to guess at.
+                if !tags.is_empty() {
+                    return Err(format!(
+                        "an object with a `$` tag must have that one key only, got {}; \
+                         nest tags instead, e.g. {{\"$some\": {{\"$u8\": 1}}}}",
+                        Value::Object(map.clone())
+                    ));
                 }
                 Key::Tuple(map.values().map(Key::from_json).collect::<Result<_, _>>()?)
             }
@@ -94,12 +105,33 @@ fn all(items: &[Value]) -> Result<Vec<Key>, String> {
     items.iter().map(Key::from_json).collect()
 }
 
+/// A plain JSON number: an integer that fits `u64` or `i64`, or a finite float. An
+/// integer literal beyond 64 bits is refused rather than rounded to a float (serde_json's
+/// `arbitrary_precision` keeps the literal, so the two can be told apart).
+fn number(n: &serde_json::Number) -> Result<Key, String> {
+    if let Some(u) = n.as_u64() {
+        return Ok(Key::U64(u));
+    }
+    if let Some(i) = n.as_i64() {
+        return Ok(Key::I64(i));
+    }
+    let text = n.to_string();
+    if !text.contains(['.', 'e', 'E']) {
+        return Err(format!(
+            "{text} does not fit a 64-bit integer; for a 128-bit key write \
+             {{\"$u128\": \"{text}\"}} or {{\"$i128\": \"{text}\"}}"
+        ));
+    }
+    n.as_f64()
+        .map(Key::F64)
+        .ok_or_else(|| format!("{text} is beyond the range of f64"))
+}
+
+/// An integer of a tagged type, given as a JSON integer or a string of digits: the
+/// literal itself is parsed, so nothing is rounded on the way.
 fn int<T: TryFrom<i128>>(tag: &str, v: &Value) -> Result<T, String> {
     let wide: Option<i128> = match v {
-        Value::Number(n) => n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from)),
+        Value::Number(n) => n.to_string().parse().ok(),
         Value::String(text) => text.parse().ok(),
         _ => None,
     };
@@ -109,7 +141,19 @@ fn int<T: TryFrom<i128>>(tag: &str, v: &Value) -> Result<T, String> {
 
 fn float(tag: &str, v: &Value) -> Result<f64, String> {
     v.as_f64()
-        .ok_or_else(|| format!("`${tag}` needs a number, got {v}"))
+        .ok_or_else(|| format!("`${tag}` needs a finite number, got {v}"))
+}
+
+/// An `f32`: refused if the number overflows it (it would become infinity).
+fn float32(v: &Value) -> Result<f32, String> {
+    let wide = float("f32", v)?;
+    let narrow = wide as f32;
+    if narrow.is_infinite() {
+        return Err(format!(
+            "`$f32` needs a number within f32's range (about ±3.4e38), got {v}"
+        ));
+    }
+    Ok(narrow)
 }
 
 fn array<'a>(tag: &str, v: &'a Value) -> Result<&'a [Value], String> {
@@ -129,14 +173,16 @@ fn tagged(tag: &str, v: &Value) -> Result<Key, String> {
         "i32" => Key::I32(int(tag, v)?),
         "i64" => Key::I64(int(tag, v)?),
         "i128" => Key::I128(int(tag, v)?),
-        // Beyond i128's range only as a string.
-        "u128" => Key::U128(match v {
-            Value::String(text) => text
-                .parse()
-                .map_err(|_| format!("`$u128` needs an integer, got {v}"))?,
-            other => int(tag, other)?,
-        }),
-        "f32" => Key::F32(float(tag, v)? as f32),
+        // Beyond i128's range: parsed as u128 directly.
+        "u128" => Key::U128(
+            match v {
+                Value::Number(n) => n.to_string().parse().ok(),
+                Value::String(text) => text.parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| format!("`$u128` needs an integer in its range, got {v}"))?,
+        ),
+        "f32" => Key::F32(float32(v)?),
         "f64" => Key::F64(float(tag, v)?),
         "none" => Key::None,
         "some" => Key::Some(Box::new(Key::from_json(v)?)),

@@ -2,7 +2,11 @@
 //!
 //! Every command opens an existing file only (it never creates one) and fails with a
 //! message and exit status 1 when the file is missing, damaged, not a cache, or held
-//! open by a running program. `--json` prints machine-readable output instead of tables.
+//! open by a running program. `stats` and `check` never write to the file (they read it
+//! read-only or check a scratch copy); the commands that change it (`invalidate`,
+//! `purge-expired`, `compact`) first check it the way `check` does and refuse a damaged
+//! one, which they could only make worse. `--json` prints machine-readable output
+//! instead of tables.
 
 mod key;
 
@@ -117,7 +121,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Refuses to change a file that `check` would find damaged.
+fn refuse_damaged(file: &Path) -> Result<(), Failure> {
+    let check = Cache::verify_file(file)?;
+    if check.is_ok() {
+        return Ok(());
+    }
+    let what = if check.redb_repaired {
+        "redb's checksums fail".to_string()
+    } else {
+        format!("{} index problems", check.invariants.problems.len())
+    };
+    Err(Failure(format!(
+        "cache file {} is damaged ({what}); it was not changed - `fresco-memoize check` \
+         lists the damage; the program that owns the file moves it aside when it meets \
+         it, or delete it",
+        file.display()
+    )))
+}
+
+/// Opens a file for a command that changes it, after checking it is sound.
 fn open(file: &Path) -> Result<Cache, Failure> {
+    refuse_damaged(file)?;
     Ok(Cache::builder()
         .on_corruption(OnCorruption::Fail)
         .sweep_interval(None)
@@ -127,7 +152,7 @@ fn open(file: &Path) -> Result<Cache, Failure> {
 fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Stats { file } => {
-            let info = open(file)?.inspect()?;
+            let info = Cache::inspect_file(file)?;
             if cli.json {
                 print_json(&StatsJson::from(&info));
             } else {
@@ -165,6 +190,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Failure> {
             report(cli.json, removed, "past their deadline");
         }
         Command::Compact { file } => {
+            refuse_damaged(file)?;
             let r = Cache::compact_file(file)?;
             if cli.json {
                 print_json(&serde_json::json!({
