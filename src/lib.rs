@@ -84,6 +84,7 @@
 //! | `macros` | on | `#[derive(Fingerprint)]`, `#[memoize]` | syn, quote at build time |
 //! | `unaligned` | on | persistent hits read in place (rkyv's unaligned format) | none; turning it off copies each hit into an aligned buffer |
 //! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
+//! | `redis` | off | `CacheBuilder::connect`: memoizers on a Redis/Valkey server, shared by machines (README, "Beyond one machine") | the `redis` client crate |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
