@@ -85,6 +85,7 @@
 //! | `unaligned` | on | persistent hits read in place (rkyv's unaligned format) | none; turning it off copies each hit into an aligned buffer |
 //! | `log` | on | the cache's own reports (a full disk, a damaged file) go to the [`log`](https://docs.rs/log) crate, target `fresco_memoize` | the `log` crate |
 //! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
+//! | `redis` | off | `CacheBuilder::connect`: memoizers on a Redis/Valkey server, shared by machines (README, "Beyond one machine") | the `redis` client crate |
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -113,6 +114,8 @@ pub mod macro_support;
 mod memoizer;
 mod memory;
 mod panics;
+#[cfg(feature = "redis")]
+mod remote;
 mod report;
 mod shared;
 mod stats;
@@ -142,6 +145,10 @@ pub use storage::open::OnCorruption;
 pub use value::Value;
 pub use zone::Zone;
 
+/// The Redis client this crate uses, for tests that read the server directly (hidden).
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub use redis as __redis;
 #[doc(hidden)]
 pub use rkyv as __rkyv;
 
