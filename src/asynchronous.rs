@@ -86,8 +86,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> F,
     ) -> Result<V, E> {
-        let Some(mut ek) = self.core.encoded(ek) else {
-            return compute(args).await;
+        let mut ek = match ek {
+            Ok(ek) => ek,
+            Err(e) => {
+                self.core.unencoded(e);
+                return compute(args).await;
+            }
         };
         loop {
             match self

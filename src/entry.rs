@@ -11,14 +11,24 @@
 //!  32     8  expires_at_ms u64 LE (0 = never)
 //!  40     8  entry_id  u64 LE (unique per write; identifies a value for max_hits)
 //!  48     2  dep_count u16 LE
-//!  50     6  reserved (zero)
-//!  56     .. key bytes (key_len), dep rows (dep_count x 24), rkyv archive (to the end)
+//!  50     1  pad: zero bytes between the dep rows and the archive (< 16)
+//!  51     5  reserved (zero)
+//!  56     .. key bytes (key_len), dep rows (dep_count x 24), pad, rkyv archive (to the end)
 //! ```
+//!
+//! The pad puts an archive of [`PAD_MIN_LEN`] bytes or more at a multiple of
+//! [`ARCHIVE_ALIGN`] from the entry's start, so such an entry in an 8-aligned buffer (ours,
+//! or a redb page holding it alone) has an aligned archive that hits read in place (see
+//! [`crate::aligned`]). Smaller archives get no pad: copying one costs less than the pad's
+//! bytes cost every lookup in the B-tree (measured: ARCHITECTURE.md, "Values and
+//! alignment"). The rule is part of the value fingerprint that entries carry
+//! ([`PAD_RULE`]), so a build placing archives otherwise never decodes these.
 //!
 //! The dependency rows start with the entry's *primary* row (the first key of its first
 //! keyed zone, which decides where the entry is filed, see [`crate::key::place`]); the
 //! others follow sorted, without duplicates.
 
+use crate::aligned::ARCHIVE_ALIGN;
 use crate::key::DepRow;
 
 /// Version of the whole on-disk format (tables and entry layout). Bump it on any change.
@@ -26,6 +36,12 @@ pub(crate) const FORMAT_VERSION: u32 = 3;
 
 const MAGIC: &[u8; 4] = b"FMZ1";
 pub(crate) const HEADER_LEN: usize = 56;
+/// Offset of the pad length in the header.
+const PAD: usize = 50;
+/// Archives at least this long are padded to [`ARCHIVE_ALIGN`].
+const PAD_MIN_LEN: usize = 512;
+/// Names how archives are placed in entries; mixed into every value fingerprint.
+pub(crate) const PAD_RULE: &str = "archives of 512+ bytes padded to align_of(Archived<u64>)";
 
 /// Puts dependency rows in their stored order: the first one given (the primary row)
 /// first, then the others sorted and without duplicates.
@@ -66,7 +82,13 @@ pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
 
 /// Encodes an entry.
 pub(crate) fn encode(meta: &Meta, key: &[u8], deps: &[DepRow], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + key.len() + deps.len() * 24 + payload.len());
+    let deps_end = HEADER_LEN + key.len() + deps.len() * 24;
+    let pad = if payload.len() >= PAD_MIN_LEN {
+        deps_end.next_multiple_of(ARCHIVE_ALIGN) - deps_end
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(deps_end + pad + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0u8; 8]); // checksum, filled below
@@ -75,11 +97,13 @@ pub(crate) fn encode(meta: &Meta, key: &[u8], deps: &[DepRow], payload: &[u8]) -
     out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
     out.extend_from_slice(&meta.entry_id.to_le_bytes());
     out.extend_from_slice(&(deps.len() as u16).to_le_bytes());
-    out.extend_from_slice(&[0u8; 6]);
+    out.push(pad as u8);
+    out.extend_from_slice(&[0u8; 5]);
     out.extend_from_slice(key);
     for d in deps {
         out.extend_from_slice(d);
     }
+    out.resize(deps_end + pad, 0);
     out.extend_from_slice(payload);
     let sum = checksum(&out);
     out[8..16].copy_from_slice(&sum.to_le_bytes());
@@ -91,6 +115,7 @@ pub(crate) fn encode(meta: &Meta, key: &[u8], deps: &[DepRow], payload: &[u8]) -
 pub(crate) enum Malformed {
     TooShort,
     BadMagic,
+    BadPad,
     BadChecksum,
 }
 
@@ -147,6 +172,11 @@ pub(crate) fn meta(bytes: &[u8]) -> Meta {
     }
 }
 
+/// The dependency row count of an entry that [`decode`]s.
+pub(crate) fn dep_count(bytes: &[u8]) -> usize {
+    u16::from_le_bytes([bytes[48], bytes[49]]) as usize
+}
+
 /// Parses an entry, checking structure and (when `verify` is set) the checksum.
 pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malformed> {
     if bytes.len() < HEADER_LEN {
@@ -156,12 +186,16 @@ pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malfor
         return Err(Malformed::BadMagic);
     }
     let key_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-    let dep_count = u16::from_le_bytes([bytes[48], bytes[49]]) as usize;
+    let dep_count = dep_count(bytes);
     let deps_end = HEADER_LEN
         .checked_add(key_len)
         .and_then(|k| k.checked_add(dep_count * 24))
         .ok_or(Malformed::TooShort)?;
-    if deps_end > bytes.len() {
+    let pad = bytes[PAD] as usize;
+    if pad >= 16 {
+        return Err(Malformed::BadPad);
+    }
+    if deps_end + pad > bytes.len() {
         return Err(Malformed::TooShort);
     }
     if verify && u64_at(bytes, 8) != checksum(bytes) {
@@ -172,7 +206,7 @@ pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malfor
         meta: meta(bytes),
         key: &bytes[HEADER_LEN..key_end],
         deps: &bytes[key_end..deps_end],
-        payload_offset: deps_end,
+        payload_offset: deps_end + pad,
     })
 }
 
@@ -192,14 +226,17 @@ mod tests {
         assert_eq!(order_deps(Vec::new()), Vec::<DepRow>::new());
     }
 
-    fn sample() -> Vec<u8> {
-        let meta = Meta {
+    fn sample_meta() -> Meta {
+        Meta {
             fingerprint: 7,
             stored_at_ms: 10,
             expires_at_ms: 20,
             entry_id: 3,
-        };
-        encode(&meta, b"key", &[dep_row(1, [9; 16])], b"payload")
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        encode(&sample_meta(), b"key", &[dep_row(1, [9; 16])], b"payload")
     }
 
     #[test]
@@ -211,6 +248,32 @@ mod tests {
         assert_eq!(view.key, b"key");
         assert_eq!(view.deps().collect::<Vec<_>>(), vec![dep_row(1, [9; 16])]);
         assert_eq!(&bytes[view.payload_offset..], b"payload");
+    }
+
+    #[test]
+    fn a_large_archive_starts_at_a_multiple_of_the_archive_alignment() {
+        let meta = sample_meta();
+        let large = vec![5u8; PAD_MIN_LEN];
+        for key_len in 0..20 {
+            let key = vec![1u8; key_len];
+            let bytes = encode(&meta, &key, &[dep_row(1, [9; 16])], &large);
+            let view = decode(&bytes, true).unwrap();
+            assert_eq!(
+                view.payload_offset % ARCHIVE_ALIGN,
+                0,
+                "key of {key_len} bytes"
+            );
+            assert_eq!(view.key, &key[..]);
+            assert_eq!(view.deps().count(), 1);
+            assert_eq!(&bytes[view.payload_offset..], &large[..]);
+            // A small archive follows the dependency rows directly.
+            let small = encode(&meta, &key, &[], b"payload");
+            assert_eq!(small.len(), HEADER_LEN + key_len + 7);
+            assert_eq!(
+                &small[decode(&small, true).unwrap().payload_offset..],
+                b"payload"
+            );
+        }
     }
 
     #[test]

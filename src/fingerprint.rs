@@ -143,6 +143,7 @@ where
         crate::entry::FORMAT_VERSION as u64,
         &[
             name_hash("rkyv-0.8"),
+            name_hash(crate::entry::PAD_RULE),
             aligned,
             pointer_width,
             little_endian,

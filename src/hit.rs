@@ -2,9 +2,8 @@
 
 use std::marker::PhantomData;
 
-use rkyv::util::AlignedVec;
-
 use crate::Value;
+use crate::aligned::{self, AlignedCopy};
 use crate::error::{Error, Result};
 use crate::memory::MemEntry;
 use crate::storage::StoredBytes;
@@ -12,16 +11,27 @@ use crate::storage::StoredBytes;
 enum Backing {
     Stored(StoredBytes),
     /// The stored bytes were not aligned for this archive type (only without rkyv's
-    /// `unaligned` feature): an aligned copy.
-    Copied(AlignedVec),
+    /// `unaligned` feature): an aligned copy, the guard's alone until it is dropped.
+    Copied(AlignedCopy),
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Backing::Copied(copy) = self {
+            // No borrow of the copy outlives the guard: reuse it for the next copy.
+            aligned::recycle(std::mem::take(copy));
+        }
+    }
 }
 
 /// A cache hit read in place: dereferences to the archived value (`&V::Archived`)
 /// without copying or deserializing it.
 ///
-/// A hit on a persistent memoizer pins the redb snapshot it was read from: pages of that
-/// snapshot cannot be reused until the guard is dropped, so hold it briefly, or call
-/// [`ArchivedHit::deserialize`] to keep an owned copy.
+/// A hit on a persistent memoizer read in place pins the redb snapshot it was read from:
+/// pages of that snapshot cannot be reused until the guard is dropped, so hold it
+/// briefly, or call [`ArchivedHit::deserialize`] to keep an owned copy. (In rkyv's
+/// default aligned format, an archive redb stored at a misaligned address is copied into
+/// the guard instead; archives of 512 bytes or more are placed so that this is rare.)
 ///
 /// ```
 /// use fresco_memoize::{Cache, Store};
@@ -44,17 +54,14 @@ impl<V: Value> ArchivedHit<V> {
     /// Validates `bytes[offset..]` as an archived `V`; `None` if it is not one.
     pub(crate) fn from_stored(stored: StoredBytes, offset: usize) -> Option<Self> {
         let payload = stored.bytes().get(offset..)?;
-        let align = std::mem::align_of::<V::Archived>();
-        if !(payload.as_ptr() as usize).is_multiple_of(align) {
-            let mut copy = AlignedVec::<16>::with_capacity(payload.len());
-            copy.extend_from_slice(payload);
-            return Self::checked(Backing::Copied(copy), 0);
+        if !aligned::is_aligned(payload, std::mem::align_of::<V::Archived>()) {
+            return Self::checked(Backing::Copied(aligned::copy(payload)), 0);
         }
         Self::checked(Backing::Stored(stored), offset)
     }
 
     /// A guard over a value's own archive (a miss hands back what it just computed).
-    pub(crate) fn from_archive(archive: AlignedVec) -> Option<Self> {
+    pub(crate) fn from_archive(archive: AlignedCopy) -> Option<Self> {
         Self::checked(Backing::Copied(archive), 0)
     }
 
@@ -94,9 +101,10 @@ impl<V: Value> std::ops::Deref for ArchivedHit<V> {
         // SAFETY: `checked` validated these exact bytes as a `V::Archived` with bytecheck
         // before the guard was built. The bytes never change afterwards: they live in an
         // immutable redb page or overlay buffer (`Arc`, kept alive by the guard), an
-        // `Arc`'d in-memory entry, or the guard's own copy, and their address does not
-        // move when the guard moves. `from_stored` copied misaligned bytes, so alignment
-        // holds too. Skipping re-validation saves ~10 ns per dereference (measured in
+        // `Arc`'d in-memory entry, or the guard's own copy (taken out of the thread's
+        // spare slot, so no other hit writes into it, and put back only when the guard
+        // drops), and their address does not move when the guard moves. `from_stored`
+        // copied misaligned bytes, so alignment holds too. Skipping re-validation saves ~10 ns per dereference (measured in
         // benches/hits.rs, `archived_deref`).
         unsafe {
             rkyv::access_unchecked::<V::Archived>(self.payload())

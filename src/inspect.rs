@@ -245,7 +245,9 @@ impl Cache {
     }
 
     /// Compacts a cache file that no `Cache` holds open, giving free pages back to the
-    /// file system. The file must exist and be a cache; it is never created.
+    /// file system. The file must exist and be a cache; it is never created. Tables
+    /// cleared by `invalidate_all` whose space was not reclaimed yet (graves) are
+    /// reclaimed first, so their pages are given back too.
     ///
     /// ```
     /// use fresco_memoize::Cache;
@@ -269,6 +271,17 @@ impl Cache {
         let bytes_before = file_len(path)?;
         let mut db = open_closed(path)?;
         guarded(|| {
+            // A cleared table's pages are free only once its grave is reclaimed, which a
+            // program may not have finished before it closed the file: finish it here, or
+            // compacting right after a clear would give nothing back.
+            loop {
+                let txn = db.begin_write()?;
+                let (_, more) = ops::reclaim(&txn, crate::sweeper::BATCH)?;
+                txn.commit()?;
+                if !more {
+                    break;
+                }
+            }
             // Each pass moves pages towards the start; stop when one finds nothing to do.
             for _ in 0..64 {
                 if !db.compact()? {

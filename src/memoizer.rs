@@ -7,6 +7,7 @@ use std::time::Duration;
 use rkyv::util::AlignedVec;
 use serde::Serialize;
 
+use crate::aligned::with_aligned;
 use crate::error::{Error, Result};
 use crate::flight::Caller;
 use crate::hit::ArchivedHit;
@@ -88,17 +89,6 @@ impl<K: ?Sized, V> std::fmt::Debug for Memoizer<K, V> {
         f.debug_struct("Memoizer")
             .field("name", &self.core.name())
             .finish_non_exhaustive()
-    }
-}
-
-/// Copies `payload` into an aligned buffer if `align` demands it, then runs `f`.
-pub(crate) fn with_aligned<R>(payload: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-    if (payload.as_ptr() as usize).is_multiple_of(align) {
-        f(payload)
-    } else {
-        let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-        copy.extend_from_slice(payload);
-        f(&copy)
     }
 }
 
@@ -363,8 +353,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         look: impl Fn(&EncodedKey, bool) -> Looked<R>,
         finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
     ) -> Result<R, E> {
-        let Some(mut ek) = self.core.encoded(ek) else {
-            return finish(compute(args)?, None);
+        let mut ek = match ek {
+            Ok(ek) => ek,
+            Err(e) => {
+                self.core.unencoded(e);
+                return finish(compute(args)?, None);
+            }
         };
         loop {
             match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {

@@ -69,7 +69,9 @@ impl MemEntry {
 
     /// The dependency rows.
     pub(crate) fn deps(&self) -> impl Iterator<Item = DepRow> + '_ {
-        self.bytes[self.key_end as usize..self.payload_offset as usize]
+        // Not kept in the struct (it stays small in the map's buckets); off the hit path.
+        let deps_end = self.key_end as usize + 24 * entry::dep_count(&self.bytes);
+        self.bytes[self.key_end as usize..deps_end]
             .chunks_exact(24)
             .map(|c| {
                 let mut row = [0u8; 24];

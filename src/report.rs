@@ -40,8 +40,8 @@ impl Reporter {
 
     /// Records an error that no caller will see.
     pub(crate) fn report(&self, error: &Error) {
-        let n = self.record(error.to_string());
-        log_line(n, log_level(error), &error.to_string());
+        let rendered = error.to_string();
+        log_line(self.record(rendered.clone()), log_level(error), &rendered);
         let Some(hook) = &self.hook else { return };
         if let Err(panic) = crate::panics::catch_quietly(|| hook(error)) {
             let rendered = format!("the on_error hook panicked ({panic}) while reporting: {error}");

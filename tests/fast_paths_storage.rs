@@ -32,13 +32,18 @@ fn overwrite_rounds(cache: &Cache, busy: &Memoizer<u64, Vec<u8>>, rounds: u64) {
     }
 }
 
+/// The idle memoizer's value: an archive of 512+ bytes, which entries place so that a
+/// hit reads it in place (in rkyv's aligned format a smaller one may be copied, and a
+/// guard over a copy pins nothing).
+const IDLE_LEN: usize = 600;
+
 fn idle_and_busy(cache: &Cache) -> (Memoizer<u64, Vec<u8>>, Memoizer<u64, Vec<u8>>) {
     let idle = cache.memoizer::<u64, Vec<u8>>("idle").build().unwrap();
     let busy = cache.memoizer::<u64, Vec<u8>>("busy").build().unwrap();
-    idle.get_or_compute(&1, |_| vec![1; 100]);
+    idle.get_or_compute(&1, |_| vec![1; IDLE_LEN]);
     cache.flush().unwrap();
     // Read once: this memoizer now has a cached snapshot... and then idles.
-    assert_eq!(idle.get_or_compute(&1, |_| unreachable!()).len(), 100);
+    assert_eq!(idle.get_or_compute(&1, |_| unreachable!()).len(), IDLE_LEN);
     (idle, busy)
 }
 
@@ -73,7 +78,7 @@ fn idle_memoizers_and_busy_readers_do_not_pin_the_file() {
     let len = file_len(&path);
     assert!(len < BOUND, "file grew to {len} bytes");
     // The idle memoizer still serves its (unchanged) value.
-    assert_eq!(idle.get_or_compute(&1, |_| unreachable!()).len(), 100);
+    assert_eq!(idle.get_or_compute(&1, |_| unreachable!()).len(), IDLE_LEN);
 }
 
 #[test]
@@ -88,7 +93,7 @@ fn a_held_archived_hit_pins_its_snapshot_as_documented() {
     overwrite_rounds(&cache, &busy, ROUNDS);
     let len = file_len(&path);
     assert!(len > BOUND, "file only {len} bytes while a guard pinned it");
-    assert_eq!(hit.len(), 100);
+    assert_eq!(hit.len(), IDLE_LEN);
     drop(hit);
 }
 

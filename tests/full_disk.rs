@@ -8,7 +8,9 @@
 //!   never writes into a fresh file as if it were the old one: the file that replaces it
 //!   carries the registry over, so a memoizer registered afterwards gets an id of its own
 //!   and never reads another memoizer's entries (it used to get id 1 - another
-//!   memoizer's table - and returned `2 * k` where it computes `3 * k`).
+//!   memoizer's table - and returned `2 * k` where it computes `3 * k`). Nor does one
+//!   whose file was replaced by another cache file: that file is never opened or written
+//!   (it used to be reopened as the cache's own, serving its entries as the cache's).
 //! - D2: opening a cache on a full disk fails cleanly and leaves no half-made file behind,
 //!   so the next open, once there is space, works (it used to find 73,728 zero bytes and
 //!   refuse them as "not a cache" forever); a running cache whose file was deleted while
@@ -207,5 +209,49 @@ fn a_running_cache_whose_file_was_deleted_on_a_full_disk_stores_again_once_space
     assert_eq!(
         memo(&cache, "m").get_or_compute(&5, |_| panic!("stored")),
         6
+    );
+}
+
+#[test]
+fn a_file_put_in_place_of_the_cache_file_is_never_written_into() {
+    let fs = TmpFs::mount("size=2m");
+    let path = fs.path("app.memo");
+    let filler = fs.path("filler");
+    let cache = cache(&path);
+    let mine = memo(&cache, "mine");
+    for k in 0..20 {
+        mine.get_or_compute(&k, |k| 2 * k);
+    }
+    cache.flush().unwrap();
+
+    // Another cache file, whose memoizer has the same id, is moved over the path.
+    let theirs = fs.path("theirs.memo");
+    {
+        let other = self::cache(&theirs);
+        let m = memo(&other, "theirs");
+        for k in 0..20 {
+            m.get_or_compute(&k, |k| 5 * k);
+        }
+    }
+    std::fs::rename(&theirs, &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    fill(&filler);
+    store_until_a_commit_fails(&cache, &mine, |k| 2 * k);
+    std::fs::remove_file(&filler).unwrap();
+    // Space is back: give the writer time to act on it (reads ask it to reopen).
+    for _ in 0..20 {
+        for k in 0..40 {
+            assert_eq!(mine.get_or_compute(&k, |k| 2 * k), 2 * k, "key {k}");
+        }
+        let _ = cache.flush();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = cache.health().last_error.unwrap_or_default();
+    assert!(last.contains("stopped using its file"), "{last}");
+    drop((mine, cache));
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the file put in place of the cache's was written into"
     );
 }

@@ -186,6 +186,32 @@ fn push_rkyv_attrs(shape: &mut String, attrs: &[syn::Attribute]) {
 /// # Ok::<(), fresco_memoize::Error>(())
 /// ```
 ///
+/// # Async
+///
+/// An `async fn` or async `&self` method is memoized the same way, on any executor: a
+/// hit is answered without awaiting anything, a miss runs the body once per key -
+/// concurrent calls of one key, async or not, share one computation, and wait for it
+/// without blocking their threads. If the computing call is cancelled (its future
+/// dropped) or panics, nothing is stored and a waiting call computes instead.
+///
+/// ```
+/// use fresco_memoize::memoize;
+///
+/// #[memoize]
+/// async fn fetch_title(id: u64) -> Result<String, String> {
+///     // an HTTP request, a query...
+///     if id == 0 { Err("no such book".into()) } else { Ok(format!("book {id}")) }
+/// }
+///
+/// smol::block_on(async {
+///     assert_eq!(fetch_title(7).await.as_deref(), Ok("book 7"));
+///     assert!(fetch_title(0).await.is_err()); // not cached
+///     assert!(fetch_title::memoizer().invalidate_key_async(&7).await?);
+///     Ok::<(), fresco_memoize::Error>(())
+/// })?;
+/// # Ok::<(), fresco_memoize::Error>(())
+/// ```
+///
 /// # Code changes
 ///
 /// Unless `version` is given, the version is a hash of the function's tokens - argument
@@ -197,8 +223,8 @@ fn push_rkyv_attrs(shape: &mut String, attrs: &[syn::Attribute]) {
 ///
 /// # Limits
 ///
-/// Generic, `async`, `const` and `unsafe` functions, `impl Trait` and `&mut` arguments
-/// are compile errors. In an `impl` block, a function without `self` must mention `Self`
+/// Generic, `const` and `unsafe` functions, `impl Trait` and `&mut` arguments are
+/// compile errors. In an `impl` block, a function without `self` must mention `Self`
 /// in its signature (or be written as a free function); methods of generic types and
 /// trait impls are not supported. A free function's companion is a type of the same
 /// name (a function and a type can share one). A `static` cache is never dropped: the

@@ -11,6 +11,10 @@
 //! `m_memoizer()` / `try_m_memoizer()` instead; its slot is type-erased because a `static`
 //! inside a method cannot name `Self`.
 //!
+//! An `async fn` keeps its signature; its body becomes an async block that
+//! `macro_support::call_async` awaits only on a miss (the same steps as the sync call,
+//! through `Memoizer::run_async`).
+//!
 //! Key type: one argument (counting `&self`) is the key itself, with one reference
 //! stripped (`&Book` -> `Book`, `&str` -> `str`); several form a tuple of owned types
 //! (`(&Book, &str)` -> `(Book, String)`). Calls serialize the borrowed arguments in
@@ -493,9 +497,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> Result<TokenStream
         })
     };
 
-    // The call path: key and dependency rows from the borrowed arguments.
-    // The closures' bodies; `__m` is the memoizer (bound by the sync call path's match,
-    // a closure argument in the async one).
+    // The call path: key and dependency rows from the borrowed arguments. These are the
+    // closures' bodies; `__m` is the memoizer (bound by the sync call path's match, a
+    // closure argument in the async one).
     let (key_fn, deps_fn) = if single {
         let a0 = lend(&args, 0);
         (quote!(__m.__key_of(#a0)), quote!(__m.__deps_of(#a0)))

@@ -360,6 +360,9 @@ impl Storage {
         let mut events = Vec::new();
         let reopened = match at_path {
             AtPath::Other => Err(self.detach("another file was put at its path; it is left alone")),
+            AtPath::Gone if !self.origin.creates() => {
+                Err(self.detach("the file was deleted, and this Cache may not create one"))
+            }
             AtPath::Gone => self.fresh(registry.or_else(|| self.kept_registry())),
             AtPath::Same if reset => self.reset(registry, &mut events, &turn),
             AtPath::Same => self.origin.reopen(),

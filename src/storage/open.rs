@@ -121,6 +121,11 @@ impl Origin {
         }
     }
 
+    /// Whether a missing file may be created (a backend always may: it is reopened).
+    pub(crate) fn creates(&self) -> bool {
+        !matches!(self, Origin::File { create: false, .. })
+    }
+
     /// The file, if there is one.
     pub(crate) fn path(&self) -> Option<&Path> {
         match self {
@@ -329,20 +334,7 @@ fn open_file(
     seen: &Mutex<Option<FileId>>,
 ) -> Result<redb::Database> {
     if mode != Mode::Fresh {
-        if let Some(bytes) = leading_bytes(path)
-            && !bytes.is_empty()
-            && bytes != REDB_MAGIC[..bytes.len()]
-        {
-            return Err(Error::NotACache {
-                path: path.to_path_buf(),
-                reason: "not a redb database".into(),
-            });
-        }
-        // A file that is someone else's (foreign tables, a newer format) is refused after
-        // a read-only look, so not even redb's header bookkeeping touches it.
-        if let Some(refusal) = inspect_read_only(path)? {
-            return Err(refusal);
-        }
+        refuse_foreign(path)?;
     }
     let io = |source| Error::Io {
         path: path.to_path_buf(),
@@ -410,6 +402,24 @@ fn open_db(
         }),
         // Corrupted, a failed repair...
         Ok(Err(e)) => Err(corrupted(path, e.to_string())),
+    }
+}
+
+/// Refuses a file that is not ours (not redb, foreign tables), newer, or held by someone,
+/// after a read-only look, so not even redb's header bookkeeping touches it. A missing or
+/// empty file passes.
+fn refuse_foreign(path: &Path) -> Result<()> {
+    if let Some(bytes) = leading_bytes(path)
+        && bytes != REDB_MAGIC[..bytes.len()]
+    {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            reason: "not a redb database".into(),
+        });
+    }
+    match inspect_read_only(path)? {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
     }
 }
 
@@ -521,17 +531,7 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Option<redb::ReadOnlyDatabas
         path: path.to_path_buf(),
         source,
     })?;
-    if let Some(bytes) = leading_bytes(path)
-        && bytes != REDB_MAGIC[..bytes.len()]
-    {
-        return Err(Error::NotACache {
-            path: path.to_path_buf(),
-            reason: "not a redb database".into(),
-        });
-    }
-    if let Some(refusal) = inspect_read_only(path)? {
-        return Err(refusal);
-    }
+    refuse_foreign(path)?;
     let opened = crate::panics::catch_quietly(|| redb::Builder::new().open_read_only(path));
     let db = match opened {
         Err(panic) => return Err(corrupted(path, format!("redb panicked: {panic}"))),
