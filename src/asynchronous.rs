@@ -101,8 +101,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 Step::Served(v) => return Ok(v),
                 Step::Wait(flight) => flight.wait_async().await,
                 Step::Alone => return compute(args).await,
-                Step::Lead(lead) => {
+                Step::Lead(mut lead) => {
                     let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
+                    self.core.begin(&mut lead, &ek, &deps);
                     // Dropping this future here drops `lead`: the flight lands unstored
                     // and a waiter takes over.
                     let value = compute(args).await?;

@@ -13,7 +13,7 @@ use crate::fence::Fence;
 use crate::inner::CacheInner;
 use crate::memoizer::MemoizerBuilder;
 use crate::report::{ErrorHook, Health, Reporter};
-use crate::shared::Shared;
+use crate::shared::{RemoteService, Shared};
 use crate::storage::Storage;
 use crate::storage::faults::FaultyBackend;
 use crate::storage::open::{OnCorruption, Origin, take_turn};
@@ -159,6 +159,9 @@ pub struct CacheBuilder {
     hook: Option<ErrorHook>,
     page_cache_bytes: usize,
     verify_on_open: bool,
+    /// Server settings of [`CacheBuilder::connect`] (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub(crate) remote: crate::remote::Options,
 }
 
 /// What a running cache keeps of its builder.
@@ -188,6 +191,8 @@ impl CacheBuilder {
             hook: None,
             page_cache_bytes: 256 << 20,
             verify_on_open: false,
+            #[cfg(feature = "redis")]
+            remote: crate::remote::Options::default(),
         }
     }
 
@@ -306,7 +311,7 @@ impl CacheBuilder {
             });
         }
         let db = db?;
-        start(db, origin, true, reporter, self.settings)
+        start(db, origin, true, reporter, self.settings, None)
     }
 
     /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
@@ -341,12 +346,12 @@ impl CacheBuilder {
             on_corruption: OnCorruption::Fail,
             ..self.settings
         };
-        start(db, origin, true, reporter, settings)
+        start(db, origin, true, reporter, settings, None)
     }
 
     /// A cache that keeps nothing on disk.
     pub fn in_memory(self) -> Result<Cache> {
-        self.over_backend(FaultyBackend::in_memory(), false)
+        self.over_backend(FaultyBackend::in_memory(), false, None)
     }
 
     /// Opens a cache over a redb backend given by the caller - for tests that inject I/O
@@ -356,14 +361,21 @@ impl CacheBuilder {
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
     pub fn __open_backend(self, backend: FaultyBackend) -> Result<Cache> {
-        self.over_backend(backend, true)
+        self.over_backend(backend, true, None)
     }
 
-    fn over_backend(self, backend: FaultyBackend, file_backed: bool) -> Result<Cache> {
+    /// A cache over `backend`; with `remote`, a connected cache whose memoizers keep their
+    /// persistent tier on that server (the redb backend then holds nothing of theirs).
+    pub(crate) fn over_backend(
+        self,
+        backend: FaultyBackend,
+        file_backed: bool,
+        remote: RemoteService,
+    ) -> Result<Cache> {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
-        start(db, origin, file_backed, reporter, self.settings)
+        start(db, origin, file_backed, reporter, self.settings, remote)
     }
 }
 
@@ -373,6 +385,7 @@ fn start(
     file_backed: bool,
     reporter: Arc<Reporter>,
     settings: Settings,
+    remote: RemoteService,
 ) -> Result<Cache> {
     let storage = Arc::new(Storage::new(db, origin, settings.on_corruption, reporter));
     let writer = Writer::spawn(storage.clone(), settings.durable_interval)?;
@@ -386,6 +399,7 @@ fn start(
         file_backed,
         next_entry_id: AtomicU64::new(seed),
         fence: Fence::default(),
+        remote,
     });
     let inner = Arc::new(CacheInner::new(shared));
     if let Some(every) = settings.sweep_interval {

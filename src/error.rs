@@ -135,6 +135,14 @@ pub enum Error {
     /// The write transaction carrying this operation failed; the cause is shared by every
     /// operation of that batch.
     WriteFailed(std::sync::Arc<Error>),
+    /// The cache server (Redis or Valkey, feature `redis`) could not be reached, timed out
+    /// or refused a command. Calls that meet it still compute and return their value.
+    Remote {
+        /// The server's address, credentials removed.
+        server: String,
+        /// What went wrong, credentials removed.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -246,6 +254,12 @@ impl fmt::Display for Error {
             Error::WriteFailed(cause) => {
                 write!(f, "the cache write failed and was rolled back: {cause}")
             }
+            Error::Remote { server, detail } => write!(
+                f,
+                "the cache server {server} failed ({detail}); values are computed without it \
+                 meanwhile - check that it is running and reachable (the cache reconnects by \
+                 itself)"
+            ),
             Error::WriterStopped => write!(
                 f,
                 "the cache's background writer has stopped; reopen the Cache"

@@ -113,11 +113,16 @@ impl CacheInner {
         }
         let shared = &self.shared;
         // Known from an earlier run (every start after the first): a read suffices.
-        let known = shared
-            .storage
-            .read(|txn| ops::zone_id(txn, name))
-            .ok()
-            .flatten();
+        // A connected cache's zone ids name keys on the server: the same on every machine.
+        let known = if shared.remote.is_some() {
+            Some(crate::fingerprint::name_hash(name))
+        } else {
+            shared
+                .storage
+                .read(|txn| ops::zone_id(txn, name))
+                .ok()
+                .flatten()
+        };
         let id = match known {
             Some(id) => id,
             None => {

@@ -85,6 +85,7 @@
 //! | `unaligned` | off | every persistent hit read in place | **changes rkyv's format for the whole program** (Cargo unifies features): every crate's rkyv archives become unaligned, so bytes written before read back differently |
 //! | `log` | on | the cache's own reports (a full disk, a damaged file) go to the [`log`](https://docs.rs/log) crate, target `fresco_memoize` | the `log` crate |
 //! | `cli` | off | the `fresco-memoize` binary | clap, serde_json |
+//! | `redis` | off | `CacheBuilder::connect`: memoizers on a Redis/Valkey server, shared by machines (README, "Beyond one machine") | the `redis` client crate |
 //!
 //! Without `unaligned` the crate enables no rkyv format control: a program's own rkyv
 //! archives keep their format. Persistent hits then read an archive in place when redb
@@ -121,6 +122,8 @@ pub mod macro_support;
 mod memoizer;
 mod memory;
 mod panics;
+#[cfg(feature = "redis")]
+mod remote;
 mod report;
 mod shared;
 mod stats;
@@ -150,6 +153,10 @@ pub use storage::open::OnCorruption;
 pub use value::Value;
 pub use zone::Zone;
 
+/// The Redis client this crate uses, for tests that read the server directly (hidden).
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub use redis as __redis;
 #[doc(hidden)]
 pub use rkyv as __rkyv;
 

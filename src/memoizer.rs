@@ -166,6 +166,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
             Read::Absent => {}
             other => return other,
         }
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &core.remote {
+            return self.remote_lookup(rt, ek, serve_due, stamp);
+        }
         let generation = core.generation();
         let Some(stored) = core.stored(ek) else {
             return Read::Miss;
@@ -241,6 +245,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         match in_memory {
             Read::Absent => {}
             other => return Ok(other),
+        }
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &core.remote {
+            return Ok(self.remote_archived(rt, ek, serve_due, stamp));
         }
         let Some(p) = &core.persistent else {
             return Ok(Read::Miss);
@@ -357,8 +365,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 Step::Served(v) => return Ok(v),
                 Step::Wait(flight) => flight.wait(),
                 Step::Alone => return finish(compute(args)?, None),
-                Step::Lead(lead) => {
+                Step::Lead(mut lead) => {
                     let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
+                    self.core.begin(&mut lead, &ek, &deps);
                     let value = compute(args)?;
                     let archive = self.core.land(lead, &ek, deps, &value);
                     return finish(value, archive);
@@ -465,6 +474,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                     .query(move |txn| ops::count_entries(txn, id))
                     .ok()
             }
+            // A connected memoizer's count lives on the server, uncounted.
+            None if core.remote.is_some() => None,
             None => core.memory_len(),
         };
         let mut stats = core.stats.snapshot(entries);
@@ -654,6 +665,19 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         );
         let keyed = zones.iter().any(|z| z.key.is_some());
         let on_disk = matches!(store, Store::Persistent | Store::Tiered(_));
+        // In a connected cache the server takes the file's place.
+        #[cfg(feature = "redis")]
+        let remote = match &shared.remote {
+            Some(service) if on_disk => Some(crate::remote::RemoteTier {
+                service: service.clone(),
+                memo: crate::remote::name_id(&self.name),
+                zones: zones.iter().map(|z| z.zone.id).collect(),
+                max_hits: self.max_hits.unwrap_or(0),
+            }),
+            _ => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        let remote: crate::tiers::RemoteSlot = None;
         let policy = Policy {
             name: self.name.clone(),
             fingerprint,
@@ -667,13 +691,15 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         };
         let memory = match store {
             Store::Memory => Some(None),
+            // A max_hits count lives on the server: never served from a local copy.
+            Store::Tiered(_) if remote.is_some() && self.max_hits.is_some() => None,
             Store::Lru(n) | Store::Tiered(n) => Some(Some(n)),
             Store::Persistent => None,
         };
         let indexed = self.expires.is_some() || keyed;
         let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
         let core = cache.register_live(&self.name, || {
-            let persistent = if on_disk {
+            let persistent = if on_disk && remote.is_none() {
                 let (placed, name) = (policy.placed, &policy.name);
                 Some(register(
                     &cache,
@@ -686,11 +712,15 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             } else {
                 None
             };
-            Ok(Arc::new(Tiers::new(policy, memory, persistent, shared)))
+            Ok(Arc::new(Tiers::new(
+                policy, memory, persistent, remote, shared,
+            )))
         })?;
         for z in &zones {
             z.zone.attach(&core);
         }
+        #[cfg(feature = "redis")]
+        crate::remote::listen_for(&cache, &core)?;
         let deps = zone::dep_fns(&self.name, zones);
         Ok(Memoizer::from_parts(core, cache, self.encode, deps))
     }

@@ -1,5 +1,5 @@
 //! The services every memoizer of a cache uses: the storage, its writer, the clock, the
-//! entry id counter and the invalidation fence. Below the memoizers' tiers, which hold it;
+//! entry id counter, the invalidation fence and (feature `redis`) the server. Below the memoizers' tiers, which hold it;
 //! knows nothing of memoizers, zones or the sweeper (those live in [`crate::inner`]).
 
 use std::sync::Arc;
@@ -18,7 +18,17 @@ pub(crate) struct Shared {
     pub file_backed: bool,
     pub next_entry_id: AtomicU64,
     pub fence: Fence,
+    /// The server of a connected cache (feature `redis`): its persistent memoizers'
+    /// tier, and the backend of their invalidations (`tiers::invalidate`).
+    pub remote: RemoteService,
 }
+
+/// The server of a connected cache; never present without the `redis` feature.
+#[cfg(feature = "redis")]
+pub(crate) type RemoteService = Option<Arc<crate::remote::Service>>;
+/// The server of a connected cache; never present without the `redis` feature.
+#[cfg(not(feature = "redis"))]
+pub(crate) type RemoteService = Option<std::convert::Infallible>;
 
 impl Drop for Shared {
     fn drop(&mut self) {

@@ -18,6 +18,8 @@
 //!    served at once.
 //! 2. The job commits durably; its pending copies leave the overlay and readers move to
 //!    the new snapshot before the caller is answered.
+//!    A connected cache (feature `redis`) has no disk job: its server step
+//!    (`Remove::on_server`) stands here, one write on the server.
 //! 3. The in-memory sides are purged. A tiered read that fetched a removed entry before
 //!    the window opened promotes it only if no window opened since (checked under the
 //!    memory lock), so it cannot put the entry back after this purge.
@@ -70,6 +72,15 @@ pub(crate) struct Policy {
     pub plain_keys: bool,
 }
 
+/// The server tier of a memoizer of a connected cache; never present without the `redis`
+/// feature.
+#[cfg(feature = "redis")]
+pub(crate) type RemoteSlot = Option<crate::remote::RemoteTier>;
+/// The server tier of a memoizer of a connected cache; never present without the `redis`
+/// feature.
+#[cfg(not(feature = "redis"))]
+pub(crate) type RemoteSlot = Option<std::convert::Infallible>;
+
 /// The type-erased state of one memoizer, shared by its clones.
 pub(crate) struct Tiers {
     pub policy: Policy,
@@ -78,6 +89,8 @@ pub(crate) struct Tiers {
     pub uid: u64,
     memory: Option<Mutex<MemStore>>,
     pub persistent: Option<Persistent>,
+    /// In a connected cache, the server takes the persistent table's place.
+    pub remote: RemoteSlot,
     /// Bumped by every invalidation; a computation that started under an older epoch
     /// does not store its result (it may be stale).
     epoch: AtomicU64,
@@ -119,6 +132,7 @@ impl Tiers {
         policy: Policy,
         memory: Option<Option<usize>>,
         persistent: Option<Persistent>,
+        remote: RemoteSlot,
         shared: Arc<Shared>,
     ) -> Self {
         Tiers {
@@ -126,6 +140,7 @@ impl Tiers {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             memory: memory.map(|cap| Mutex::new(MemStore::new(cap))),
             persistent,
+            remote,
             epoch: AtomicU64::new(0),
             flights: Flights::default(),
             served: Mutex::new(HashMapByKey::default()),
@@ -186,15 +201,25 @@ impl Tiers {
         bytes: &[u8],
         entry_id: u64,
     ) -> Verdict {
-        match self.shared.fence.check(stamp, self.uid, hash, bytes) {
-            Check::Valid => {}
-            Check::Covered => return Verdict::Miss,
-            Check::Moved => return Verdict::Retry,
+        match self.fenced(stamp, hash, bytes) {
+            Verdict::Serve => {}
+            other => return other,
         }
         match self.policy.max_hits {
             None => Verdict::Serve,
             Some(limit) if self.take_counted_hit(hash, entry_id, limit) => Verdict::Serve,
             Some(_) => Verdict::Miss,
+        }
+    }
+
+    /// The fence's half of [`take_hit`](Self::take_hit), alone: for entries whose
+    /// `max_hits` budget is kept elsewhere (on the server of a connected cache).
+    #[inline]
+    pub(crate) fn fenced(&self, stamp: u64, hash: &KeyHash, bytes: &[u8]) -> Verdict {
+        match self.shared.fence.check(stamp, self.uid, hash, bytes) {
+            Check::Valid => Verdict::Serve,
+            Check::Covered => Verdict::Miss,
+            Check::Moved => Verdict::Retry,
         }
     }
 
@@ -258,7 +283,7 @@ impl Tiers {
         serve_due: bool,
         read: impl FnOnce(&MemEntry) -> Looked<R>,
     ) -> Read<Looked<R>> {
-        let Some(mem) = self.memory.as_ref() else {
+        let Some(mem) = self.memory.as_ref().filter(|_| self.local_trusted()) else {
             return Read::Absent;
         };
         let mut mem = lock(mem);
@@ -296,6 +321,22 @@ impl Tiers {
         }
     }
 
+    /// Whether the in-memory tier may be served and filled: always, except in front of
+    /// a server while its invalidation listener is not live (pushes may be missed).
+    pub(crate) fn local_trusted(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            return rt.service.local_tiers_live();
+        }
+        true
+    }
+
+    /// Whether this memoizer has an in-memory tier.
+    #[cfg(feature = "redis")]
+    pub(crate) fn has_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
     /// The bytes the persistent tier holds under the key's row, if any (pending or
     /// committed). Errors are reported and read as a miss.
     pub(crate) fn stored(&self, ek: &EncodedKey) -> Option<StoredBytes> {
@@ -315,6 +356,25 @@ impl Tiers {
         self.shared.storage.generation()
     }
 
+    /// What to report about a damaged entry: where it was read from.
+    fn damaged(&self, detail: String) -> Error {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            return Error::Remote {
+                server: rt.service.server(),
+                detail: format!(
+                    "an entry of memoizer {:?} is damaged ({detail}) and was read as a miss",
+                    self.policy.name
+                ),
+            };
+        }
+        Error::DamagedEntry {
+            path: self.shared.storage.path().map(Path::to_path_buf),
+            memoizer: self.policy.name.clone(),
+            detail,
+        }
+    }
+
     /// Checks stored bytes belong to this key, type and version and are still live.
     /// Returns the payload offset and the header.
     pub(crate) fn admit(&self, ek: &EncodedKey, bytes: &[u8]) -> Option<(usize, Meta)> {
@@ -324,11 +384,7 @@ impl Tiers {
                 // Only damage makes an entry fail these checks: report it, read a miss
                 // (the recomputed value then overwrites the entry).
                 Counters::add(&self.stats.stale, 1);
-                self.report(Error::DamagedEntry {
-                    path: self.shared.storage.path().map(Path::to_path_buf),
-                    memoizer: self.policy.name.clone(),
-                    detail: format!("{malformed:?}"),
-                });
+                self.report(self.damaged(format!("{malformed:?}")));
                 return None;
             }
         };
@@ -349,12 +405,25 @@ impl Tiers {
     /// was read: either may have removed these bytes and purged the memory tier before
     /// this insert.
     pub(crate) fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64, stamp: u64) {
+        self.promote_if(ek, Arc::from(bytes), || {
+            self.shared.fence.unchanged(stamp) && self.generation() == generation
+        });
+    }
+
+    /// Inserts `bytes` into the in-memory tier if it has one and `still` holds, asked
+    /// under the tier's lock (an invalidation's purge of the tier waits for it).
+    pub(crate) fn promote_if(
+        &self,
+        ek: &EncodedKey,
+        bytes: Arc<[u8]>,
+        still: impl FnOnce() -> bool,
+    ) {
         let Some(mem) = &self.memory else { return };
-        let Some(entry) = MemEntry::new(Arc::from(bytes)) else {
+        let Some(entry) = MemEntry::new(bytes) else {
             return;
         };
         let mut mem = lock(mem);
-        if self.shared.fence.unchanged(stamp) && self.generation() == generation {
+        if still() {
             let evicted = mem.insert(ek.hash, entry);
             drop(mem);
             self.evicted(&evicted);
@@ -368,8 +437,20 @@ impl Tiers {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
-    pub(crate) fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
+    /// A new entry id. The fence takes entries with ids below a window's floor for
+    /// older than the invalidation (see `invalidate`).
+    pub(crate) fn next_entry_id(&self) -> u64 {
+        self.shared.next_entry_id.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Encodes a freshly computed value as the entry `entry_id` (with its deadline).
+    pub(crate) fn encode_entry(
+        &self,
+        ek: &EncodedKey,
+        archive: &[u8],
+        deps: &[DepRow],
+        entry_id: u64,
+    ) -> (Meta, Arc<[u8]>) {
         let now = self.now_ms();
         let meta = Meta {
             fingerprint: self.policy.fingerprint,
@@ -378,12 +459,18 @@ impl Tiers {
                 .policy
                 .expires
                 .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
-            // Before the epoch checks below: see the window floor in `invalidate`.
-            entry_id: self.shared.next_entry_id.fetch_add(1, Ordering::SeqCst),
+            entry_id,
         };
-        self.reset_hits(&ek.hash, meta.entry_id);
+        let bytes = entry::encode(&meta, ek.bytes.as_slice(), deps, archive).into();
+        (meta, bytes)
+    }
+
+    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
+    pub(crate) fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
         // Encoded once: the memory tier and the write queue share these bytes.
-        let bytes: Arc<[u8]> = entry::encode(&meta, ek.bytes.as_slice(), &deps, archive).into();
+        // Before the epoch checks below: see the window floor in `invalidate`.
+        let (meta, bytes) = self.encode_entry(ek, archive, &deps, self.next_entry_id());
+        self.reset_hits(&ek.hash, meta.entry_id);
         let mut stored = false;
         if let Some(mem) = &self.memory
             && let Some(entry) = MemEntry::new(bytes.clone())
@@ -499,6 +586,15 @@ impl Tiers {
         removed.len() as u64
     }
 
+    /// Applies an invalidation made elsewhere (by another machine, which the server's
+    /// push told of) to the in-memory tier: the epoch first, so a value read from the
+    /// server before it is not promoted after it (see `remote_promote`), then step 3.
+    #[cfg(feature = "redis")]
+    pub(crate) fn forget_elsewhere(&self, what: &Remove) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.forget(what, &Removed::default());
+    }
+
     /// Drops the hit counts of removed values (`hashes`, or all for a clear).
     fn forget_hits(&self, what: &Remove, hashes: &[KeyHash]) {
         if self.policy.max_hits.is_none() {
@@ -546,6 +642,9 @@ pub(crate) enum Step<'a, R> {
 pub(crate) struct Lead<'a> {
     leader: Leader<'a>,
     epoch: u64,
+    /// A connected memoizer's lease on the server and the stamps it computes under.
+    #[cfg(feature = "redis")]
+    remote: crate::remote::Leading,
 }
 
 impl Tiers {
@@ -600,9 +699,40 @@ impl Tiers {
         {
             return Step::Served(v);
         }
+        // A connected memoizer leads on the server too: wait for (or take) the key's
+        // lease, which another machine may hold.
+        #[cfg(feature = "redis")]
+        let remote = match self.remote_turn(ek, || match look(false) {
+            Looked::Hit(v) => Some(v),
+            _ => None,
+        }) {
+            Ok(leading) => leading,
+            Err(v) => return Step::Served(v),
+        };
         let epoch = self.epoch();
         Counters::add(&self.stats.misses, 1);
-        Step::Lead(Lead { leader, epoch })
+        Step::Lead(Lead {
+            leader,
+            epoch,
+            #[cfg(feature = "redis")]
+            remote,
+        })
+    }
+
+    /// Called by the leader once it knows the entry's dependency rows, before it
+    /// computes: a connected memoizer reads the stamps the value will be stored under.
+    pub(crate) fn begin(&self, lead: &mut Lead<'_>, ek: &EncodedKey, deps: &Result<Vec<DepRow>>) {
+        #[cfg(feature = "redis")]
+        if let (Some(rt), Ok(deps)) = (&self.remote, deps) {
+            // The entry's id and the fence's stamp before its stamps are read: a window
+            // that opens later covers the entry (its server step may come after the
+            // put), and the local tier is not filled after such a window.
+            lead.remote.entry_id = self.next_entry_id();
+            lead.remote.stamp = self.stamp();
+            lead.remote.stamps = self.remote_begin(rt, &ek.hash, deps);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (lead, ek, deps);
     }
 
     /// Stores `value`, computed under `lead`, unless an invalidation came since the lead
@@ -618,7 +748,7 @@ impl Tiers {
         let archive = match value.__archive() {
             Ok(archive) => {
                 match deps {
-                    Ok(deps) => self.store(ek, &archive, deps, lead.epoch),
+                    Ok(deps) => self.store_led(&lead, ek, &archive, deps),
                     Err(e) => self.report(e),
                 }
                 Some(archive)
@@ -630,6 +760,21 @@ impl Tiers {
         };
         drop(lead.leader);
         archive
+    }
+
+    /// Stores a value computed under `lead`: on the server (under the stamps read when
+    /// it began) for a connected memoizer, else in this process's tiers.
+    fn store_led(&self, lead: &Lead<'_>, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>) {
+        #[cfg(feature = "redis")]
+        if let Some(rt) = &self.remote {
+            if let Some(stamps) = &lead.remote.stamps {
+                let leading = &lead.remote;
+                let (meta, bytes) = self.encode_entry(ek, archive, &deps, leading.entry_id);
+                self.remote_store(rt, ek, bytes, meta.expires_at_ms, stamps, leading.stamp);
+            }
+            return;
+        }
+        self.store(ek, archive, deps, lead.epoch);
     }
 }
 
@@ -677,6 +822,33 @@ impl Remove {
         }
     }
 
+    /// What the server of a connected cache loses, and through which service: for
+    /// `Key` and `All` only if the target keeps its entries there.
+    #[cfg(feature = "redis")]
+    fn on_server<'a>(
+        &self,
+        shared: &'a Shared,
+        targets: &'a [Arc<Tiers>],
+    ) -> Option<(&'a crate::remote::Service, crate::remote::ServerRemoval)> {
+        use crate::remote::ServerRemoval;
+        let rt = targets.first().and_then(|t| t.remote.as_ref());
+        match *self {
+            Remove::Key(row) => rt.map(|rt| {
+                let memo = rt.memo;
+                (&*rt.service, ServerRemoval::Key { memo, row })
+            }),
+            Remove::All => rt.map(|rt| (&*rt.service, ServerRemoval::Memoizer(rt.memo))),
+            Remove::Dep { row, .. } => shared
+                .remote
+                .as_deref()
+                .map(|s| (s, ServerRemoval::Dep(row))),
+            Remove::Zone(zone) => shared
+                .remote
+                .as_deref()
+                .map(|s| (s, ServerRemoval::Zone(zone))),
+        }
+    }
+
     fn covers(&self, targets: &[Arc<Tiers>]) -> Covers {
         match *self {
             Remove::Key(hash) => Covers::Key {
@@ -703,7 +875,12 @@ pub(crate) async fn invalidate(
     how: Wait,
 ) -> Result<u64> {
     let turn = shared.fence.turn(how).await;
-    let disk = what.on_disk(targets);
+    // A connected cache's file holds nothing of its memoizers: the server takes its
+    // place (below).
+    let disk = match shared.remote {
+        Some(_) => None,
+        None => what.on_disk(targets),
+    };
     let (window, ticket) = shared.storage.with_pending_lock(|| {
         for t in targets {
             t.epoch.fetch_add(1, Ordering::SeqCst);
@@ -717,6 +894,20 @@ pub(crate) async fn invalidate(
         Some(ticket) => ticket.wait_as(how).await.map(Some),
         None => Ok(None),
     };
+    // The server step of a connected cache, in the file step's place: one write, which
+    // other machines hear of through their listeners. It answers within the server's
+    // response timeout, for which the async form blocks.
+    #[cfg(feature = "redis")]
+    let on_server = what
+        .on_server(shared, targets)
+        .map(|(service, removal)| service.invalidate(removal))
+        .transpose();
+    #[cfg(not(feature = "redis"))]
+    let on_server: Result<Option<u64>> = Ok(None);
+    if let Err(e) = &on_server {
+        shared.storage.reporter.report(e);
+    }
+    let on_server_n = on_server.as_ref().ok().copied().flatten().unwrap_or(0);
     let empty = Removed::default();
     let disk = on_disk
         .as_ref()
@@ -727,15 +918,21 @@ pub(crate) async fn invalidate(
         // A cleared table became a grave: its space is reclaimed in the background.
         shared.storage.reclaim_soon();
     }
-    let mut removed = disk.total();
+    let mut removed = disk.total() + on_server_n;
     for t in targets {
         let in_memory = t.forget(&what, disk);
-        // A tiered entry counts once: its disk copy, or its memory copy alone.
-        let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id));
+        // A tiered entry counts once: its disk (or server) copy, or its memory copy
+        // alone. Only a key's removal is counted by the server: it has one target.
+        let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id))
+            + if t.remote.is_some() { on_server_n } else { 0 };
         removed += in_memory.saturating_sub(on_disk);
         Counters::add(&t.stats.invalidations, on_disk.max(in_memory));
+        if on_server.is_err() && t.remote.is_some() {
+            Counters::add(&t.stats.errors, 1);
+        }
     }
     drop(window);
     on_disk?;
+    on_server?;
     Ok(removed)
 }

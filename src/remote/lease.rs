@@ -1,0 +1,201 @@
+//! Single-flight across machines: the leader of a row holds a lease on the server, renewed
+//! by one background thread per remote store while the computation runs; waiters poll
+//! the entry with a growing backoff and take over when the lease is gone (released, or
+//! expired because its holder died).
+//!
+//! A lease whose acquisition or release failed (a timeout: the command may still run
+//! when the server answers again) is an *orphan*: the same thread releases it as soon as
+//! the server answers, so that an outage does not leave other machines waiting a whole
+//! lease for a holder that gave up on it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::store::{Lease, Remote};
+use crate::key::KeyHash;
+
+/// The leases this process holds, renewed at a third of their duration.
+#[derive(Default)]
+pub(crate) struct Renewer {
+    held: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// Leases to release once the server answers, until they expire anyway.
+    orphans: Mutex<Vec<(Lease, Instant)>>,
+    next: AtomicU64,
+    started: std::sync::OnceLock<()>,
+    wake: Condvar,
+}
+
+/// A held lease; released when dropped.
+pub(crate) struct Held {
+    remote: Arc<Remote>,
+    renewer: Arc<Renewer>,
+    id: u64,
+    lease: Arc<Lease>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.renewer
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        if self.remote.release(&self.lease).is_err() {
+            self.renewer.orphan(&self.remote, (*self.lease).clone());
+        }
+    }
+}
+
+/// What a caller that missed should do.
+pub(crate) enum Turn<R> {
+    /// Another machine stored the value meanwhile.
+    Found(R),
+    /// Compute, holding the lease.
+    Lead(Held),
+    /// Compute without a lease: the server failed (the error, unless `look` reported it
+    /// already).
+    Alone(Option<crate::error::Error>),
+}
+
+/// Longest sleep between two looks at a leased row.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+impl Renewer {
+    /// Waits for the row's lease, looking for the value with `look` between attempts.
+    /// `look` returns `Err` when the server failed (it reported it): the caller then
+    /// computes without a lease (the value is still returned; reads validate stamps, so
+    /// an unleased store is never wrong, only possibly duplicated).
+    pub(crate) fn take_turn<R>(
+        self: &Arc<Self>,
+        remote: &Arc<Remote>,
+        memo: u64,
+        row: &KeyHash,
+        mut look: impl FnMut() -> Result<Option<R>, ()>,
+    ) -> Turn<R> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let lease = remote.new_lease(memo, row);
+            match remote.acquire(&lease) {
+                Err(e) => {
+                    self.orphan(remote, lease);
+                    return Turn::Alone(Some(e));
+                }
+                Ok(true) => {
+                    let held = self.hold(remote, lease);
+                    // The previous holder may have stored just before releasing.
+                    return match look() {
+                        Ok(Some(found)) => Turn::Found(found),
+                        Ok(None) => Turn::Lead(held),
+                        Err(()) => Turn::Alone(None),
+                    };
+                }
+                Ok(false) => {}
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            match look() {
+                Ok(Some(found)) => return Turn::Found(found),
+                Ok(None) => {}
+                Err(()) => return Turn::Alone(None),
+            }
+        }
+    }
+
+    fn hold(self: &Arc<Self>, remote: &Arc<Remote>, lease: Lease) -> Held {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let lease = Arc::new(lease);
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, lease.clone());
+        self.wake_thread(remote);
+        Held {
+            remote: remote.clone(),
+            renewer: self.clone(),
+            id,
+            lease,
+        }
+    }
+}
+
+impl Renewer {
+    /// Releases `lease` later, once the server answers.
+    fn orphan(self: &Arc<Self>, remote: &Arc<Remote>, lease: Lease) {
+        let expires = Instant::now() + remote.settings.lease;
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((lease, expires));
+        self.wake_thread(remote);
+    }
+
+    /// Starts the renewing thread if it is not running, and wakes it.
+    fn wake_thread(self: &Arc<Self>, remote: &Arc<Remote>) {
+        self.started.get_or_init(|| {
+            let renewer = Arc::downgrade(self);
+            let remote = Arc::downgrade(remote);
+            let _ = std::thread::Builder::new()
+                .name("fresco-memoize-leases".into())
+                .spawn(move || renew_loop(&renewer, &remote));
+        });
+        self.wake.notify_all();
+    }
+
+    /// Tries to release every orphan; keeps those the server did not answer for.
+    fn release_orphans(&self, remote: &Remote) -> bool {
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        let now = Instant::now();
+        let left: Vec<_> = orphans
+            .into_iter()
+            .filter(|(lease, expires)| *expires > now && remote.release(lease).is_err())
+            .collect();
+        let any = !left.is_empty();
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(left);
+        any
+    }
+}
+
+/// How often orphans are retried while the server does not answer.
+const ORPHAN_RETRY: Duration = Duration::from_millis(20);
+
+fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
+    loop {
+        let (Some(renewer), Some(remote)) = (renewer.upgrade(), remote.upgrade()) else {
+            return;
+        };
+        let orphans_left = renewer.release_orphans(&remote);
+        let every = if orphans_left {
+            ORPHAN_RETRY
+        } else {
+            remote.settings.lease / 3
+        };
+        let held: Vec<Arc<Lease>> = {
+            let held = renewer.held.lock().unwrap_or_else(|e| e.into_inner());
+            let held = if held.is_empty() && !orphans_left {
+                // Sleep until a lease is taken (or a while, to notice the store going).
+                renewer
+                    .wake
+                    .wait_timeout(held, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            } else {
+                held
+            };
+            held.values().cloned().collect()
+        };
+        let started = Instant::now();
+        for lease in &held {
+            // A lost or unrenewable lease is not fatal: another machine may compute too.
+            let _ = remote.renew(lease);
+        }
+        drop((renewer, remote));
+        if !held.is_empty() || orphans_left {
+            std::thread::sleep(every.saturating_sub(started.elapsed()));
+        }
+    }
+}

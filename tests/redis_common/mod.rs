@@ -1,0 +1,141 @@
+//! Shared by the redis test binaries: the CI server's URL, unique namespaces, and
+//! throwaway servers of a test's own (for the fault tests, which stop and restart them).
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server `.ci/redis-tests` started. Panics (the test fails) without one.
+pub fn url() -> String {
+    std::env::var("FRESCO_REDIS_URL").expect(
+        "FRESCO_REDIS_URL is not set: run the redis tests through `bash .ci/redis-tests`, \
+         which starts a throwaway redis-server and sets it",
+    )
+}
+
+/// A namespace no other test (or earlier run) uses.
+pub fn namespace(test: &str) -> String {
+    use std::hash::BuildHasher;
+    let salt = std::collections::hash_map::RandomState::new().hash_one(test);
+    format!("t-{test}-{}-{salt:x}", std::process::id())
+}
+
+/// A redis-server of one test's own, on a free port, with no persistence. Stopped when
+/// dropped.
+pub struct Server {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// A free port never handed out before in this process (a stopped server's port is
+/// free too, and must not go to another test's server while its own may restart),
+/// below Linux's ephemeral range: connecting over and over to a port of that range
+/// where nothing listens can connect the socket to itself, and then hold the port the
+/// server is about to bind.
+fn free_port() -> u16 {
+    use std::hash::BuildHasher;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let random = std::collections::hash_map::RandomState::new();
+    for attempt in 0u32.. {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    unreachable!()
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let mut server = Server {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (again) on its port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(std::env::temp_dir())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (.ci/redis-tests installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL: connections drop mid-command).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    }
+
+    /// Runs a command through redis-cli.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        self.stop();
+    }
+}
+
+impl Server {
+    fn resume_quietly(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+    }
+}
