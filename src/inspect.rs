@@ -23,8 +23,8 @@ use crate::storage::open::{OnCorruption, Origin, open_read_only};
 use crate::storage::ops;
 use crate::storage::scratch::ScratchCopy;
 use crate::storage::tables::{
-    DEPS, EXPIRY, EntriesDef, GENERATIONS, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META,
-    MemoRecord, ZONE_MEMBERS, ZONES, entries_name, expiry_end, split_expiry_key,
+    DEPS, EXPIRY, EntriesDef, KEY_FORMAT_VERSION, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord,
+    ZONE_MEMBERS, ZONES, entries_name, expiry_end, split_expiry_key,
 };
 use crate::tiers::Remove;
 
@@ -422,18 +422,7 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
     // Expired live entries per memoizer: one range read of the expiry index (rows of
     // graves, awaiting reclamation, are not entries any more). A file of an older format
     // (looked into read-only, not upgraded) has an index of another layout: no counts.
-    let generations: BTreeMap<u64, u64> = match txn.open_table(GENERATIONS) {
-        Ok(table) => {
-            let mut out = BTreeMap::new();
-            for item in table.iter()? {
-                let (id, generation) = item?;
-                out.insert(id.value(), generation.value());
-            }
-            out
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let generations = ops::read_generations(&txn)?;
     let mut expired: BTreeMap<u64, u64> = BTreeMap::new();
     match txn.open_table(EXPIRY) {
         Ok(expiry) => {

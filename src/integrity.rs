@@ -1,6 +1,6 @@
 //! The invariant checker: a full scan comparing entries with the dependency index.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 
@@ -9,11 +9,10 @@ use crate::error::Result;
 use crate::inner::CacheInner;
 use crate::key::filed_under;
 use crate::storage::tables::{
-    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, GENERATIONS, GRAVE_PREFIX, GRAVES, MEMOIZER_NAMES,
-    MEMOIZERS, MemoRecord, ZONE_MEMBERS, entries_name, entry_ref, expiry_key, grave_name,
-    split_grave_key,
+    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, GRAVE_PREFIX, GRAVES, MEMOIZER_NAMES, MEMOIZERS,
+    MemoRecord, ZONE_MEMBERS, entries_name, entry_ref, expiry_key, grave_name, split_grave_key,
 };
-use crate::storage::{Storage, guarded};
+use crate::storage::{Storage, guarded, ops};
 
 /// What [`Cache::check_integrity`](crate::Cache::check_integrity) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,18 +88,7 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
     }
     let mut expected = BTreeSet::new();
     let mut expected_expiry = BTreeSet::new();
-    let generations: BTreeMap<u64, u64> = match txn.open_table(GENERATIONS) {
-        Ok(table) => {
-            let mut out = BTreeMap::new();
-            for item in table.iter()? {
-                let (id, generation) = item?;
-                out.insert(id.value(), generation.value());
-            }
-            out
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => BTreeMap::new(),
-        Err(e) => return Err(e.into()),
-    };
+    let generations = ops::read_generations(&txn)?;
     // Live tables, then graves awaiting reclamation: the indexes are exact over both.
     let mut tables: Vec<(String, u64, u64, bool)> = ids
         .iter()

@@ -702,6 +702,22 @@ pub(crate) fn read_zone_members(txn: &ReadTransaction, zone_id: u64) -> R<Vec<u6
     Ok(out)
 }
 
+/// Each memoizer's live table generation, read from a snapshot (memoizers never cleared
+/// have none: generation 0). A file of an older format has no such table: an empty map.
+pub(crate) fn read_generations(txn: &ReadTransaction) -> R<std::collections::BTreeMap<u64, u64>> {
+    let table = match txn.open_table(GENERATIONS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for item in table.iter()? {
+        let (id, generation) = item?;
+        out.insert(id.value(), generation.value());
+    }
+    Ok(out)
+}
+
 /// Clears every memoizer recorded as a member of zone `zone_id`, including members this
 /// run has not built. Returns (memoizer id, entries removed) for each member.
 pub(crate) fn clear_zone(txn: &WriteTransaction, zone_id: u64) -> R<Vec<(u64, u64)>> {
