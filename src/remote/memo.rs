@@ -177,30 +177,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         serve_due: bool,
         stamp: u64,
     ) -> Read<Looked<V>> {
-        let core = &*self.core;
-        let epoch = core.epoch();
-        let Ok(Some((bytes, offset, meta))) = core.remote_read(rt, ek) else {
-            return Read::Miss;
-        };
-        if !serve_due && core.due(|| meta.stored_at_ms) {
-            return Read::Found(Looked::Due);
-        }
         let align = std::mem::align_of::<V::Archived>();
-        let value = with_aligned(&bytes[offset..], align, |payload| {
-            V::__access(payload).and_then(V::__deserialize).ok()
-        });
-        let Some(value) = value else {
-            Counters::add(&core.stats.stale, 1);
-            return Read::Miss;
-        };
-        match core.fenced(stamp, &ek.hash, &bytes) {
-            Verdict::Serve => {}
-            Verdict::Miss => return Read::Miss,
-            Verdict::Retry => return Read::Retry,
-        }
-        Counters::add(&core.stats.hits, 1);
-        core.remote_promote(rt, ek, bytes, epoch, stamp);
-        Read::Found(Looked::Hit(value))
+        self.remote_hit(rt, ek, serve_due, stamp, |bytes, offset| {
+            with_aligned(&bytes[offset..], align, |payload| {
+                V::__access(payload).and_then(V::__deserialize).ok()
+            })
+        })
     }
 
     /// A hit from the server read in place (see [`remote_lookup`](Self::remote_lookup)).
@@ -211,6 +193,21 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         serve_due: bool,
         stamp: u64,
     ) -> Read<Looked<ArchivedHit<V>>> {
+        self.remote_hit(rt, ek, serve_due, stamp, |bytes, offset| {
+            ArchivedHit::from_stored(StoredBytes::Shared(bytes.clone()), offset)
+        })
+    }
+
+    /// The one read path of both: fetch, refresh check, `decode` (a value that does not
+    /// decode is stale), the fence, then the count and the promotion.
+    fn remote_hit<R>(
+        &self,
+        rt: &RemoteTier,
+        ek: &EncodedKey,
+        serve_due: bool,
+        stamp: u64,
+        decode: impl FnOnce(&Arc<[u8]>, usize) -> Option<R>,
+    ) -> Read<Looked<R>> {
         let core = &*self.core;
         let epoch = core.epoch();
         let Ok(Some((bytes, offset, meta))) = core.remote_read(rt, ek) else {
@@ -219,7 +216,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         if !serve_due && core.due(|| meta.stored_at_ms) {
             return Read::Found(Looked::Due);
         }
-        let Some(hit) = ArchivedHit::from_stored(StoredBytes::Shared(bytes.clone()), offset) else {
+        let Some(found) = decode(&bytes, offset) else {
             Counters::add(&core.stats.stale, 1);
             return Read::Miss;
         };
@@ -230,6 +227,6 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         }
         Counters::add(&core.stats.hits, 1);
         core.remote_promote(rt, ek, bytes, epoch, stamp);
-        Read::Found(Looked::Hit(hit))
+        Read::Found(Looked::Hit(found))
     }
 }
