@@ -24,6 +24,12 @@ use crate::Fingerprint;
 /// assert_value::<Synopsis>();
 /// assert_value::<Option<Vec<(u64, String)>>>();
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be memoized: it is not a `fresco_memoize::Value`",
+    label = "not a memoizable value",
+    note = "derive the four traits on your type: `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, fresco_memoize::Fingerprint)]` (values are also `Send + 'static`)",
+    note = "a type with only serde impls is memoized as `fresco_memoize::Serde<T>`"
+)]
 pub trait Value: Fingerprint + rkyv::Archive + Sized + Send + 'static {
     #[doc(hidden)]
     fn __archive(&self) -> Result<AlignedVec, rancor::Error>;
