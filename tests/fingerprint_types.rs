@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::CString;
-use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::num::{NonZeroI64, NonZeroU8, NonZeroU32, NonZeroUsize};
@@ -18,33 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use fresco_memoize::{Cache, Fingerprint, Value};
+use fresco_memoize::{Cache, Fingerprint};
 
-/// Stores `value` under key 1 in a fresh file, reads it back as a hit in the same cache
-/// and, after reopening the file, both owned and in place (deserialized from the guard).
-fn round_trip<V: Value + Clone + PartialEq + Debug>(value: V) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("types.memo");
-    {
-        let cache = Cache::open(&path).unwrap();
-        let m = cache.memoizer::<u64, V>("types").build().unwrap();
-        let stored = value.clone();
-        assert_eq!(m.get_or_compute(&1, move |_| stored), value);
-        assert_eq!(
-            m.get_or_compute(&1, |_| panic!("a hit was expected")),
-            value
-        );
-        assert_eq!(m.stats().hits, 1);
-    }
-    let cache = Cache::open(&path).unwrap();
-    let m = cache.memoizer::<u64, V>("types").build().unwrap();
-    assert_eq!(
-        m.get_or_compute(&1, |_| panic!("the file's value was expected")),
-        value
-    );
-    let hit = m.get_archived(&1).unwrap().expect("stored in the file");
-    assert_eq!(hit.deserialize().unwrap(), value);
-}
+mod round_trip;
+use round_trip::round_trip;
 
 #[derive(
     rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint, Clone, Debug, PartialEq,
