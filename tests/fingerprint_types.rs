@@ -320,3 +320,46 @@ fn missing_impls_and_bad_attributes_say_what_to_do() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui_values/*.rs");
 }
+
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint, Clone, Debug, PartialEq,
+)]
+struct Artifact {
+    #[rkyv(with = rkyv::with::AsString)]
+    path: PathBuf,
+}
+
+#[cfg(unix)]
+#[test]
+fn a_path_rkyv_cannot_archive_is_returned_not_stored_and_reported() {
+    use std::os::unix::ffi::OsStrExt;
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&errors);
+    let cache = Cache::builder()
+        .on_error(move |_| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .in_memory()
+        .unwrap();
+    let m = cache.memoizer::<u8, Artifact>("artifacts").build().unwrap();
+    // `AsString` archives UTF-8 paths only.
+    let odd = Artifact {
+        path: PathBuf::from(std::ffi::OsStr::from_bytes(b"out/\xff.bin")),
+    };
+    let value = odd.clone();
+    assert_eq!(m.get_or_compute(&1, move |_| value), odd);
+    let again = Artifact {
+        path: "out/ok.bin".into(),
+    };
+    let value = again.clone();
+    assert_eq!(
+        m.get_or_compute(&1, move |_| value),
+        again,
+        "nothing was stored"
+    );
+    assert_eq!(
+        m.get_or_compute(&1, |_| panic!("the UTF-8 path was stored")),
+        again
+    );
+    assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
