@@ -34,14 +34,14 @@ use rkyv::util::AlignedVec;
 
 use crate::entry::{self, Meta};
 use crate::error::{Error, Result};
-use crate::fence::{Check, Covers};
+use crate::fence::{Check, Covers, Window};
 use crate::flight::{Caller, Flight, Flights, Leader, Role};
 use crate::key::{DepRow, EncodedKey, HashMapByKey, KeyHash, KeyHasher};
 use crate::memory::{MemEntry, MemStore};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::ops::{Removal, Removed};
-use crate::storage::writer::{Wait, now};
+use crate::storage::writer::{Ticket, Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
 use crate::value::Value;
 
@@ -890,49 +890,96 @@ pub(crate) async fn invalidate(
         let window = turn.open(what.covers(targets), floor);
         (window, disk.map(|removal| shared.writer.remove(removal)))
     });
-    let on_disk = match ticket {
-        Some(ticket) => ticket.wait_as(how).await.map(Some),
+    let mut tail = Tail {
+        shared,
+        targets,
+        what: &what,
+        window: Some(window),
+        ticket,
+    };
+    let on_disk = match &tail.ticket {
+        Some(ticket) => ticket.wait_ref(how).await.map(Some),
         None => Ok(None),
     };
-    // The server step of a connected cache, in the file step's place: one write, which
-    // other machines hear of through their listeners. It answers within the server's
-    // response timeout, for which the async form blocks.
-    #[cfg(feature = "redis")]
-    let on_server = what
-        .on_server(shared, targets)
-        .map(|(service, removal)| service.invalidate(removal))
-        .transpose();
-    #[cfg(not(feature = "redis"))]
-    let on_server: Result<Option<u64>> = Ok(None);
-    if let Err(e) = &on_server {
-        shared.storage.reporter.report(e);
+    tail.ticket = None;
+    tail.finish(on_disk)
+}
+
+/// The rest of an invalidation once its window is open: the server step, cleaning the
+/// memory tiers, counting, and only then closing the window.
+///
+/// It is a guard because an async caller may drop its future while the commit is still
+/// pending. Closing the window then, as a plain drop would, lets readers see removed
+/// entries again (from memory tiers, and from the file until the queued removal
+/// commits): the removal would look undone. So a dropped invalidation finishes here, on
+/// the dropping thread, blocking for at most the commit it was waiting for.
+struct Tail<'a> {
+    shared: &'a Shared,
+    targets: &'a [Arc<Tiers>],
+    what: &'a Remove,
+    /// `Some` until [`finish`](Self::finish) starts.
+    window: Option<Window<'a>>,
+    /// The file step's reply, while not yet received.
+    ticket: Option<Ticket<Removed>>,
+}
+
+impl Tail<'_> {
+    fn finish(&mut self, on_disk: Result<Option<Removed>>) -> Result<u64> {
+        let (shared, targets, what) = (self.shared, self.targets, self.what);
+        // Dropped at the end, after every tier is clean (also if this panics).
+        let window = self.window.take();
+        // The server step of a connected cache, in the file step's place: one write, which
+        // other machines hear of through their listeners. It answers within the server's
+        // response timeout, for which the async form blocks.
+        #[cfg(feature = "redis")]
+        let on_server = what
+            .on_server(shared, targets)
+            .map(|(service, removal)| service.invalidate(removal))
+            .transpose();
+        #[cfg(not(feature = "redis"))]
+        let on_server: Result<Option<u64>> = Ok(None);
+        if let Err(e) = &on_server {
+            shared.storage.reporter.report(e);
+        }
+        let on_server_n = on_server.as_ref().ok().copied().flatten().unwrap_or(0);
+        let empty = Removed::default();
+        let disk = on_disk
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .unwrap_or(&empty);
+        if !disk.cleared.is_empty() {
+            // A cleared table became a grave: its space is reclaimed in the background.
+            shared.storage.reclaim_soon();
+        }
+        let mut removed = disk.total() + on_server_n;
+        for t in targets {
+            let in_memory = t.forget(what, disk);
+            // A tiered entry counts once: its disk (or server) copy, or its memory copy
+            // alone. Only a key's removal is counted by the server: it has one target.
+            let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id))
+                + if t.remote.is_some() { on_server_n } else { 0 };
+            removed += in_memory.saturating_sub(on_disk);
+            Counters::add(&t.stats.invalidations, on_disk.max(in_memory));
+            if on_server.is_err() && t.remote.is_some() {
+                Counters::add(&t.stats.errors, 1);
+            }
+        }
+        drop(window);
+        on_disk?;
+        on_server?;
+        Ok(removed)
     }
-    let on_server_n = on_server.as_ref().ok().copied().flatten().unwrap_or(0);
-    let empty = Removed::default();
-    let disk = on_disk
-        .as_ref()
-        .ok()
-        .and_then(Option::as_ref)
-        .unwrap_or(&empty);
-    if !disk.cleared.is_empty() {
-        // A cleared table became a grave: its space is reclaimed in the background.
-        shared.storage.reclaim_soon();
-    }
-    let mut removed = disk.total() + on_server_n;
-    for t in targets {
-        let in_memory = t.forget(&what, disk);
-        // A tiered entry counts once: its disk (or server) copy, or its memory copy
-        // alone. Only a key's removal is counted by the server: it has one target.
-        let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id))
-            + if t.remote.is_some() { on_server_n } else { 0 };
-        removed += in_memory.saturating_sub(on_disk);
-        Counters::add(&t.stats.invalidations, on_disk.max(in_memory));
-        if on_server.is_err() && t.remote.is_some() {
-            Counters::add(&t.stats.errors, 1);
+}
+
+impl Drop for Tail<'_> {
+    fn drop(&mut self) {
+        if self.window.is_none() {
+            return;
+        }
+        let on_disk = self.ticket.take().map(Ticket::wait).transpose();
+        if let Err(e) = self.finish(on_disk) {
+            self.shared.storage.reporter.report(&e);
         }
     }
-    drop(window);
-    on_disk?;
-    on_server?;
-    Ok(removed)
 }
