@@ -212,56 +212,30 @@ mod geo {
 
 // The same struct three times, as three builds of a program would have it: `v1` and
 // `v1_again` name the field type alike, `v2` has bumped the name.
-mod v1 {
-    #[derive(
-        rkyv::Archive,
-        rkyv::Serialize,
-        rkyv::Deserialize,
-        fresco_memoize::Fingerprint,
-        Clone,
-        Debug,
-        PartialEq,
-    )]
-    pub struct Route {
-        pub name: String,
-        #[fingerprint(with = "geo::Point 1")]
-        pub start: super::geo::Point,
-    }
+macro_rules! route_build {
+    ($build:ident, $with:literal) => {
+        mod $build {
+            #[derive(
+                rkyv::Archive,
+                rkyv::Serialize,
+                rkyv::Deserialize,
+                fresco_memoize::Fingerprint,
+                Clone,
+                Debug,
+                PartialEq,
+            )]
+            pub struct Route {
+                pub name: String,
+                #[fingerprint(with = $with)]
+                pub start: super::geo::Point,
+            }
+        }
+    };
 }
 
-mod v1_again {
-    #[derive(
-        rkyv::Archive,
-        rkyv::Serialize,
-        rkyv::Deserialize,
-        fresco_memoize::Fingerprint,
-        Clone,
-        Debug,
-        PartialEq,
-    )]
-    pub struct Route {
-        pub name: String,
-        #[fingerprint(with = "geo::Point 1")]
-        pub start: super::geo::Point,
-    }
-}
-
-mod v2 {
-    #[derive(
-        rkyv::Archive,
-        rkyv::Serialize,
-        rkyv::Deserialize,
-        fresco_memoize::Fingerprint,
-        Clone,
-        Debug,
-        PartialEq,
-    )]
-    pub struct Route {
-        pub name: String,
-        #[fingerprint(with = "geo::Point 2")]
-        pub start: super::geo::Point,
-    }
-}
+route_build!(v1, "geo::Point 1");
+route_build!(v1_again, "geo::Point 1");
+route_build!(v2, "geo::Point 2");
 
 #[test]
 fn a_field_without_fingerprint_takes_a_with_string() {

@@ -49,27 +49,28 @@ where
     );
 }
 
-#[cfg(feature = "tinyvec-1")]
-impl<A: tinyvec_1::Array> Fingerprint for tinyvec_1::TinyVec<A>
-where
-    A::Item: Fingerprint,
-{
-    const SCHEMA: u64 = mix(
-        name_hash("tinyvec::TinyVec"),
-        &[<A::Item as Fingerprint>::SCHEMA],
-    );
+/// Vectors generic over an inline array type `A` that spill to the heap.
+macro_rules! spilling_fingerprint {
+    ($($feature:literal => $name:literal, $t:ident < $array:path >),* $(,)?) => {$(
+        #[cfg(feature = $feature)]
+        impl<A: $array> Fingerprint for $t<A>
+        where
+            A::Item: Fingerprint,
+        {
+            const SCHEMA: u64 = mix(name_hash($name), &[<A::Item as Fingerprint>::SCHEMA]);
+        }
+    )*};
 }
 
 #[cfg(feature = "smallvec-1")]
-impl<A: smallvec_1::Array> Fingerprint for smallvec_1::SmallVec<A>
-where
-    A::Item: Fingerprint,
-{
-    const SCHEMA: u64 = mix(
-        name_hash("smallvec::SmallVec"),
-        &[<A::Item as Fingerprint>::SCHEMA],
-    );
-}
+use smallvec_1::SmallVec;
+#[cfg(feature = "tinyvec-1")]
+use tinyvec_1::TinyVec;
+
+spilling_fingerprint!(
+    "tinyvec-1" => "tinyvec::TinyVec", TinyVec<tinyvec_1::Array>,
+    "smallvec-1" => "smallvec::SmallVec", SmallVec<smallvec_1::Array>,
+);
 
 #[cfg(feature = "thin-vec-0_2")]
 impl<T: Fingerprint> Fingerprint for thin_vec_0_2::ThinVec<T> {
