@@ -9,25 +9,22 @@
 #[allow(unused_imports)] // none of the features may be on
 use super::{Fingerprint, mix, name_hash};
 
-#[cfg(feature = "uuid-1")]
-impl Fingerprint for uuid_1::Uuid {
-    const SCHEMA: u64 = name_hash("uuid::Uuid");
+/// Types without parameters, named by crate and type.
+macro_rules! leaf_fingerprint {
+    ($($feature:literal => $name:literal, $t:ty);* $(;)?) => {$(
+        #[cfg(feature = $feature)]
+        impl Fingerprint for $t {
+            const SCHEMA: u64 = name_hash($name);
+        }
+    )*};
 }
 
-#[cfg(feature = "bytes-1")]
-impl Fingerprint for bytes_1::Bytes {
-    const SCHEMA: u64 = name_hash("bytes::Bytes");
-}
-
-#[cfg(feature = "smol_str-0_2")]
-impl Fingerprint for smol_str_0_2::SmolStr {
-    const SCHEMA: u64 = name_hash("smol_str::SmolStr");
-}
-
-#[cfg(feature = "smol_str-0_3")]
-impl Fingerprint for smol_str_0_3::SmolStr {
-    const SCHEMA: u64 = name_hash("smol_str::SmolStr");
-}
+leaf_fingerprint!(
+    "uuid-1" => "uuid::Uuid", uuid_1::Uuid;
+    "bytes-1" => "bytes::Bytes", bytes_1::Bytes;
+    "smol_str-0_2" => "smol_str::SmolStr", smol_str_0_2::SmolStr;
+    "smol_str-0_3" => "smol_str::SmolStr", smol_str_0_3::SmolStr;
+);
 
 // Capacity does not reach the archive (a vector of the items), but deserializing more
 // items than the capacity holds would panic inside the arrayvec crate: a changed capacity
