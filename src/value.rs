@@ -12,7 +12,9 @@ use crate::Fingerprint;
 ///
 /// Implemented automatically for every type with
 /// `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint)]`, and for
-/// the std types rkyv supports (`u64`, `String`, `Vec<T>`, `Option<T>`, tuples...).
+/// the std types rkyv supports (`u64`, `String`, `Vec<T>`, `Option<T>`, tuples...; the
+/// list is on [`Fingerprint`]). A type with serde impls only is memoized as
+/// [`Serde<T>`](crate::Serde).
 ///
 /// ```
 /// use fresco_memoize::{Fingerprint, Value};
