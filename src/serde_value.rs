@@ -45,9 +45,11 @@ use crate::fingerprint::{mix, name_hash};
 /// # Costs and limits
 ///
 /// - **Slower than rkyv.** Storing encodes with postcard into a temporary buffer, then
-///   copies it into the archive; every hit decodes and allocates the whole value (an rkyv
-///   hit of a flat type costs one validation and one copy). Derive rkyv's traits where
-///   you can.
+///   copies it into the archive; every hit decodes the postcard bytes, varint by varint,
+///   where rkyv copies its archive out. Measured (callgrind, release build) for a struct
+///   of a `String` and 100 `u32`s: about 3,700 instructions per hit against 1,700 with
+///   rkyv's derives in `Store::Memory`, 4,800 against 3,100 from the file. Derive rkyv's
+///   traits where you can.
 /// - **Owned hits only.** [`get_archived`](crate::Memoizer::get_archived) hands back the
 ///   raw postcard bytes (an `ArchivedVec<u8>`), not a readable `T`; use
 ///   [`get_or_compute`](crate::Memoizer::get_or_compute) and friends, or
