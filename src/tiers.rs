@@ -22,7 +22,7 @@
 //!    (`Remove::on_server`) stands here, one write on the server.
 //! 3. The in-memory sides are purged. A tiered read that fetched a removed entry before
 //!    the window opened promotes it only if no window opened since (checked under the
-//!    memory lock), so it cannot put the entry back after this purge.
+//!    lock of its memory shard), so it cannot put the entry back after this purge.
 //! 4. The window closes: every tier agrees again.
 
 use std::path::Path;
@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::fence::{Check, Covers, Window};
 use crate::flight::{Caller, Flight, Flights, Leader, Role};
 use crate::key::{DepRow, EncodedKey, HashMapByKey, KeyHash, KeyHasher};
-use crate::memory::{MemEntry, MemStore};
+use crate::memory::{MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::ops::{Removal, Removed};
@@ -87,7 +87,7 @@ pub(crate) struct Tiers {
     /// Identifies this memoizer to the fence (unique in the process; memory-only
     /// memoizers have no table id).
     pub uid: u64,
-    memory: Option<Mutex<MemStore>>,
+    memory: Option<Sharded>,
     pub persistent: Option<Persistent>,
     /// In a connected cache, the server takes the persistent table's place.
     pub remote: RemoteSlot,
@@ -138,7 +138,7 @@ impl Tiers {
         Tiers {
             policy,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
-            memory: memory.map(|cap| Mutex::new(MemStore::new(cap))),
+            memory: memory.map(Sharded::new),
             persistent,
             remote,
             epoch: AtomicU64::new(0),
@@ -286,7 +286,7 @@ impl Tiers {
         let Some(mem) = self.memory.as_ref().filter(|_| self.local_trusted()) else {
             return Read::Absent;
         };
-        let mut mem = lock(mem);
+        let mut mem = mem.shard(&ek.hash);
         let found = mem.get_with(&ek.hash, |entry| {
             if entry.key() != ek.bytes.as_slice() {
                 Counters::add(&self.stats.stale, 1);
@@ -298,7 +298,7 @@ impl Tiers {
             if !serve_due && self.due(|| entry.meta().stored_at_ms) {
                 return Some(Read::Found(Looked::Due));
             }
-            // Under the memory lock: an invalidation's purge of this tier waits for it.
+            // Under the shard's lock: an invalidation's purge of this shard waits for it.
             Some(
                 match self.take_hit(stamp, &ek.hash, entry.bytes(), entry.entry_id()) {
                     Verdict::Serve => Read::Found(read(entry)),
@@ -422,7 +422,7 @@ impl Tiers {
         let Some(entry) = MemEntry::new(bytes) else {
             return;
         };
-        let mut mem = lock(mem);
+        let mut mem = mem.shard(&ek.hash);
         if still() {
             let evicted = mem.insert(ek.hash, entry);
             drop(mem);
@@ -475,7 +475,7 @@ impl Tiers {
         if let Some(mem) = &self.memory
             && let Some(entry) = MemEntry::new(bytes.clone())
         {
-            let mut mem = lock(mem);
+            let mut mem = mem.shard(&ek.hash);
             if self.epoch() == epoch {
                 let evicted = mem.insert(ek.hash, entry);
                 drop(mem);
@@ -506,12 +506,12 @@ impl Tiers {
 
     /// Entries in the memory tier, if it is the only one.
     pub(crate) fn memory_len(&self) -> Option<u64> {
-        self.memory.as_ref().map(|m| lock(m).len() as u64)
+        self.memory.as_ref().map(|m| m.len() as u64)
     }
 
     /// Checks the in-memory store's own invariants (for `check_integrity`).
     pub(crate) fn validate_memory(&self) -> Result<(), String> {
-        self.memory.as_ref().map_or(Ok(()), |m| lock(m).validate())
+        self.memory.as_ref().map_or(Ok(()), Sharded::validate)
     }
 
     /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
@@ -525,13 +525,11 @@ impl Tiers {
             .collect();
         self.forget_counts(from_disk.iter().copied());
         let Some(mem) = &self.memory else { return 0 };
-        let mut mem = lock(mem);
         let expired = mem.remove_expired(now);
         let mut n = expired.len() as u64;
         for h in &from_disk {
-            n += mem.remove(h).is_some() as u64;
+            n += mem.shard(h).remove(h).is_some() as u64;
         }
-        drop(mem);
         self.forget_counts(&expired);
         Counters::add(&self.stats.expirations, n);
         n
@@ -563,9 +561,11 @@ impl Tiers {
             self.forget_hits(what, &[]);
             return 0;
         };
-        let mut mem = lock(mem);
         let removed: Vec<KeyHash> = match what {
-            Remove::Key(hash) => mem.remove(hash).map(|_| *hash).into_iter().collect(),
+            Remove::Key(hash) => {
+                let gone = mem.shard(hash).remove(hash);
+                gone.map(|_| *hash).into_iter().collect()
+            }
             Remove::All | Remove::Zone(_) => {
                 let n = mem.clear() as u64;
                 self.forget_hits(what, &[]);
@@ -575,7 +575,7 @@ impl Tiers {
                 let mut hashes = mem.remove_dep(row);
                 let id = self.persistent.as_ref().map(|p| p.id);
                 for (_, h) in disk.keys.iter().filter(|(m, _)| Some(*m) == id) {
-                    if mem.remove(h).is_some() {
+                    if mem.shard(h).remove(h).is_some() {
                         hashes.push(*h);
                     }
                 }
