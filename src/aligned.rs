@@ -124,12 +124,36 @@ mod tests {
 
     #[test]
     fn aligned_bytes_are_read_in_place() {
-        let buf = copy(&[1, 2, 3, 4]);
-        let seen = with_aligned(&buf, 16, |b| b.as_ptr());
-        assert_eq!(seen, buf.as_ptr());
-        let seen = with_aligned(&buf[1..], 2, |b| (b.as_ptr(), b.to_vec()));
+        let buf = copy(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        let seen = with_aligned(&buf, 16, |b| Some(b.as_ptr()));
+        assert_eq!(seen, Some(buf.as_ptr()));
+        let seen = with_aligned(&buf[1..], 2, |b| Some((b.as_ptr(), b.to_vec()))).unwrap();
         assert_ne!(seen.0, buf[1..].as_ptr());
-        assert_eq!(seen.1, [2, 3, 4]);
+        assert_eq!(seen.1, [2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_failure_in_place_is_retried_from_a_copy_aligned_for_anything() {
+        let buf = copy(&[0; 32]);
+        // 8-aligned, not 16-aligned: found nothing in place, then tried from a copy.
+        let mut tried = Vec::new();
+        let seen = with_aligned(&buf[8..], 8, |b| {
+            tried.push(b.as_ptr());
+            is_aligned(b, 16).then_some(())
+        });
+        assert_eq!(seen, Some(()));
+        assert_eq!(tried.len(), 2);
+        assert_eq!(tried[0], buf[8..].as_ptr());
+        // 16-aligned already: a failure there is final.
+        let mut runs = 0;
+        assert_eq!(
+            with_aligned(&buf, 8, |_| {
+                runs += 1;
+                None::<()>
+            }),
+            None
+        );
+        assert_eq!(runs, 1);
     }
 
     #[test]
