@@ -330,6 +330,11 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                     last_durable = Instant::now();
                     storage.reporter.durable_commit();
                     storage.check_file();
+                    // The writes paused: give back what their copy-on-write left behind
+                    // (a flush did so before it answered, in `commit_batch`).
+                    if idle {
+                        storage.compact_if_grown();
+                    }
                 }
                 Ok(()) => dirty = true,
                 // The reopened database holds only what was durable.
@@ -404,6 +409,10 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     // Committed puts are now in the snapshot; failed ones are dropped (a later call
     // recomputes). Either way they leave the overlay.
     storage.settle_pending(&settled);
+    // A flush returns with the file compacted if it had grown (see `compact_if_grown`).
+    if committed && durable && replies.iter().any(|r| matches!(r, Reply::Flush(_))) {
+        storage.compact_if_grown();
+    }
     let failure = outcome.err().map(|e| {
         let damaged = super::is_corruption(&e);
         let error = Arc::new(storage.error(e));
