@@ -9,11 +9,11 @@
 //! lease for a holder that gave up on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::store::{Lease, Remote};
+use super::store::{Lease, Led, Remote, Stamps};
 use crate::key::KeyHash;
 
 /// The leases this process holds, renewed at a third of their duration.
@@ -27,12 +27,26 @@ pub(crate) struct Renewer {
     wake: Condvar,
 }
 
-/// A held lease; released when dropped.
+/// A held lease; released when dropped, unless the put that stored its computation
+/// released it already ([`Held::given_back`]).
 pub(crate) struct Held {
     remote: Arc<Remote>,
     renewer: Arc<Renewer>,
     id: u64,
     lease: Arc<Lease>,
+    given_back: AtomicBool,
+}
+
+impl Held {
+    /// The lease, for a put that gives it back.
+    pub(crate) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The server released the lease (the put did): dropping it sends nothing.
+    pub(crate) fn given_back(&self) {
+        self.given_back.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Held {
@@ -42,7 +56,7 @@ impl Drop for Held {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
-        if self.remote.release(&self.lease).is_err() {
+        if !self.given_back.load(Ordering::Relaxed) && self.remote.release(&self.lease).is_err() {
             self.renewer.orphan(&self.remote, (*self.lease).clone());
         }
     }
@@ -52,8 +66,9 @@ impl Drop for Held {
 pub(crate) enum Turn<R> {
     /// Another machine stored the value meanwhile.
     Found(R),
-    /// Compute, holding the lease.
-    Lead(Held),
+    /// Compute, holding the lease, under these stamps (those known before the
+    /// dependency rows).
+    Lead(Held, Stamps),
     /// Compute without a lease: the server failed (the error, unless `look` reported it
     /// already).
     Alone(Option<crate::error::Error>),
@@ -67,31 +82,37 @@ impl Renewer {
     /// `look` returns `Err` when the server failed (it reported it): the caller then
     /// computes without a lease (the value is still returned; reads validate stamps, so
     /// an unleased store is never wrong, only possibly duplicated).
+    ///
+    /// Taking the lease reads the stamps `keys` too (`generations` of them generations),
+    /// in the same round trip.
     pub(crate) fn take_turn<R>(
         self: &Arc<Self>,
         remote: &Arc<Remote>,
-        memo: u64,
-        row: &KeyHash,
+        (memo, row): (u64, &KeyHash),
+        (keys, generations): (&[String], usize),
         mut look: impl FnMut() -> Result<Option<R>, ()>,
     ) -> Turn<R> {
         let mut backoff = Duration::from_millis(1);
         loop {
             let lease = remote.new_lease(memo, row);
-            match remote.acquire(&lease) {
+            match remote.lead(&lease, memo, row, keys, generations) {
                 Err(e) => {
                     self.orphan(remote, lease);
                     return Turn::Alone(Some(e));
                 }
-                Ok(true) => {
+                Ok(Led::Taken { exists, stamps }) => {
                     let held = self.hold(remote, lease);
                     // The previous holder may have stored just before releasing.
+                    if !exists {
+                        return Turn::Lead(held, stamps);
+                    }
                     return match look() {
                         Ok(Some(found)) => Turn::Found(found),
-                        Ok(None) => Turn::Lead(held),
+                        Ok(None) => Turn::Lead(held, stamps),
                         Err(()) => Turn::Alone(None),
                     };
                 }
-                Ok(false) => {}
+                Ok(Led::Busy) => {}
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -116,6 +137,7 @@ impl Renewer {
             renewer: self.clone(),
             id,
             lease,
+            given_back: AtomicBool::new(false),
         }
     }
 }
