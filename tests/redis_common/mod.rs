@@ -139,3 +139,13 @@ impl Server {
         }
     }
 }
+
+/// A variable `.ci/redis-tests` sets (the test fails without it).
+pub fn ci_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the redis tests through `bash .ci/redis-tests`, which \
+             starts the throwaway servers (TLS, ACL, cluster) and sets it"
+        )
+    })
+}
