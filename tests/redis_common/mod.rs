@@ -149,3 +149,98 @@ pub fn ci_env(name: &str) -> String {
         )
     })
 }
+
+/// A TCP proxy in front of a server that can drop a connection in the middle of a
+/// command: the connection that next sends bytes containing the armed pattern has them
+/// forwarded - so the server runs the command - and is then shut, both ways, before the
+/// answer reaches the client.
+pub struct Proxy {
+    pub port: u16,
+    armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        use std::sync::{Arc, Mutex, atomic::AtomicUsize};
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("proxy port");
+        let proxy = Proxy {
+            port,
+            armed: Arc::new(Mutex::new(None)),
+            cuts: Arc::new(AtomicUsize::new(0)),
+        };
+        let (armed, cuts) = (proxy.armed.clone(), proxy.cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) {
+                    relay(client, server, armed.clone(), cuts.clone());
+                }
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Drops the connection that next sends `pattern`, after the server got it.
+    pub fn cut_after(&self, pattern: &[u8]) {
+        *self.armed.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// How many connections were cut.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn relay(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::net::Shutdown;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let doomed = std::sync::Arc::new(AtomicBool::new(false));
+    let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let up_doomed = doomed.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = c_in.read(&mut buf) {
+            let sent = &buf[..n];
+            {
+                let mut armed = armed.lock().unwrap();
+                if armed
+                    .as_ref()
+                    .is_some_and(|p| sent.windows(p.len()).any(|w| w == p.as_slice()))
+                {
+                    *armed = None;
+                    up_doomed.store(true, Ordering::SeqCst);
+                }
+            }
+            if s_out.write_all(sent).is_err() {
+                break;
+            }
+        }
+        let _ = s_out.shutdown(Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let (mut s_in, mut c_out) = (server, client);
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = s_in.read(&mut buf) {
+            if doomed.load(Ordering::SeqCst) {
+                cuts.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            if c_out.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = c_out.shutdown(Shutdown::Both);
+        let _ = s_in.shutdown(Shutdown::Both);
+    });
+}
