@@ -158,6 +158,14 @@ pub struct Proxy {
     pub port: u16,
     armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    slow: Slow,
+}
+
+/// Bytes whose sending is held back, and for how long.
+type Slow = std::sync::Arc<std::sync::Mutex<Option<(Vec<u8>, Duration)>>>;
+
+fn contains(bytes: &[u8], pattern: &[u8]) -> bool {
+    bytes.windows(pattern.len()).any(|w| w == pattern)
 }
 
 impl Proxy {
@@ -169,16 +177,23 @@ impl Proxy {
             port,
             armed: Arc::new(Mutex::new(None)),
             cuts: Arc::new(AtomicUsize::new(0)),
+            slow: Arc::new(Mutex::new(None)),
         };
-        let (armed, cuts) = (proxy.armed.clone(), proxy.cuts.clone());
+        let (armed, cuts, slow) = (proxy.armed.clone(), proxy.cuts.clone(), proxy.slow.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) {
-                    relay(client, server, armed.clone(), cuts.clone());
+                    relay(client, server, armed.clone(), cuts.clone(), slow.clone());
                 }
             }
         });
         proxy
+    }
+
+    /// Holds every command that contains `pattern` back for `delay` before the server
+    /// gets it (a slow network for those commands only).
+    pub fn slow_down(&self, pattern: &[u8], delay: Duration) {
+        *self.slow.lock().unwrap() = Some((pattern.to_vec(), delay));
     }
 
     pub fn url(&self) -> String {
@@ -201,6 +216,7 @@ fn relay(
     server: std::net::TcpStream,
     armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    slow: Slow,
 ) {
     use std::io::{Read, Write};
     use std::net::Shutdown;
@@ -214,13 +230,19 @@ fn relay(
             let sent = &buf[..n];
             {
                 let mut armed = armed.lock().unwrap();
-                if armed
-                    .as_ref()
-                    .is_some_and(|p| sent.windows(p.len()).any(|w| w == p.as_slice()))
-                {
+                if armed.as_ref().is_some_and(|p| contains(sent, p)) {
                     *armed = None;
                     up_doomed.store(true, Ordering::SeqCst);
                 }
+            }
+            let delay = slow
+                .lock()
+                .unwrap()
+                .as_ref()
+                .filter(|(p, _)| contains(sent, p))
+                .map(|(_, d)| *d);
+            if let Some(delay) = delay {
+                std::thread::sleep(delay);
             }
             if s_out.write_all(sent).is_err() {
                 break;
