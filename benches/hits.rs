@@ -8,7 +8,8 @@
 //!   deserializes, the peers clone or decode).
 //! - `hit_64k`: 64 KiB values, archived access (checksum verified, as by default) vs
 //!   `RedbCache` get.
-//! - `hit_threads`: throughput of 1 and of 2 threads hitting the persistent store.
+//! - `hit_threads`: throughput of 1, 2 and 8 threads hitting one memoizer of each store
+//!   kind (100k entries), and quick_cache and moka likewise.
 //! - `reopen_first_hit`: open a 100k-entry file, build the memoizer, serve one hit.
 //! - `archived_deref`: `*hit` (validated once, unchecked afterwards) vs checked
 //!   `rkyv::access` on every use; src/hit.rs cites it.
@@ -120,34 +121,56 @@ fn hit_threads(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path().join("threads.memo")).unwrap();
     let persistent = filled(&cache, "persistent", Store::Persistent, ENTRIES, record);
+    let tiered = filled(&cache, "tiered", Store::Tiered(CAPACITY), ENTRIES, record);
+    let mem_cache = Cache::in_memory().unwrap();
+    let memory = filled(&mem_cache, "memory", Store::Memory, ENTRIES, record);
+    let lru = filled(&mem_cache, "lru", Store::Lru(CAPACITY), ENTRIES, record);
+    let moka: moka::sync::Cache<u64, Record> = moka::sync::Cache::new(CAPACITY as u64);
+    let quick: quick_cache::sync::Cache<u64, Record> = quick_cache::sync::Cache::new(CAPACITY);
+    for i in 0..ENTRIES {
+        moka.insert(i, record(i));
+        quick.insert(i, record(i));
+    }
+    moka.run_pending_tasks();
 
     let mut g = c.benchmark_group("hit_threads");
-    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
     g.warm_up_time(Duration::from_secs(1));
     let order = shuffled(ENTRIES);
-    for threads in [1usize, 2] {
-        // One element = one lookup; each thread performs `iters` of them.
-        g.throughput(Throughput::Elements(threads as u64));
-        g.bench_function(format!("persistent_{threads}_thread"), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                std::thread::scope(|s| {
-                    for t in 0..threads {
-                        let (m, order) = (&persistent, &order);
-                        s.spawn(move || {
-                            // The threads walk the same order from different places.
-                            let mut at = t * order.len() / 2;
-                            for _ in 0..iters {
-                                let key = order[at];
-                                at = if at + 1 == order.len() { 0 } else { at + 1 };
-                                black_box(m.get_or_compute(&key, |_| panic!("must hit")));
-                            }
-                        });
-                    }
-                });
-                start.elapsed()
-            })
-        });
+    let must_hit = |_: &u64| -> Record { panic!("must hit") };
+    let rows: [(&str, &(dyn Fn(u64) -> Record + Sync)); 6] = [
+        ("memory", &|k| memory.get_or_compute(&k, must_hit)),
+        ("lru", &|k| lru.get_or_compute(&k, must_hit)),
+        ("tiered", &|k| tiered.get_or_compute(&k, must_hit)),
+        ("persistent", &|k| persistent.get_or_compute(&k, must_hit)),
+        ("quick_cache", &|k| quick.get(&k).unwrap()),
+        ("moka", &|k| moka.get(&k).unwrap()),
+    ];
+    for (name, get) in rows {
+        for threads in [1usize, 2, 8] {
+            // One element = one lookup; each thread performs `iters` of them, so the
+            // throughput of two threads is twice one's if they do not slow each other.
+            g.throughput(Throughput::Elements(threads as u64));
+            g.bench_function(format!("{name}_{threads}_thread"), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for t in 0..threads {
+                            let order = &order;
+                            s.spawn(move || {
+                                // The threads walk the same order from different places.
+                                let mut at = t * order.len() / threads;
+                                for _ in 0..iters {
+                                    black_box(get(order[at]));
+                                    at = if at + 1 == order.len() { 0 } else { at + 1 };
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -12,7 +12,9 @@
 //! the hit path never does.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_utils::CachePadded;
 
 use crate::entry::{self, Meta};
 use crate::key::DepRow;
@@ -113,6 +115,99 @@ struct Node {
 struct Slot {
     node: Ix,
     entry: MemEntry,
+}
+
+/// A [`MemStore`] split by key hash into shards, each behind its own lock on its own
+/// cache line: threads hitting different keys take different locks, so hits scale with
+/// threads (one lock made two threads slower than one).
+///
+/// A bounded store gives every shard an equal share of the capacity and each shard
+/// evicts its own least recently used entry: a sharded LRU, as quick_cache and moka
+/// shard theirs. Only capacities of at least [`MIN_PER_SHARD`] entries per shard are
+/// split, so small LRUs stay exact.
+///
+/// Invariant: an entry lives in the shard its hash picks ([`Sharded::shard`]), and
+/// nowhere else. Operations over every shard (clear, dependency and expiry purges)
+/// lock the shards one at a time; an invalidation's fence window hides the entries
+/// they have not reached yet.
+pub(crate) struct Sharded {
+    shards: Box<[CachePadded<Mutex<MemStore>>]>,
+}
+
+/// The smallest share of a bounded store's capacity that gets a shard of its own.
+pub(crate) const MIN_PER_SHARD: usize = 256;
+
+fn lock(m: &Mutex<MemStore>) -> MutexGuard<'_, MemStore> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sharded {
+    /// `capacity: None` is unbounded.
+    pub(crate) fn new(capacity: Option<usize>) -> Self {
+        // Four shards per stripe: two threads meet on one lock a few percent of the time.
+        let most = crate::stats::stripe_count() * 4;
+        let count = match capacity {
+            None => most,
+            Some(cap) => (cap / MIN_PER_SHARD).clamp(1, most),
+        };
+        // A power of two, so a shard is picked with a mask.
+        let count = if count.is_power_of_two() {
+            count
+        } else {
+            count.next_power_of_two() / 2
+        };
+        let shards = (0..count)
+            .map(|i| {
+                let share = capacity.map(|cap| cap / count + usize::from(i < cap % count));
+                CachePadded::new(Mutex::new(MemStore::new(share)))
+            })
+            .collect();
+        Sharded { shards }
+    }
+
+    /// The shard holding `hash`'s entry, locked. Picked by the hash's bits 32..40 of its
+    /// second half: the key's own hash also for entries filed under a dependency (whose
+    /// first half is the dependency's), and bits the map's bucket index does not use.
+    pub(crate) fn shard(&self, hash: &KeyHash) -> MutexGuard<'_, MemStore> {
+        lock(&self.shards[hash[12] as usize & (self.shards.len() - 1)])
+    }
+
+    fn each(&self) -> impl Iterator<Item = MutexGuard<'_, MemStore>> {
+        self.shards.iter().map(|s| lock(s))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.each().map(|s| s.len()).sum()
+    }
+
+    /// Removes everything; returns how many entries there were.
+    pub(crate) fn clear(&self) -> usize {
+        self.each().map(|mut s| s.clear()).sum()
+    }
+
+    /// [`MemStore::remove_dep`] in every shard.
+    pub(crate) fn remove_dep(&self, row: &DepRow) -> Vec<KeyHash> {
+        self.each().flat_map(|mut s| s.remove_dep(row)).collect()
+    }
+
+    /// [`MemStore::remove_expired`] in every shard.
+    pub(crate) fn remove_expired(&self, now_ms: u64) -> Vec<KeyHash> {
+        self.each()
+            .flat_map(|mut s| s.remove_expired(now_ms))
+            .collect()
+    }
+
+    /// Checks every shard's invariants, and that each entry is in its own shard.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let mask = self.shards.len() - 1;
+        for (i, shard) in self.each().enumerate() {
+            shard.validate()?;
+            if let Some(h) = shard.index.keys().find(|h| h[12] as usize & mask != i) {
+                return Err(format!("entry {h:02x?} is in shard {i}, not its own"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Dependency row -> hashes of the entries that carry it. Rows and hashes are already
@@ -544,5 +639,56 @@ mod tests {
             1,
             "a free slot still holds the entry"
         );
+    }
+
+    fn hash_of(i: u64) -> KeyHash {
+        crate::key::xxh3_key_hash(&i.to_le_bytes())
+    }
+
+    #[test]
+    fn a_sharded_store_keeps_every_entry_in_its_shard_and_its_capacity() {
+        let cap = 64 * MIN_PER_SHARD;
+        let store = Sharded::new(Some(cap));
+        assert!(store.shards.len() > 1, "a large LRU is split");
+        let share_sum: usize = store.shards.iter().map(|s| lock(s).capacity.unwrap()).sum();
+        assert_eq!(share_sum, cap, "the shares add up to the capacity");
+        for i in 0..(3 * cap as u64) {
+            let h = hash_of(i);
+            store.shard(&h).insert(h, entry(i));
+            assert!(store.len() <= cap);
+        }
+        store.validate().unwrap();
+        // Every shard filled up to its share: the store as a whole is full.
+        assert!(store.len() > cap * 9 / 10, "{} of {cap}", store.len());
+        // The last entries inserted are all still there (each shard's most recent).
+        for i in (3 * cap as u64 - 100)..(3 * cap as u64) {
+            let h = hash_of(i);
+            assert!(
+                store.shard(&h).get(&h).is_some(),
+                "recent entry {i} evicted"
+            );
+        }
+        let n = store.len();
+        assert_eq!(store.clear(), n);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn small_lrus_stay_one_exact_lru() {
+        let store = Sharded::new(Some(MIN_PER_SHARD + 1));
+        assert_eq!(store.shards.len(), 1);
+        let unbounded = Sharded::new(None);
+        assert!(unbounded.shards.len().is_power_of_two());
+        assert_eq!(Sharded::new(Some(3 * MIN_PER_SHARD)).shards.len(), 2);
+    }
+
+    #[test]
+    fn validate_catches_an_entry_in_a_foreign_shard() {
+        let store = Sharded::new(None);
+        let h = hash_of(7);
+        let own = h[12] as usize & (store.shards.len() - 1);
+        let other = (own + 1) % store.shards.len();
+        lock(&store.shards[other]).insert(h, entry(7));
+        assert!(store.validate().is_err());
     }
 }

@@ -22,7 +22,7 @@
 //!    (`Remove::on_server`) stands here, one write on the server.
 //! 3. The in-memory sides are purged. A tiered read that fetched a removed entry before
 //!    the window opened promotes it only if no window opened since (checked under the
-//!    memory lock), so it cannot put the entry back after this purge.
+//!    lock of its memory shard), so it cannot put the entry back after this purge.
 //! 4. The window closes: every tier agrees again.
 
 use std::path::Path;
@@ -34,14 +34,14 @@ use rkyv::util::AlignedVec;
 
 use crate::entry::{self, Meta};
 use crate::error::{Error, Result};
-use crate::fence::{Check, Covers};
+use crate::fence::{Check, Covers, Window};
 use crate::flight::{Caller, Flight, Flights, Leader, Role};
 use crate::key::{DepRow, EncodedKey, HashMapByKey, KeyHash, KeyHasher};
-use crate::memory::{MemEntry, MemStore};
+use crate::memory::{MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::ops::{Removal, Removed};
-use crate::storage::writer::{Wait, now};
+use crate::storage::writer::{Ticket, Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
 use crate::value::Value;
 
@@ -90,7 +90,7 @@ pub(crate) struct Tiers {
     /// Identifies this memoizer to the fence (unique in the process; memory-only
     /// memoizers have no table id).
     pub uid: u64,
-    memory: Option<Mutex<MemStore>>,
+    memory: Option<Sharded>,
     pub persistent: Option<Persistent>,
     /// In a connected cache, the server takes the persistent table's place.
     pub remote: RemoteSlot,
@@ -141,7 +141,7 @@ impl Tiers {
         Tiers {
             policy,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
-            memory: memory.map(|cap| Mutex::new(MemStore::new(cap))),
+            memory: memory.map(Sharded::new),
             persistent,
             remote,
             epoch: AtomicU64::new(0),
@@ -289,7 +289,7 @@ impl Tiers {
         let Some(mem) = self.memory.as_ref().filter(|_| self.local_trusted()) else {
             return Read::Absent;
         };
-        let mut mem = lock(mem);
+        let mut mem = mem.shard(&ek.hash);
         let found = mem.get_with(&ek.hash, |entry| {
             if entry.key() != ek.bytes.as_slice() {
                 Counters::add(&self.stats.stale, 1);
@@ -301,7 +301,7 @@ impl Tiers {
             if !serve_due && self.due(|| entry.meta().stored_at_ms) {
                 return Some(Read::Found(Looked::Due));
             }
-            // Under the memory lock: an invalidation's purge of this tier waits for it.
+            // Under the shard's lock: an invalidation's purge of this shard waits for it.
             Some(
                 match self.take_hit(stamp, &ek.hash, entry.bytes(), entry.entry_id()) {
                     Verdict::Serve => Read::Found(read(entry)),
@@ -425,7 +425,7 @@ impl Tiers {
         let Some(entry) = MemEntry::new(bytes) else {
             return;
         };
-        let mut mem = lock(mem);
+        let mut mem = mem.shard(&ek.hash);
         if still() {
             let evicted = mem.insert(ek.hash, entry);
             drop(mem);
@@ -478,7 +478,7 @@ impl Tiers {
         if let Some(mem) = &self.memory
             && let Some(entry) = MemEntry::new(bytes.clone())
         {
-            let mut mem = lock(mem);
+            let mut mem = mem.shard(&ek.hash);
             if self.epoch() == epoch {
                 let evicted = mem.insert(ek.hash, entry);
                 drop(mem);
@@ -509,12 +509,12 @@ impl Tiers {
 
     /// Entries in the memory tier, if it is the only one.
     pub(crate) fn memory_len(&self) -> Option<u64> {
-        self.memory.as_ref().map(|m| lock(m).len() as u64)
+        self.memory.as_ref().map(|m| m.len() as u64)
     }
 
     /// Checks the in-memory store's own invariants (for `check_integrity`).
     pub(crate) fn validate_memory(&self) -> Result<(), String> {
-        self.memory.as_ref().map_or(Ok(()), |m| lock(m).validate())
+        self.memory.as_ref().map_or(Ok(()), Sharded::validate)
     }
 
     /// Drops expired in-memory entries, and entries `removed` from disk by a purge.
@@ -528,13 +528,11 @@ impl Tiers {
             .collect();
         self.forget_counts(from_disk.iter().copied());
         let Some(mem) = &self.memory else { return 0 };
-        let mut mem = lock(mem);
         let expired = mem.remove_expired(now);
         let mut n = expired.len() as u64;
         for h in &from_disk {
-            n += mem.remove(h).is_some() as u64;
+            n += mem.shard(h).remove(h).is_some() as u64;
         }
-        drop(mem);
         self.forget_counts(&expired);
         Counters::add(&self.stats.expirations, n);
         n
@@ -566,9 +564,11 @@ impl Tiers {
             self.forget_hits(what, &[]);
             return 0;
         };
-        let mut mem = lock(mem);
         let removed: Vec<KeyHash> = match what {
-            Remove::Key(hash) => mem.remove(hash).map(|_| *hash).into_iter().collect(),
+            Remove::Key(hash) => {
+                let gone = mem.shard(hash).remove(hash);
+                gone.map(|_| *hash).into_iter().collect()
+            }
             Remove::All | Remove::Zone(_) => {
                 let n = mem.clear() as u64;
                 self.forget_hits(what, &[]);
@@ -578,7 +578,7 @@ impl Tiers {
                 let mut hashes = mem.remove_dep(row);
                 let id = self.persistent.as_ref().map(|p| p.id);
                 for (_, h) in disk.keys.iter().filter(|(m, _)| Some(*m) == id) {
-                    if mem.remove(h).is_some() {
+                    if mem.shard(h).remove(h).is_some() {
                         hashes.push(*h);
                     }
                 }
@@ -896,49 +896,96 @@ pub(crate) async fn invalidate(
         let window = turn.open(what.covers(targets), floor);
         (window, disk.map(|removal| shared.writer.remove(removal)))
     });
-    let on_disk = match ticket {
-        Some(ticket) => ticket.wait_as(how).await.map(Some),
+    let mut tail = Tail {
+        shared,
+        targets,
+        what: &what,
+        window: Some(window),
+        ticket,
+    };
+    let on_disk = match &tail.ticket {
+        Some(ticket) => ticket.wait_ref(how).await.map(Some),
         None => Ok(None),
     };
-    // The server step of a connected cache, in the file step's place: one write, which
-    // other machines hear of through their listeners. It answers within the server's
-    // response timeout, for which the async form blocks.
-    #[cfg(feature = "redis")]
-    let on_server = what
-        .on_server(shared, targets)
-        .map(|(service, removal)| service.invalidate(removal))
-        .transpose();
-    #[cfg(not(feature = "redis"))]
-    let on_server: Result<Option<u64>> = Ok(None);
-    if let Err(e) = &on_server {
-        shared.storage.reporter.report(e);
+    tail.ticket = None;
+    tail.finish(on_disk)
+}
+
+/// The rest of an invalidation once its window is open: the server step, cleaning the
+/// memory tiers, counting, and only then closing the window.
+///
+/// It is a guard because an async caller may drop its future while the commit is still
+/// pending. Closing the window then, as a plain drop would, lets readers see removed
+/// entries again (from memory tiers, and from the file until the queued removal
+/// commits): the removal would look undone. So a dropped invalidation finishes here, on
+/// the dropping thread, blocking for at most the commit it was waiting for.
+struct Tail<'a> {
+    shared: &'a Shared,
+    targets: &'a [Arc<Tiers>],
+    what: &'a Remove,
+    /// `Some` until [`finish`](Self::finish) starts.
+    window: Option<Window<'a>>,
+    /// The file step's reply, while not yet received.
+    ticket: Option<Ticket<Removed>>,
+}
+
+impl Tail<'_> {
+    fn finish(&mut self, on_disk: Result<Option<Removed>>) -> Result<u64> {
+        let (shared, targets, what) = (self.shared, self.targets, self.what);
+        // Dropped at the end, after every tier is clean (also if this panics).
+        let window = self.window.take();
+        // The server step of a connected cache, in the file step's place: one write, which
+        // other machines hear of through their listeners. It answers within the server's
+        // response timeout, for which the async form blocks.
+        #[cfg(feature = "redis")]
+        let on_server = what
+            .on_server(shared, targets)
+            .map(|(service, removal)| service.invalidate(removal))
+            .transpose();
+        #[cfg(not(feature = "redis"))]
+        let on_server: Result<Option<u64>> = Ok(None);
+        if let Err(e) = &on_server {
+            shared.storage.reporter.report(e);
+        }
+        let on_server_n = on_server.as_ref().ok().copied().flatten().unwrap_or(0);
+        let empty = Removed::default();
+        let disk = on_disk
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .unwrap_or(&empty);
+        if !disk.cleared.is_empty() {
+            // A cleared table became a grave: its space is reclaimed in the background.
+            shared.storage.reclaim_soon();
+        }
+        let mut removed = disk.total() + on_server_n;
+        for t in targets {
+            let in_memory = t.forget(what, disk);
+            // A tiered entry counts once: its disk (or server) copy, or its memory copy
+            // alone. Only a key's removal is counted by the server: it has one target.
+            let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id))
+                + if t.remote.is_some() { on_server_n } else { 0 };
+            removed += in_memory.saturating_sub(on_disk);
+            Counters::add(&t.stats.invalidations, on_disk.max(in_memory));
+            if on_server.is_err() && t.remote.is_some() {
+                Counters::add(&t.stats.errors, 1);
+            }
+        }
+        drop(window);
+        on_disk?;
+        on_server?;
+        Ok(removed)
     }
-    let on_server_n = on_server.as_ref().ok().copied().flatten().unwrap_or(0);
-    let empty = Removed::default();
-    let disk = on_disk
-        .as_ref()
-        .ok()
-        .and_then(Option::as_ref)
-        .unwrap_or(&empty);
-    if !disk.cleared.is_empty() {
-        // A cleared table became a grave: its space is reclaimed in the background.
-        shared.storage.reclaim_soon();
-    }
-    let mut removed = disk.total() + on_server_n;
-    for t in targets {
-        let in_memory = t.forget(&what, disk);
-        // A tiered entry counts once: its disk (or server) copy, or its memory copy
-        // alone. Only a key's removal is counted by the server: it has one target.
-        let on_disk = t.persistent.as_ref().map_or(0, |p| disk.of(p.id))
-            + if t.remote.is_some() { on_server_n } else { 0 };
-        removed += in_memory.saturating_sub(on_disk);
-        Counters::add(&t.stats.invalidations, on_disk.max(in_memory));
-        if on_server.is_err() && t.remote.is_some() {
-            Counters::add(&t.stats.errors, 1);
+}
+
+impl Drop for Tail<'_> {
+    fn drop(&mut self) {
+        if self.window.is_none() {
+            return;
+        }
+        let on_disk = self.ticket.take().map(Ticket::wait).transpose();
+        if let Err(e) = self.finish(on_disk) {
+            self.shared.storage.reporter.report(&e);
         }
     }
-    drop(window);
-    on_disk?;
-    on_server?;
-    Ok(removed)
 }
