@@ -563,8 +563,17 @@ fn the_local_tier_flushes_itself_when_its_connection_drops() {
 /// own `INFO` and `CONFIG`.
 fn round_trips(server: &Server) -> u64 {
     const IN_SCRIPTS: [&str; 11] = [
-        "get", "set", "hset", "hmget", "exists", "del", "unlink", "pexpire", "pexpireat",
-        "pttl", "hincrby",
+        "get",
+        "set",
+        "hset",
+        "hmget",
+        "exists",
+        "del",
+        "unlink",
+        "pexpire",
+        "pexpireat",
+        "pttl",
+        "hincrby",
     ];
     let stats = server.cli(&["INFO", "commandstats"]);
     stats
@@ -598,11 +607,27 @@ fn a_miss_costs_three_round_trips_four_with_dependency_keys() {
     // A miss: the hit script (absent), the lease with the stamps, the put (which gives
     // the lease back). There were six before the lease and the stamps shared a script
     // and the put gave the lease back.
-    assert_eq!(measure(&|| assert_eq!(plain.get_or_compute(&1, |k| k + 1), 2)), 3);
+    assert_eq!(
+        measure(&|| assert_eq!(plain.get_or_compute(&1, |k| k + 1), 2)),
+        3
+    );
     // Dependency keys add one, for their stamps (known only once the key is).
     let bk = book(1, 2, 3);
-    assert_eq!(measure(&|| { lib.blurb.get_or_compute(&bk, |_| "b".into()); }), 4);
+    assert_eq!(
+        measure(&|| {
+            lib.blurb.get_or_compute(&bk, |_| "b".into());
+        }),
+        4
+    );
     // A hit: one.
-    assert_eq!(measure(&|| assert_eq!(plain.get_or_compute(&1, |_| unreachable!()), 2)), 1);
-    assert_eq!(measure(&|| { lib.blurb.get_or_compute(&bk, |_| unreachable!()); }), 1);
+    assert_eq!(
+        measure(&|| assert_eq!(plain.get_or_compute(&1, |_| unreachable!()), 2)),
+        1
+    );
+    assert_eq!(
+        measure(&|| {
+            lib.blurb.get_or_compute(&bk, |_| unreachable!());
+        }),
+        1
+    );
 }

@@ -81,7 +81,11 @@ fn shared_work(a: &Cache, b: &Cache, store: Store) {
 
     // One author's books go, on both machines; the other's stay. (Only local copies
     // are counted: b's local tier holds author 1's two books once its listener is up.)
-    let local = if matches!(store, Store::Tiered(_)) { 2 } else { 0 };
+    let local = if matches!(store, Store::Tiered(_)) {
+        2
+    } else {
+        0
+    };
     assert!(authors[1].invalidate(&1u64).unwrap() <= local);
     let before = calls.get();
     let served_elsewhere = |m: &Memoizer<(u64, u64), String>, k: (u64, u64)| {
@@ -93,7 +97,10 @@ fn shared_work(a: &Cache, b: &Cache, store: Store) {
         !served_elsewhere(&by_author[0], (1, 10))
     });
     assert!(served_elsewhere(&by_author[1], (1, 10)), "recomputed by a");
-    assert!(served_elsewhere(&by_author[0], (2, 20)), "author 2 untouched");
+    assert!(
+        served_elsewhere(&by_author[0], (2, 20)),
+        "author 2 untouched"
+    );
     assert!(calls.get() > before);
 
     // invalidate_all on a: b recomputes everything.
@@ -105,7 +112,13 @@ fn shared_work(a: &Cache, b: &Cache, store: Store) {
     // max_hits = 2 over both machines: every third call computes.
     let counted: Vec<Memoizer<u64, u64>> = [a, b]
         .iter()
-        .map(|c| c.memoizer("counted").store(store).max_hits(2).build().unwrap())
+        .map(|c| {
+            c.memoizer("counted")
+                .store(store)
+                .max_hits(2)
+                .build()
+                .unwrap()
+        })
         .collect();
     let n = Calls::default();
     for i in 0..9 {
@@ -150,7 +163,8 @@ fn tls_refuses_a_server_its_roots_do_not_vouch_for() {
     assert!(cache.health().errors > 0);
     let seen = reports.all();
     assert!(
-        seen.iter().any(|r| r.to_lowercase().contains("certificate")),
+        seen.iter()
+            .any(|r| r.to_lowercase().contains("certificate")),
         "{seen:?}"
     );
 }
@@ -194,7 +208,11 @@ fn an_acl_user_works_and_its_password_never_prints() {
     let reports = Reports::default();
     let builder = reports.hook(Cache::builder().namespace(&ns));
     let refused = builder.connect(&wrong).unwrap();
-    let m: Memoizer<u64, u64> = refused.memoizer("m").store(Store::Tiered(8)).build().unwrap();
+    let m: Memoizer<u64, u64> = refused
+        .memoizer("m")
+        .store(Store::Tiered(8))
+        .build()
+        .unwrap();
     let calls = Calls::default();
     assert_eq!(m.get_or_compute(&5, |k| calls.count(k * 2)), 10);
     assert_eq!(m.get_or_compute(&5, |k| calls.count(k * 2)), 10);

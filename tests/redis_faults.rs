@@ -286,11 +286,19 @@ fn a_connection_dropped_mid_script_costs_the_call_nothing() {
     ma.get_or_compute(&0, compute);
     // The put: the server stored the value, its answer was lost. The call returns its
     // value within the timeout and reports the failure.
-    let (got, took) = cut_call(&proxy, value(1).as_bytes(), || ma.get_or_compute(&1, compute));
+    let (got, took) = cut_call(&proxy, value(1).as_bytes(), || {
+        ma.get_or_compute(&1, compute)
+    });
     assert_eq!(got, value(1));
     assert!(took < Duration::from_secs(1), "{took:?}");
-    assert!(errors.load(Ordering::SeqCst) >= 1, "reported through the hook");
-    assert!(a.health().errors >= 1 && ma.stats().errors >= 1, "and in Health and Stats");
+    assert!(
+        errors.load(Ordering::SeqCst) >= 1,
+        "reported through the hook"
+    );
+    assert!(
+        a.health().errors >= 1 && ma.stats().errors >= 1,
+        "and in Health and Stats"
+    );
     // The script ran: the other machine is served the value, computing nothing.
     assert_eq!(mb.get_or_compute(&1, |_| unreachable!()), value(1));
     // A reconnected: it is served the stored value and stores new ones, without errors.
@@ -302,8 +310,16 @@ fn a_connection_dropped_mid_script_costs_the_call_nothing() {
 
     // A hit of a `max_hits` entry: counted on the server, the answer lost. The caller
     // computes; the value is never served more often than max_hits.
-    let ca = a.memoizer::<u64, String>("counted").max_hits(2).build().unwrap();
-    let cb = b.memoizer::<u64, String>("counted").max_hits(2).build().unwrap();
+    let ca = a
+        .memoizer::<u64, String>("counted")
+        .max_hits(2)
+        .build()
+        .unwrap();
+    let cb = b
+        .memoizer::<u64, String>("counted")
+        .max_hits(2)
+        .build()
+        .unwrap();
     assert_eq!(cb.get_or_compute(&3, compute), value(3));
     let entry = format!("{{fm:{ns}}}:e:").into_bytes();
     let (got, _) = cut_call(&proxy, &entry, || ca.get_or_compute(&3, compute));

@@ -74,10 +74,17 @@ fn a_computation_that_began_before_an_invalidation_is_covered_by_its_window() {
             std::thread::sleep(Duration::from_millis(100));
             go.send(()).unwrap();
             assert_eq!(computing.join().unwrap(), 1, "the caller gets its value");
-            assert!(!invalidating.is_finished(), "the server step is still held back");
+            assert!(
+                !invalidating.is_finished(),
+                "the server step is still held back"
+            );
             // In the window, A's readers miss what it covers - the old value, wherever
             // it was stored.
-            assert_eq!(ma.get_or_compute(&1, |_| 2), 2, "{store:?}: a, in the window");
+            assert_eq!(
+                ma.get_or_compute(&1, |_| 2),
+                2,
+                "{store:?}: a, in the window"
+            );
             invalidating.join().unwrap();
         });
         // Once the invalidation returned, neither handle is served the old value.

@@ -176,7 +176,11 @@ impl Pool {
         };
         let host = if host.is_empty() {
             // "unknown endpoint": the node answers on the address it was reached by.
-            self.seed.addr().to_string().rsplit_once(':').map_or(host, |(h, _)| h.to_string())
+            self.seed
+                .addr()
+                .to_string()
+                .rsplit_once(':')
+                .map_or(host, |(h, _)| h.to_string())
         } else {
             host
         };
@@ -317,7 +321,9 @@ fn owner(slots: &redis::Value, slot: u16) -> Option<(String, u16)> {
             SimpleString(s) => s.clone(),
             _ => return None,
         };
-        let Some(Int(port)) = master.get(1) else { return None };
+        let Some(Int(port)) = master.get(1) else {
+            return None;
+        };
         Some((host, u16::try_from(*port).ok()?))
     })
 }

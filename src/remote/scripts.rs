@@ -68,9 +68,8 @@ fn script(body: &str) -> redis::Script {
 /// values given. KEYS: the stamp keys. ARGV[1]: how many leading keys are generations
 /// (kept without a TTL); ARGV[2]: TTL in ms given to created dependency stamps (0: none);
 /// ARGV[3..]: one fresh value per key. Returns the values, in order.
-pub(crate) static STAMPS: LazyLock<redis::Script> = LazyLock::new(|| {
-    script("return stamps(1, tonumber(ARGV[1]), tonumber(ARGV[2]), 3)")
-});
+pub(crate) static STAMPS: LazyLock<redis::Script> =
+    LazyLock::new(|| script("return stamps(1, tonumber(ARGV[1]), tonumber(ARGV[2]), 3)"));
 
 /// Takes a single-flight lease for a computation and, if taken, reads the stamps it
 /// starts under. KEYS[1]: the lease; KEYS[2]: the entry; KEYS[3..]: stamp keys. ARGV[1]:

@@ -181,7 +181,11 @@ impl Remote {
 
     /// The stamps `before` (read when the computation's lease was taken) and those of
     /// the dependency rows `deps`, read (created) now: no round trip without rows.
-    pub(crate) fn read_dep_stamps(&self, before: &Stamps, deps: &[DepRow]) -> Result<Stamps, Error> {
+    pub(crate) fn read_dep_stamps(
+        &self,
+        before: &Stamps,
+        deps: &[DepRow],
+    ) -> Result<Stamps, Error> {
         if deps.is_empty() {
             return Ok(before.clone());
         }
@@ -210,13 +214,11 @@ impl Remote {
             .arg(generations)
             .arg(millis(self.settings.stamp_ttl));
         self.stamp_args(&mut call, keys);
-        let (taken, exists, values): (i64, i64, Vec<String>) = match self
-            .pool
-            .with(|con| call.invoke::<redis::Value>(con))?
-        {
-            redis::Value::Array(parts) if parts.len() == 1 => (0, 0, Vec::new()),
-            reply => redis::from_redis_value(reply).map_err(|_| self.unexpected("lead"))?,
-        };
+        let (taken, exists, values): (i64, i64, Vec<String>) =
+            match self.pool.with(|con| call.invoke::<redis::Value>(con))? {
+                redis::Value::Array(parts) if parts.len() == 1 => (0, 0, Vec::new()),
+                reply => redis::from_redis_value(reply).map_err(|_| self.unexpected("lead"))?,
+            };
         if taken == 0 {
             return Ok(Led::Busy);
         }

@@ -191,7 +191,10 @@ fn deadlines_are_absolute_and_ttl_ceilings_apply() {
         .unwrap();
     assert!((1..=100).contains(&pttl), "deadline as PEXPIREAT: {pttl}");
     // A deadline already past stores nothing.
-    assert!(!r.put(MEMO, &[4; 16], b"v", &st, now_ms() - 1, None).unwrap());
+    assert!(
+        !r.put(MEMO, &[4; 16], b"v", &st, now_ms() - 1, None)
+            .unwrap()
+    );
     // Without a deadline the ceiling applies.
     assert!(r.put(MEMO, &[5; 16], b"v", &st, 0, None).unwrap());
     let pttl: i64 = r
@@ -222,8 +225,7 @@ fn a_lease_excludes_others_until_released_or_expired() {
     assert!(try_lease(&other, &ROW).is_none());
     assert!(r.renew(&mine).unwrap());
     assert!(r.release(&mine).unwrap());
-    let theirs = try_lease(&other, &ROW)
-        .expect("released lease");
+    let theirs = try_lease(&other, &ROW).expect("released lease");
     // A holder that never releases (it died): the lease expires on its own.
     std::thread::sleep(Duration::from_millis(200));
     assert!(!other.renew(&theirs).unwrap(), "expired");
