@@ -7,11 +7,11 @@
 mod redis_common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use fresco_memoize::{Cache, ManualClock, Memoizer, Store, Zone, memoize};
-use redis_common::{Server, namespace, url};
+use redis_common::{Calls, Server, eventually, namespace, url};
 use serde::Serialize;
 
 #[derive(Serialize, Clone, Debug)]
@@ -40,28 +40,6 @@ fn connect(url: &str, ns: &str) -> Cache {
         .namespace(ns)
         .connect(url)
         .expect("connect to the test server")
-}
-
-/// Counts computations.
-#[derive(Default, Clone)]
-struct Calls(Arc<AtomicUsize>);
-
-impl Calls {
-    fn count<T>(&self, value: T) -> T {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        value
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

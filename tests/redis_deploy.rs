@@ -7,33 +7,10 @@
 
 mod redis_common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use fresco_memoize::{Cache, CacheBuilder, Error, Memoizer, Store};
-use redis_common::{ci_env, namespace};
-
-#[derive(Default, Clone)]
-struct Calls(Arc<AtomicUsize>);
-
-impl Calls {
-    fn count<T>(&self, value: T) -> T {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        value
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
+use redis_common::{Calls, ci_env, eventually, namespace};
 
 /// Errors a cache reported through its hook, rendered.
 #[derive(Default, Clone)]

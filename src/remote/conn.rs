@@ -283,6 +283,12 @@ impl Pool {
 fn seed_info(url: &ServerUrl, tls: &Tls) -> redis::RedisResult<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let info = url.secret().into_connection_info()?;
+    if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        // rustls picks its crypto from the process default, or from its enabled
+        // features - and panics if an application enabled a second provider without
+        // choosing one. Ours (ring) becomes the default unless one was chosen already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     if tls.ca.is_none() && tls.client.is_none() {
         return Ok(info);
     }

@@ -97,7 +97,10 @@ impl CacheBuilder {
 
     /// A cache whose memoizers keep their entries on the Redis or Valkey server at `url`
     /// (feature `redis`): `redis://[user:password@]host:port/db`, or `rediss://` for TLS
-    /// (see README, "Redis", for TLS). Memoizers default to [`Store::Persistent`], which
+    /// (the server's certificate is checked against the system's roots, or against
+    /// [`server_ca_certificates`](Self::server_ca_certificates)). Any node of a Redis
+    /// Cluster will do: the namespace lives in one hash slot, and the cache talks to the
+    /// node that serves it. Memoizers default to [`Store::Persistent`], which
     /// here means the server; [`Store::Tiered`] puts a local LRU in front of it, kept
     /// up to date by the server's invalidation pushes (README, "Redis").
     ///

@@ -19,7 +19,8 @@ use crate::key::KeyHash;
 /// The leases this process holds, renewed at a third of their duration.
 #[derive(Default)]
 pub(crate) struct Renewer {
-    held: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// Each with when it was taken or last renewed.
+    held: Mutex<HashMap<u64, (Arc<Lease>, Instant)>>,
     /// Leases to release once the server answers, until they expire anyway.
     orphans: Mutex<Vec<(Lease, Instant)>>,
     next: AtomicU64,
@@ -130,7 +131,7 @@ impl Renewer {
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, lease.clone());
+            .insert(id, (lease.clone(), Instant::now()));
         self.wake_thread(remote);
         Held {
             remote: remote.clone(),
@@ -191,12 +192,10 @@ fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
             return;
         };
         let orphans_left = renewer.release_orphans(&remote);
-        let every = if orphans_left {
-            ORPHAN_RETRY
-        } else {
-            remote.settings.lease / 3
-        };
-        let held: Vec<Arc<Lease>> = {
+        // A lease is renewed once a third of it has passed since it was taken or last
+        // renewed: a computation shorter than that costs no renewal at all.
+        let every = remote.settings.lease / 3;
+        let due: Vec<(u64, Arc<Lease>)> = {
             let held = renewer.held.lock().unwrap_or_else(|e| e.into_inner());
             let held = if held.is_empty() && !orphans_left {
                 // Sleep until a lease is taken (or a while, to notice the store going).
@@ -208,16 +207,36 @@ fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
             } else {
                 held
             };
-            held.values().cloned().collect()
+            held.iter()
+                .filter(|(_, (_, since))| since.elapsed() >= every)
+                .map(|(id, (lease, _))| (*id, lease.clone()))
+                .collect()
         };
-        let started = Instant::now();
-        for lease in &held {
+        for (_, lease) in &due {
             // A lost or unrenewable lease is not fatal: another machine may compute too.
             let _ = remote.renew(lease);
         }
+        let next = {
+            let mut held = renewer.held.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for (id, _) in &due {
+                if let Some((_, since)) = held.get_mut(id) {
+                    *since = now;
+                }
+            }
+            held.values()
+                .map(|(_, since)| every.saturating_sub(since.elapsed()))
+                .min()
+        };
         drop((renewer, remote));
-        if !held.is_empty() || orphans_left {
-            std::thread::sleep(every.saturating_sub(started.elapsed()));
+        let sleep = match (next, orphans_left) {
+            (Some(next), true) => Some(next.min(ORPHAN_RETRY)),
+            (Some(next), false) => Some(next),
+            (None, true) => Some(ORPHAN_RETRY),
+            (None, false) => None,
+        };
+        if let Some(sleep) = sleep {
+            std::thread::sleep(sleep.max(Duration::from_millis(1)));
         }
     }
 }

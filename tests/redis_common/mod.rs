@@ -5,6 +5,8 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The server `.ci/redis-tests` started. Panics (the test fails) without one.
@@ -37,7 +39,7 @@ pub struct Server {
 /// server is about to bind.
 fn free_port() -> u16 {
     use std::hash::BuildHasher;
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static GIVEN: Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let random = std::collections::hash_map::RandomState::new();
     for attempt in 0u32.. {
@@ -156,13 +158,13 @@ pub fn ci_env(name: &str) -> String {
 /// answer reaches the client.
 pub struct Proxy {
     pub port: u16,
-    armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    armed: Arc<Mutex<Option<Vec<u8>>>>,
+    cuts: Arc<AtomicUsize>,
     slow: Slow,
 }
 
 /// Bytes whose sending is held back, and for how long.
-type Slow = std::sync::Arc<std::sync::Mutex<Option<(Vec<u8>, Duration)>>>;
+type Slow = Arc<Mutex<Option<(Vec<u8>, Duration)>>>;
 
 fn contains(bytes: &[u8], pattern: &[u8]) -> bool {
     bytes.windows(pattern.len()).any(|w| w == pattern)
@@ -170,7 +172,6 @@ fn contains(bytes: &[u8], pattern: &[u8]) -> bool {
 
 impl Proxy {
     pub fn start(upstream: u16) -> Proxy {
-        use std::sync::{Arc, Mutex, atomic::AtomicUsize};
         let port = free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("proxy port");
         let proxy = Proxy {
@@ -207,21 +208,21 @@ impl Proxy {
 
     /// How many connections were cut.
     pub fn cuts(&self) -> usize {
-        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+        self.cuts.load(Ordering::SeqCst)
     }
 }
 
 fn relay(
     client: std::net::TcpStream,
     server: std::net::TcpStream,
-    armed: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    armed: Arc<Mutex<Option<Vec<u8>>>>,
+    cuts: Arc<AtomicUsize>,
     slow: Slow,
 ) {
     use std::io::{Read, Write};
     use std::net::Shutdown;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let doomed = std::sync::Arc::new(AtomicBool::new(false));
+    use std::sync::atomic::AtomicBool;
+    let doomed = Arc::new(AtomicBool::new(false));
     let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let up_doomed = doomed.clone();
     std::thread::spawn(move || {
@@ -265,4 +266,27 @@ fn relay(
         let _ = c_out.shutdown(Shutdown::Both);
         let _ = s_in.shutdown(Shutdown::Both);
     });
+}
+
+/// Counts computations.
+#[derive(Default, Clone)]
+pub struct Calls(Arc<AtomicUsize>);
+
+impl Calls {
+    pub fn count<T>(&self, value: T) -> T {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        value
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits (up to 5 s, else the test fails) until `ok`.
+pub fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
