@@ -6,8 +6,8 @@
 
 mod redis_common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fresco_memoize::{Cache, ManualClock, Memoizer, Store, Zone, memoize};

@@ -353,3 +353,41 @@ pub(crate) fn remote_error(url: &ServerUrl, e: &redis::RedisError) -> Error {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_never_print_their_key() {
+        let tls = Tls {
+            ca: Some(b"-----BEGIN CERTIFICATE----- ca-bytes".to_vec()),
+            client: Some((b"cert-bytes".to_vec(), b"private-key-bytes".to_vec())),
+        };
+        let shown = format!("{tls:?}");
+        for secret in ["ca-bytes", "cert-bytes", "private-key-bytes"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn the_master_of_a_slot_is_read_from_cluster_slots() {
+        use redis::Value::{Array, BulkString, Int};
+        let node = |host: &str, port| Array(vec![BulkString(host.into()), Int(port)]);
+        let slots = Array(vec![
+            Array(vec![
+                Int(0),
+                Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Array(vec![Int(5461), Int(10922), node("10.0.0.2", 7001)]),
+            Array(vec![Int(10923), Int(16383), node("", 7002)]),
+        ]);
+        assert_eq!(owner(&slots, 0), Some(("10.0.0.1".into(), 7000)));
+        assert_eq!(owner(&slots, 5461), Some(("10.0.0.2".into(), 7001)));
+        assert_eq!(owner(&slots, 16383), Some(("".into(), 7002)));
+        assert_eq!(owner(&Array(vec![]), 1), None);
+    }
+}
