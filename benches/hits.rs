@@ -10,6 +10,9 @@
 //!   `RedbCache` get.
 //! - `hit_threads`: throughput of 1, 2 and 8 threads hitting one memoizer of each store
 //!   kind (100k entries), and quick_cache and moka likewise.
+//! - `hit_sizes`: the persistent hit at 10k, 100k and 1M entries vs `RedbCache` and vs
+//!   the floor, a raw redb get of the same entry bytes.
+//! - `hit_string_keys`: 20-byte `String` keys, memory and LRU stores vs quick_cache.
 //! - `reopen_first_hit`: open a 100k-entry file, build the memoizer, serve one hit.
 //! - `archived_deref`: `*hit` (validated once, unchecked afterwards) vs checked
 //!   `rkyv::access` on every use; src/hit.rs cites it.
@@ -34,6 +37,7 @@ fn hit_100k(c: &mut Criterion) {
     let zoned = filled_zoned(&cache, "zoned", ENTRIES, record);
     let mem_cache = Cache::in_memory().unwrap();
     let memory = filled(&mem_cache, "memory", Store::Memory, ENTRIES, record);
+    let lru = filled(&mem_cache, "lru", Store::Lru(CAPACITY), ENTRIES, record);
     let redb_cache = redb_cache_filled(dir.path(), "peer", ENTRIES, record);
     let moka: moka::sync::Cache<u64, Record> = moka::sync::Cache::new(CAPACITY as u64);
     let quick: quick_cache::sync::Cache<u64, Record> = quick_cache::sync::Cache::new(CAPACITY);
@@ -71,6 +75,9 @@ fn hit_100k(c: &mut Criterion) {
     g.bench_function("memory_owned", |b| {
         b.iter(|| memory.get_or_compute(&keys.next_key(), unreachable))
     });
+    g.bench_function("lru_owned", |b| {
+        b.iter(|| lru.get_or_compute(&keys.next_key(), unreachable))
+    });
     g.bench_function("moka_get", |b| {
         b.iter(|| moka.get(&keys.next_key()).unwrap())
     });
@@ -86,6 +93,7 @@ fn hit_100k(c: &mut Criterion) {
         (tiered.stats(), ENTRIES),
         (zoned.stats(), ENTRIES),
         (memory.stats(), ENTRIES),
+        (lru.stats(), ENTRIES),
     ] {
         assert_eq!(stats.misses, before, "a benchmark lookup missed");
     }
@@ -175,6 +183,145 @@ fn hit_threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// The persistent hit at 10k, 100k and 1M entries against `RedbCache` and against the
+/// floor: a raw redb `get` of the same entry bytes (a copy of our file, read through one
+/// open read transaction, the value's bytes touched but not decoded).
+fn hit_sizes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hit_sizes");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    for (n, label) in [(10_000u64, "10k"), (100_000, "100k"), (1_000_000, "1M")] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sizes.memo");
+        drop(filled(
+            &Cache::open(&path).unwrap(),
+            "persistent",
+            Store::Persistent,
+            n,
+            record,
+        ));
+        let floor_path = dir.path().join("floor.redb");
+        std::fs::copy(&path, &floor_path).unwrap();
+        let cache = Cache::open(&path).unwrap();
+        let persistent = cache
+            .memoizer::<u64, Record>("persistent")
+            .store(Store::Persistent)
+            .build()
+            .unwrap();
+        let redb_cache = redb_cache_filled(dir.path(), "peer", n, record);
+        let floor = RawRedb::open(&floor_path, n);
+
+        let mut keys = Keys::new(n);
+        let unreachable = |_: &u64| -> Record { panic!("benchmark lookups must hit") };
+        g.bench_function(format!("persistent_owned_{label}"), |b| {
+            b.iter(|| persistent.get_or_compute(&keys.next_key(), unreachable))
+        });
+        g.bench_function(format!("persistent_archived_{label}"), |b| {
+            b.iter(|| {
+                let hit = persistent.get_archived(&keys.next_key()).unwrap().unwrap();
+                black_box(hit.id.to_native())
+            })
+        });
+        g.bench_function(format!("redb_cache_get_{label}"), |b| {
+            b.iter(|| redb_cache.cache_get(&keys.next_key()).unwrap().unwrap())
+        });
+        let mut at = 0;
+        g.bench_function(format!("redb_floor_get_{label}"), |b| {
+            b.iter(|| {
+                at = (at + 1) % floor.keys.len();
+                floor.get(at)
+            })
+        });
+        assert_eq!(persistent.stats().misses, 0, "a benchmark lookup missed");
+    }
+    g.finish();
+}
+
+/// 20-byte `String` keys: the in-memory stores against quick_cache.
+fn hit_string_keys(c: &mut Criterion) {
+    let key = |i: u64| format!("k{i:019}");
+    let mem_cache = Cache::in_memory().unwrap();
+    let memory = mem_cache
+        .memoizer::<String, Record>("memory")
+        .store(Store::Memory)
+        .build()
+        .unwrap();
+    let lru = mem_cache
+        .memoizer::<String, Record>("lru")
+        .store(Store::Lru(CAPACITY))
+        .build()
+        .unwrap();
+    let quick: quick_cache::sync::Cache<String, Record> = quick_cache::sync::Cache::new(CAPACITY);
+    let keys: Vec<String> = shuffled(ENTRIES).into_iter().map(key).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let v = record(i as u64);
+        memory.get_or_compute(k, |_| v.clone());
+        lru.get_or_compute(k, |_| v.clone());
+        quick.insert(k.clone(), v);
+    }
+    let mut g = c.benchmark_group("hit_string_keys");
+    g.sample_size(30).measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    let unreachable = |_: &String| -> Record { panic!("benchmark lookups must hit") };
+    let mut at = 0;
+    let mut next = || {
+        at = (at + 1) % keys.len();
+        &keys[at]
+    };
+    g.bench_function("memory_owned", |b| {
+        b.iter(|| memory.get_or_compute(next(), unreachable))
+    });
+    g.bench_function("lru_owned", |b| {
+        b.iter(|| lru.get_or_compute(next(), unreachable))
+    });
+    g.bench_function("quick_cache_get", |b| b.iter(|| quick.get(next()).unwrap()));
+    g.finish();
+}
+
+/// A plain redb table opened on a copy of our file: the entries table's rows, read by
+/// their row keys (collected once, in a shuffled order).
+struct RawRedb {
+    table: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
+    keys: Vec<[u8; 16]>,
+    /// Kept open: the table reads through it (dropped after the table).
+    _db: redb::Database,
+}
+
+impl RawRedb {
+    fn open(path: &std::path::Path, n: u64) -> RawRedb {
+        use redb::{ReadableDatabase, ReadableTable, TableHandle};
+        let db = redb::Database::open(path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let name = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .find(|name| name.starts_with("fresco/entries/"))
+            .expect("an entries table");
+        let def = redb::TableDefinition::<&[u8; 16], &[u8]>::new(&name);
+        let table = txn.open_table(def).unwrap();
+        let mut keys: Vec<[u8; 16]> = table
+            .iter()
+            .unwrap()
+            .map(|row| *row.unwrap().0.value())
+            .collect();
+        assert_eq!(keys.len() as u64, n);
+        let order = shuffled(n);
+        keys = order.iter().map(|&i| keys[i as usize]).collect();
+        RawRedb {
+            table,
+            keys,
+            _db: db,
+        }
+    }
+
+    #[inline]
+    fn get(&self, at: usize) -> usize {
+        let row = self.table.get(&self.keys[at]).unwrap().unwrap();
+        black_box(row.value()).len()
+    }
+}
+
 fn reopen_first_hit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reopen.memo");
@@ -258,6 +405,8 @@ criterion_group!(
     hit_100k,
     hit_64k,
     hit_threads,
+    hit_sizes,
+    hit_string_keys,
     reopen_first_hit
 );
 criterion_main!(benches);

@@ -15,12 +15,15 @@ use std::cell::Cell;
 use rkyv::util::AlignedVec;
 
 /// The alignment entries give their archive: that of an archived `u64` in the format in
-/// force (8 by default, 1 with rkyv's `unaligned`). Types needing more (128-bit fields)
-/// are copied when not aligned by chance.
+/// force (8 by default, 1 with rkyv's `unaligned`). An archive with fields needing more
+/// (128-bit integers) that fails in place is tried again from a copy ([`with_aligned`]).
 pub(crate) const ARCHIVE_ALIGN: usize = std::mem::align_of::<rkyv::Archived<u64>>();
 
-/// An aligned copy of an archive (16: the largest alignment an rkyv archive needs).
-pub(crate) type AlignedCopy = AlignedVec<16>;
+/// The largest alignment an rkyv archive needs (128-bit integers).
+const COPY_ALIGN: usize = 16;
+
+/// An aligned copy of an archive, aligned for anything.
+pub(crate) type AlignedCopy = AlignedVec<COPY_ALIGN>;
 
 /// A spare buffer larger than this is dropped instead of kept, so one huge hit does not
 /// pin its size for the thread's lifetime.
@@ -58,15 +61,35 @@ pub(crate) fn recycle(buf: AlignedCopy) {
     }
 }
 
-/// Runs `f` on `bytes`, or on an aligned copy of them if they are not aligned to `align`.
-pub(crate) fn with_aligned<R>(bytes: &[u8], align: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+/// Runs `f` on `bytes` if they are aligned to `align` (see [`archive_align`]), else - or
+/// if `f` finds nothing there - on a copy aligned for any archive. `f` must have no
+/// effect when it returns `None`: it may run twice.
+pub(crate) fn with_aligned<R>(
+    bytes: &[u8],
+    align: usize,
+    mut f: impl FnMut(&[u8]) -> Option<R>,
+) -> Option<R> {
     if is_aligned(bytes, align) {
-        return f(bytes);
+        if let Some(found) = f(bytes) {
+            return Some(found);
+        }
+        // A field deeper in the archive may need more than `align` (128-bit integers
+        // need 16): only a copy aligned for anything can tell that from damage.
+        if is_aligned(bytes, COPY_ALIGN) {
+            return None;
+        }
     }
     let buf = copy(bytes);
     let result = f(&buf);
     recycle(buf);
     result
+}
+
+/// The alignment at which an archive whose root is `A` is tried in place: the root's,
+/// and at least that of an archived `u64`. The root's alone is not enough: the root of a
+/// `Vec<u64>` (a relative pointer and a length) needs 4, its elements 8.
+pub(crate) fn archive_align<A>() -> usize {
+    ARCHIVE_ALIGN.max(std::mem::align_of::<A>())
 }
 
 #[cfg(test)]

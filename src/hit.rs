@@ -54,10 +54,18 @@ impl<V: Value> ArchivedHit<V> {
     /// Validates `bytes[offset..]` as an archived `V`; `None` if it is not one.
     pub(crate) fn from_stored(stored: StoredBytes, offset: usize) -> Option<Self> {
         let payload = stored.bytes().get(offset..)?;
-        if !aligned::is_aligned(payload, std::mem::align_of::<V::Archived>()) {
-            return Self::checked(Backing::Copied(aligned::copy(payload)), 0);
+        if aligned::is_aligned(payload, aligned::archive_align::<V::Archived>())
+            && V::__access(payload).is_ok()
+        {
+            return Some(ArchivedHit {
+                backing: Backing::Stored(stored),
+                offset,
+                _value: PhantomData,
+            });
         }
-        Self::checked(Backing::Stored(stored), offset)
+        // Not aligned, or aligned for the root but not for a deeper field (see
+        // `aligned::with_aligned`): a copy aligned for anything tells that from damage.
+        Self::checked(Backing::Copied(aligned::copy(payload)), 0)
     }
 
     /// A guard over a value's own archive (a miss hands back what it just computed).

@@ -125,6 +125,7 @@ mod panics;
 #[cfg(feature = "redis")]
 mod remote;
 mod report;
+mod serde_value;
 mod shared;
 mod stats;
 mod storage;
@@ -140,6 +141,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use fingerprint::Fingerprint;
 #[doc(hidden)]
+pub use fingerprint::third_party::crates as __third_party;
+#[doc(hidden)]
 pub use fingerprint::{mix as __mix, name_hash as __name_hash};
 #[cfg(feature = "macros")]
 pub use fresco_memoize_macros::{Fingerprint, memoize};
@@ -148,6 +151,7 @@ pub use inspect::{CacheInfo, CompactReport, FileCheck, MemoizerInfo, ZoneInfo};
 pub use integrity::IntegrityReport;
 pub use memoizer::{Memoizer, MemoizerBuilder, Store};
 pub use report::{ErrorHook, Health};
+pub use serde_value::Serde;
 pub use stats::Stats;
 pub use storage::open::OnCorruption;
 pub use value::Value;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rkyv::util::AlignedVec;
 use serde::Serialize;
 
-use crate::aligned::with_aligned;
+use crate::aligned::{archive_align, with_aligned};
 use crate::error::{Error, Result};
 use crate::flight::Caller;
 use crate::hit::ArchivedHit;
@@ -148,7 +148,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// One attempt of [`lookup`](Self::lookup): `Retry` if an invalidation overtook it.
     fn lookup_once(&self, ek: &EncodedKey, serve_due: bool) -> Read<Looked<V>> {
         let core = &*self.core;
-        let align = std::mem::align_of::<V::Archived>();
+        let align = archive_align::<V::Archived>();
         let stamp = core.stamp();
         let in_memory = core.in_memory(ek, stamp, serve_due, |entry| {
             let value = with_aligned(entry.payload(), align, |payload| {

@@ -12,7 +12,9 @@ use crate::Fingerprint;
 ///
 /// Implemented automatically for every type with
 /// `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint)]`, and for
-/// the std types rkyv supports (`u64`, `String`, `Vec<T>`, `Option<T>`, tuples...).
+/// the std types rkyv supports (`u64`, `String`, `Vec<T>`, `Option<T>`, tuples...; the
+/// list is on [`Fingerprint`]). A type with serde impls only is memoized as
+/// [`Serde<T>`](crate::Serde).
 ///
 /// ```
 /// use fresco_memoize::{Fingerprint, Value};
@@ -24,6 +26,12 @@ use crate::Fingerprint;
 /// assert_value::<Synopsis>();
 /// assert_value::<Option<Vec<(u64, String)>>>();
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be memoized: it is not a `fresco_memoize::Value`",
+    label = "not a memoizable value",
+    note = "derive the four traits on your type: `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, fresco_memoize::Fingerprint)]` (values are also `Send + 'static`)",
+    note = "a type with only serde impls is memoized as `fresco_memoize::Serde<T>`"
+)]
 pub trait Value: Fingerprint + rkyv::Archive + Sized + Send + 'static {
     #[doc(hidden)]
     fn __archive(&self) -> Result<AlignedVec, rancor::Error>;

@@ -9,14 +9,38 @@ mod memoize;
 /// Derives `fresco_memoize::Fingerprint`: a schema hash of the type's name, its fields'
 /// names and types, its variants and its `#[rkyv(...)]` attributes, mixed with the
 /// `SCHEMA` of every field type, so editing a nested type changes this one too.
-#[proc_macro_derive(Fingerprint)]
+///
+/// A field whose type has no `Fingerprint` takes a string in its place, which stands for
+/// that type's definition: change the string when the definition changes, and the values
+/// stored before read as misses.
+///
+/// ```
+/// use fresco_memoize::Fingerprint;
+///
+/// # mod geo { #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)] pub struct Point { pub x: f64, pub y: f64 } }
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint)]
+/// struct Route {
+///     name: String,
+///     #[fingerprint(with = "geo::Point 0.28")]
+///     start: geo::Point,
+/// }
+/// # let _ = Route::SCHEMA;
+/// ```
+#[proc_macro_derive(Fingerprint, attributes(fingerprint))]
 pub fn derive_fingerprint(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
+    fingerprint_impl(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+fn fingerprint_impl(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let name = &input.ident;
+    refuse_fingerprint_attrs(&input.attrs, "the type")?;
     let mut shape = format!("{}:{}", kind(&input.data), name);
     push_rkyv_attrs(&mut shape, &input.attrs);
     let mut field_types = Vec::new();
-    let mut push_fields = |shape: &mut String, fields: &Fields| {
+    let mut push_fields = |shape: &mut String, fields: &Fields| -> syn::Result<()> {
         for (i, f) in fields.iter().enumerate() {
             let ty = &f.ty;
             let fname = f
@@ -25,24 +49,29 @@ pub fn derive_fingerprint(input: TokenStream) -> TokenStream {
                 .map_or_else(|| i.to_string(), |id| id.to_string());
             shape.push_str(&format!("|{fname}:{}", quote!(#ty)));
             push_rkyv_attrs(shape, &f.attrs);
-            field_types.push(ty.clone());
+            match fingerprint_with(&f.attrs)? {
+                // The string replaces the type's own SCHEMA; it goes into the shape, in a
+                // form no type's tokens can take, so changing it changes the seed.
+                Some(with) => shape.push_str(&format!("=with{with:?}")),
+                None => field_types.push(ty.clone()),
+            }
         }
+        Ok(())
     };
     match &input.data {
-        Data::Struct(s) => push_fields(&mut shape, &s.fields),
+        Data::Struct(s) => push_fields(&mut shape, &s.fields)?,
         Data::Enum(e) => {
             for v in &e.variants {
+                refuse_fingerprint_attrs(&v.attrs, "a variant")?;
                 shape.push_str(&format!("#{}", v.ident));
-                push_fields(&mut shape, &v.fields);
+                push_fields(&mut shape, &v.fields)?;
             }
         }
         Data::Union(u) => {
-            return syn::Error::new(
+            return Err(syn::Error::new(
                 u.union_token.span,
                 "Fingerprint cannot be derived for unions",
-            )
-            .to_compile_error()
-            .into();
+            ));
         }
     }
     let seed = xxhash_rust::xxh3::xxh3_64(shape.as_bytes());
@@ -53,15 +82,57 @@ pub fn derive_fingerprint(input: TokenStream) -> TokenStream {
             .push(syn::parse_quote!(::fresco_memoize::Fingerprint));
     }
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    quote! {
+    Ok(quote! {
         impl #impl_generics ::fresco_memoize::Fingerprint for #name #ty_generics #where_clause {
             const SCHEMA: u64 = ::fresco_memoize::__mix(
                 #seed,
                 &[#(<#field_types as ::fresco_memoize::Fingerprint>::SCHEMA),*],
             );
         }
+    })
+}
+
+/// The string of a field's `#[fingerprint(with = "...")]`, if it has one.
+fn fingerprint_with(attrs: &[syn::Attribute]) -> syn::Result<Option<String>> {
+    let mut with = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("fingerprint")) {
+        attr.parse_nested_meta(|meta| {
+            if !meta.path.is_ident("with") {
+                return Err(meta.error(
+                    "unknown fingerprint option: the only one is `with = \"name or version\"`",
+                ));
+            }
+            if with.is_some() {
+                return Err(meta.error("`with` is given twice"));
+            }
+            let value: syn::LitStr = meta.value()?.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    "`with` takes a string naming the field's type and its version, e.g. `with = \"geo::Point 0.28\"`",
+                )
+            })?;
+            if value.value().trim().is_empty() {
+                return Err(syn::Error::new(
+                    value.span(),
+                    "`with` needs a name or version: an empty string would not change when the type does",
+                ));
+            }
+            with = Some(value.value());
+            Ok(())
+        })?;
     }
-    .into()
+    Ok(with)
+}
+
+/// `#[fingerprint(...)]` belongs on fields only.
+fn refuse_fingerprint_attrs(attrs: &[syn::Attribute], place: &str) -> syn::Result<()> {
+    match attrs.iter().find(|a| a.path().is_ident("fingerprint")) {
+        Some(attr) => Err(syn::Error::new_spanned(
+            attr,
+            format!("`#[fingerprint(...)]` goes on a field, not on {place}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn kind(data: &Data) -> &'static str {

@@ -57,7 +57,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         serve_due: bool,
         stamp: u64,
     ) -> Read<Looked<V>> {
-        let align = std::mem::align_of::<V::Archived>();
+        let align = crate::aligned::archive_align::<V::Archived>();
         self.remote_hit(rt, ek, serve_due, stamp, |bytes, offset| {
             with_aligned(&bytes[offset..], align, |payload| {
                 V::__access(payload).and_then(V::__deserialize).ok()

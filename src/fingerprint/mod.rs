@@ -6,14 +6,16 @@
 //! format in force, the archived size and alignment, the storage format version and the
 //! memoizer's own `version`. An entry whose fingerprint differs is never decoded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod std_types;
+pub(crate) mod third_party;
 
 /// A hash of a type's definition, used to tell apart values written by another version
 /// of the program.
 ///
 /// Derive it with `#[derive(Fingerprint)]` (feature `macros`, on by default): the derive
-/// hashes the type's name, its field names and field types, and mixes in the `SCHEMA` of
-/// every field type, so editing a nested type changes the outer fingerprint too.
+/// hashes the type's name, its field names and field types, its `#[rkyv(...)]`
+/// attributes, and mixes in the `SCHEMA` of every field type, so editing a nested type
+/// changes the outer fingerprint too.
 ///
 /// ```
 /// use fresco_memoize::Fingerprint;
@@ -26,6 +28,64 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 ///
 /// assert_ne!(Synopsis::SCHEMA, SynopsisV2::SCHEMA);
 /// ```
+///
+/// # Implemented for
+///
+/// Every std type that rkyv 0.8 archives:
+///
+/// - primitives, `NonZero*`, `String`, `str`, `CString`, `CStr`, `Duration`, the
+///   `std::net` addresses, `()`, tuples of up to 13 elements, arrays `[T; N]`, slices `[T]`;
+/// - `Option`, `Result`, `Box<T>` (also `Box<str>`, `Box<[T]>`), `Arc<T>` and `Rc<T>`
+///   (also `Arc<str>`, `Arc<[u8]>`), `Vec`, `VecDeque`, `BTreeMap`, `BTreeSet`, `HashMap`
+///   and `HashSet` (any hasher), `Range`, `RangeInclusive`, `RangeFrom`, `RangeTo`,
+///   `RangeToInclusive`, `RangeFull`, `Bound`, `PhantomData`, `PhantomPinned`,
+///   `ManuallyDrop`.
+///
+/// (`Rc` is covered too, though a memoized value must be `Send`, which a type holding an
+/// `Rc` is not.)
+///
+/// Some std types are archived by rkyv only through a wrapper named in
+/// `#[rkyv(with = ...)]`; they implement `Fingerprint` so that a field using the wrapper
+/// derives (the wrapper itself is part of the derived schema):
+///
+/// | Field type | rkyv attribute |
+/// |---|---|
+/// | `SystemTime` | `#[rkyv(with = rkyv::with::AsUnixTime)]` |
+/// | `PathBuf`, `OsString` | `#[rkyv(with = rkyv::with::AsString)]` (fails to archive a path that is not UTF-8) |
+/// | `Cow<'static, T>` (`str`, `[T]`, `T: Clone`) | `#[rkyv(with = rkyv::with::AsOwned)]` |
+///
+/// ```
+/// use fresco_memoize::Fingerprint;
+/// use std::{path::PathBuf, time::SystemTime};
+///
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Fingerprint)]
+/// struct Build {
+///     #[rkyv(with = rkyv::with::AsUnixTime)]
+///     finished: SystemTime,
+///     #[rkyv(with = rkyv::with::AsString)]
+///     artifact: PathBuf,
+/// }
+/// ```
+///
+/// rkyv's optional third-party types are covered behind this crate's features of the same
+/// names as rkyv's: `arrayvec-0_7`, `bytes-1`, `hashbrown-0_14` to `hashbrown-0_17`,
+/// `indexmap-2`, `smallvec-1`, `smol_str-0_2`, `smol_str-0_3`, `thin-vec-0_2`,
+/// `tinyvec-1`, `triomphe-0_1`, `uuid-1`. Each enables rkyv's feature too.
+///
+/// # Fields of other types
+///
+/// A field whose type has no `Fingerprint` (a type of another crate that rkyv archives
+/// through your own `#[rkyv(with = ...)]` wrapper, say) takes a name or version in its
+/// place: `#[fingerprint(with = "geo::Point v1")]`. The string stands for the type's
+/// definition, so change it whenever that definition changes: the old entries then read
+/// as misses. A value type that has only serde impls is memoized as
+/// [`Serde<T>`](crate::Serde).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no `Fingerprint`, so it cannot be (part of) a memoized value",
+    label = "no `Fingerprint` for `{Self}`",
+    note = "derive it on your type: `#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, fresco_memoize::Fingerprint)]`",
+    note = "a field of another crate's type: `#[fingerprint(with = \"its name and version\")]`; a serde-only value: `fresco_memoize::Serde<T>`"
+)]
 pub trait Fingerprint {
     /// The schema hash. Implementations must change it whenever the archived meaning of
     /// the type changes.
@@ -54,72 +114,6 @@ pub const fn mix(seed: u64, parts: &[u64]) -> u64 {
 pub const fn name_hash(name: &str) -> u64 {
     xxhash_rust::const_xxh3::xxh3_64(name.as_bytes())
 }
-
-macro_rules! leaf_fingerprint {
-    ($($t:ty),* $(,)?) => {$(
-        impl Fingerprint for $t {
-            const SCHEMA: u64 = name_hash(stringify!($t));
-        }
-    )*};
-}
-
-leaf_fingerprint!(
-    (),
-    bool,
-    char,
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    f32,
-    f64,
-    String
-);
-
-macro_rules! wrapper_fingerprint {
-    ($($name:literal => $t:ident <$($p:ident),*>),* $(,)?) => {$(
-        impl<$($p: Fingerprint),*> Fingerprint for $t<$($p),*> {
-            const SCHEMA: u64 = mix(name_hash($name), &[$(<$p as Fingerprint>::SCHEMA),*]);
-        }
-    )*};
-}
-
-wrapper_fingerprint!(
-    "Option" => Option<T>,
-    "Vec" => Vec<T>,
-    "Box" => Box<T>,
-    "HashMap" => HashMap<K, V>,
-    "BTreeMap" => BTreeMap<K, V>,
-    "HashSet" => HashSet<T>,
-    "BTreeSet" => BTreeSet<T>,
-);
-
-impl<T: Fingerprint, const N: usize> Fingerprint for [T; N] {
-    const SCHEMA: u64 = mix(name_hash("array"), &[T::SCHEMA, N as u64]);
-}
-
-macro_rules! tuple_fingerprint {
-    ($($t:ident),+) => {
-        impl<$($t: Fingerprint),+> Fingerprint for ($($t,)+) {
-            const SCHEMA: u64 = mix(name_hash("tuple"), &[$($t::SCHEMA),+]);
-        }
-    };
-}
-
-tuple_fingerprint!(A);
-tuple_fingerprint!(A, B);
-tuple_fingerprint!(A, B, C);
-tuple_fingerprint!(A, B, C, D);
-tuple_fingerprint!(A, B, C, D, E);
-tuple_fingerprint!(A, B, C, D, E, F);
 
 /// Describes the rkyv format this build writes: alignment mode, pointer width and
 /// endianness. Flipping rkyv's `unaligned` feature between builds changes it, so old
