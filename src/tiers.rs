@@ -45,6 +45,9 @@ use crate::storage::writer::{Ticket, Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
 use crate::value::Value;
 
+#[cfg(feature = "redis")]
+mod server;
+
 /// The persistent half of a memoizer.
 pub(crate) struct Persistent {
     pub id: u64,
@@ -724,15 +727,20 @@ impl Tiers {
     pub(crate) fn begin(&self, lead: &mut Lead<'_>, ek: &EncodedKey, deps: &Result<Vec<DepRow>>) {
         #[cfg(feature = "redis")]
         if let (Some(rt), Ok(deps)) = (&self.remote, deps) {
-            // The entry's id and the fence's stamp before its stamps are read: a window
-            // that opens later covers the entry (its server step may come after the
-            // put), and the local tier is not filled after such a window.
+            // The entry's id and the fence's stamp before it computes: a window that
+            // opens later covers the entry (its server step may come after the put),
+            // and the local tier is not filled after such a window. (The stamps read
+            // earlier, with the lease, can only refuse more puts.)
             lead.remote.entry_id = self.next_entry_id();
             lead.remote.stamp = self.stamp();
-            lead.remote.stamps = self.remote_begin(rt, &ek.hash, deps);
+            if let Err(e) = rt.begin(&mut lead.remote, deps) {
+                self.report(e);
+            }
         }
         #[cfg(not(feature = "redis"))]
-        let _ = (lead, ek, deps);
+        let _ = (lead, deps);
+        // The key's row is the server tier's already (its lease names it).
+        let _ = ek;
     }
 
     /// Stores `value`, computed under `lead`, unless an invalidation came since the lead
@@ -767,10 +775,8 @@ impl Tiers {
     fn store_led(&self, lead: &Lead<'_>, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>) {
         #[cfg(feature = "redis")]
         if let Some(rt) = &self.remote {
-            if let Some(stamps) = &lead.remote.stamps {
-                let leading = &lead.remote;
-                let (meta, bytes) = self.encode_entry(ek, archive, &deps, leading.entry_id);
-                self.remote_store(rt, ek, bytes, meta.expires_at_ms, stamps, leading.stamp);
+            if lead.remote.stamps.is_some() {
+                self.remote_store(rt, ek, archive, &deps, &lead.remote);
             }
             return;
         }

@@ -6,12 +6,12 @@
 
 mod redis_common;
 
+use std::sync::Barrier;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use fresco_memoize::{Cache, ManualClock, Memoizer, Store, Zone, memoize};
-use redis_common::{Server, namespace, url};
+use redis_common::{Calls, Server, eventually, namespace, url};
 use serde::Serialize;
 
 #[derive(Serialize, Clone, Debug)]
@@ -40,28 +40,6 @@ fn connect(url: &str, ns: &str) -> Cache {
         .namespace(ns)
         .connect(url)
         .expect("connect to the test server")
-}
-
-/// Counts computations.
-#[derive(Default, Clone)]
-struct Calls(Arc<AtomicUsize>);
-
-impl Calls {
-    fn count<T>(&self, value: T) -> T {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        value
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]
@@ -556,4 +534,78 @@ fn the_local_tier_flushes_itself_when_its_connection_drops() {
         m.get_or_compute(&key, |k| k * 2);
         m.get_or_compute(&key, |_| 0) == key * 2
     });
+}
+
+/// The commands clients sent since the last `CONFIG RESETSTAT` - one round trip each -
+/// leaving out those the scripts ran inside (counted by the server too) and the test's
+/// own `INFO` and `CONFIG`.
+fn round_trips(server: &Server) -> u64 {
+    const IN_SCRIPTS: [&str; 11] = [
+        "get",
+        "set",
+        "hset",
+        "hmget",
+        "exists",
+        "del",
+        "unlink",
+        "pexpire",
+        "pexpireat",
+        "pttl",
+        "hincrby",
+    ];
+    let stats = server.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            // Subcommands count under their command (`config|resetstat`).
+            let name = name.split('|').next()?;
+            let calls = rest.split("calls=").nth(1)?.split(',').next()?;
+            let counted = !IN_SCRIPTS.contains(&name) && !["info", "config"].contains(&name);
+            counted.then(|| calls.parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+#[test]
+fn a_miss_costs_three_round_trips_four_with_dependency_keys() {
+    let server = Server::start(&[]);
+    let cache = connect(&server.url(), &namespace("round-trips"));
+    let plain: Memoizer<u64, u64> = cache.memoizer("plain").build().unwrap();
+    let lib = library(&cache, Store::Persistent);
+    // Warm up: the scripts are loaded and a connection is open.
+    plain.get_or_compute(&0, |k| *k);
+    lib.blurb.get_or_compute(&book(0, 1, 1), |_| "warm".into());
+    let measure = |call: &dyn Fn()| {
+        server.cli(&["CONFIG", "RESETSTAT"]);
+        call();
+        round_trips(&server)
+    };
+    // A miss: the hit script (absent), the lease with the stamps, the put (which gives
+    // the lease back). There were six before the lease and the stamps shared a script
+    // and the put gave the lease back.
+    assert_eq!(
+        measure(&|| assert_eq!(plain.get_or_compute(&1, |k| k + 1), 2)),
+        3
+    );
+    // Dependency keys add one, for their stamps (known only once the key is).
+    let bk = book(1, 2, 3);
+    assert_eq!(
+        measure(&|| {
+            lib.blurb.get_or_compute(&bk, |_| "b".into());
+        }),
+        4
+    );
+    // A hit: one.
+    assert_eq!(
+        measure(&|| assert_eq!(plain.get_or_compute(&1, |_| unreachable!()), 2)),
+        1
+    );
+    assert_eq!(
+        measure(&|| {
+            lib.blurb.get_or_compute(&bk, |_| unreachable!());
+        }),
+        1
+    );
 }

@@ -248,3 +248,124 @@ fn set_field(server: &Server, key: &str, bytes: &[u8]) {
         .query::<()>(&mut con)
         .unwrap();
 }
+
+/// A call whose connection drops after the server got its script, before the answer
+/// came back.
+fn cut_call(
+    proxy: &redis_common::Proxy,
+    pattern: &[u8],
+    call: impl FnOnce() -> String,
+) -> (String, Duration) {
+    proxy.cut_after(pattern);
+    let cuts = proxy.cuts();
+    let started = Instant::now();
+    let got = call();
+    let took = started.elapsed();
+    assert_eq!(proxy.cuts(), cuts + 1, "the connection was cut mid-script");
+    (got, took)
+}
+
+#[test]
+fn a_connection_dropped_mid_script_costs_the_call_nothing() {
+    let server = Server::start(&[]);
+    let proxy = redis_common::Proxy::start(server.port);
+    let ns = namespace("mid-script");
+    let errors = Arc::new(AtomicUsize::new(0));
+    let a = connect(&proxy.url(), &ns, errors.clone());
+    let b = connect(&server.url(), &ns, Arc::new(AtomicUsize::new(0)));
+    let ma = a.memoizer::<u64, String>("m").build().unwrap();
+    let mb = b.memoizer::<u64, String>("m").build().unwrap();
+    let computed = AtomicUsize::new(0);
+    let compute = |k: &u64| {
+        computed.fetch_add(1, Ordering::SeqCst);
+        value(*k)
+    };
+
+    // Warm up: the server has every script (a first call of one is answered NOSCRIPT,
+    // then sent again in full).
+    ma.get_or_compute(&0, compute);
+    // The put: the server stored the value, its answer was lost. The call returns its
+    // value within the timeout and reports the failure.
+    let (got, took) = cut_call(&proxy, value(1).as_bytes(), || {
+        ma.get_or_compute(&1, compute)
+    });
+    assert_eq!(got, value(1));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        errors.load(Ordering::SeqCst) >= 1,
+        "reported through the hook"
+    );
+    assert!(
+        a.health().errors >= 1 && ma.stats().errors >= 1,
+        "and in Health and Stats"
+    );
+    // The script ran: the other machine is served the value, computing nothing.
+    assert_eq!(mb.get_or_compute(&1, |_| unreachable!()), value(1));
+    // A reconnected: it is served the stored value and stores new ones, without errors.
+    let reported = errors.load(Ordering::SeqCst);
+    assert_eq!(ma.get_or_compute(&1, |_| unreachable!()), value(1));
+    assert_eq!(ma.get_or_compute(&2, compute), value(2));
+    assert_eq!(mb.get_or_compute(&2, |_| unreachable!()), value(2));
+    assert_eq!(errors.load(Ordering::SeqCst), reported);
+
+    // A hit of a `max_hits` entry: counted on the server, the answer lost. The caller
+    // computes; the value is never served more often than max_hits.
+    let ca = a
+        .memoizer::<u64, String>("counted")
+        .max_hits(2)
+        .build()
+        .unwrap();
+    let cb = b
+        .memoizer::<u64, String>("counted")
+        .max_hits(2)
+        .build()
+        .unwrap();
+    assert_eq!(cb.get_or_compute(&3, compute), value(3));
+    let entry = format!("{{fm:{ns}}}:e:").into_bytes();
+    let (got, _) = cut_call(&proxy, &entry, || ca.get_or_compute(&3, compute));
+    assert_eq!(got, value(3));
+    let before = computed.load(Ordering::SeqCst);
+    assert_eq!(cb.get_or_compute(&3, compute), value(3));
+    assert_eq!(cb.get_or_compute(&3, compute), value(3));
+    assert!(
+        computed.load(Ordering::SeqCst) > before,
+        "2 hits at most: the lost one counted"
+    );
+}
+
+#[test]
+fn a_lease_whose_answer_was_lost_does_not_hold_up_other_machines() {
+    let server = Server::start(&[]);
+    let proxy = redis_common::Proxy::start(server.port);
+    let ns = namespace("mid-lease");
+    let lease = Duration::from_secs(3);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let with_lease = |url: &str| {
+        let errors = errors.clone();
+        Cache::builder()
+            .namespace(&ns)
+            .lease(lease)
+            .on_error(move |_| {
+                errors.fetch_add(1, Ordering::SeqCst);
+            })
+            .connect(url)
+            .unwrap()
+    };
+    let (a, b) = (with_lease(&proxy.url()), with_lease(&server.url()));
+    let ma = a.memoizer::<u64, String>("m").build().unwrap();
+    let mb = b.memoizer::<u64, String>("m").build().unwrap();
+    ma.get_or_compute(&0, |k| value(*k)); // every script loaded
+    // The script that takes the lease ran on the server; its answer was lost, so A
+    // computes alone (and stores nothing: it has no stamps) ...
+    let lease_key = format!("{{fm:{ns}}}:l:").into_bytes();
+    let (got, took) = cut_call(&proxy, &lease_key, || ma.get_or_compute(&1, |k| value(*k)));
+    assert_eq!(got, value(1));
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(errors.load(Ordering::SeqCst) >= 1);
+    // ... and gives the orphaned lease back once the server answers again: B does not
+    // wait for it to expire.
+    let started = Instant::now();
+    assert_eq!(mb.get_or_compute(&1, |k| value(*k)), value(1));
+    assert!(started.elapsed() < lease / 2, "{:?}", started.elapsed());
+    assert_eq!(ma.get_or_compute(&1, |_| unreachable!()), value(1));
+}

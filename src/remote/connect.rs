@@ -76,9 +76,31 @@ impl CacheBuilder {
         self
     }
 
+    /// The certificate authorities (PEM) a `rediss://` server's certificate must chain to,
+    /// instead of the system's trusted roots: for a server with a private CA.
+    pub fn server_ca_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.remote.settings.tls.ca = Some(pem.into());
+        self
+    }
+
+    /// A client certificate and its private key (PEM) presented to a `rediss://` server
+    /// that authenticates clients by certificate (`tls-auth-clients yes`). The key never
+    /// appears in `Debug` output or errors.
+    pub fn server_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.remote.settings.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// A cache whose memoizers keep their entries on the Redis or Valkey server at `url`
     /// (feature `redis`): `redis://[user:password@]host:port/db`, or `rediss://` for TLS
-    /// (see README, "Redis", for TLS). Memoizers default to [`Store::Persistent`], which
+    /// (the server's certificate is checked against the system's roots, or against
+    /// [`server_ca_certificates`](Self::server_ca_certificates)). Any node of a Redis
+    /// Cluster will do: the namespace lives in one hash slot, and the cache talks to the
+    /// node that serves it. Memoizers default to [`Store::Persistent`], which
     /// here means the server; [`Store::Tiered`] puts a local LRU in front of it, kept
     /// up to date by the server's invalidation pushes (README, "Redis").
     ///

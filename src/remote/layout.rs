@@ -54,6 +54,12 @@ impl Layout {
         })
     }
 
+    /// A key in the namespace's hash slot (in a cluster, the node serving it serves the
+    /// whole namespace).
+    pub(crate) fn slot_key(&self) -> &str {
+        &self.tag
+    }
+
     pub(crate) fn generation(&self, memo: u64) -> String {
         format!("{}:g:{memo:016x}", self.tag)
     }

@@ -9,17 +9,18 @@
 //! lease for a holder that gave up on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::store::{Lease, Remote};
+use super::store::{Lease, Led, Remote, Stamps};
 use crate::key::KeyHash;
 
 /// The leases this process holds, renewed at a third of their duration.
 #[derive(Default)]
 pub(crate) struct Renewer {
-    held: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// Each with when it was taken or last renewed.
+    held: Mutex<HashMap<u64, (Arc<Lease>, Instant)>>,
     /// Leases to release once the server answers, until they expire anyway.
     orphans: Mutex<Vec<(Lease, Instant)>>,
     next: AtomicU64,
@@ -27,12 +28,26 @@ pub(crate) struct Renewer {
     wake: Condvar,
 }
 
-/// A held lease; released when dropped.
+/// A held lease; released when dropped, unless the put that stored its computation
+/// released it already ([`Held::given_back`]).
 pub(crate) struct Held {
     remote: Arc<Remote>,
     renewer: Arc<Renewer>,
     id: u64,
     lease: Arc<Lease>,
+    given_back: AtomicBool,
+}
+
+impl Held {
+    /// The lease, for a put that gives it back.
+    pub(crate) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The server released the lease (the put did): dropping it sends nothing.
+    pub(crate) fn given_back(&self) {
+        self.given_back.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Held {
@@ -42,7 +57,7 @@ impl Drop for Held {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
-        if self.remote.release(&self.lease).is_err() {
+        if !self.given_back.load(Ordering::Relaxed) && self.remote.release(&self.lease).is_err() {
             self.renewer.orphan(&self.remote, (*self.lease).clone());
         }
     }
@@ -52,8 +67,9 @@ impl Drop for Held {
 pub(crate) enum Turn<R> {
     /// Another machine stored the value meanwhile.
     Found(R),
-    /// Compute, holding the lease.
-    Lead(Held),
+    /// Compute, holding the lease, under these stamps (those known before the
+    /// dependency rows).
+    Lead(Held, Stamps),
     /// Compute without a lease: the server failed (the error, unless `look` reported it
     /// already).
     Alone(Option<crate::error::Error>),
@@ -67,31 +83,37 @@ impl Renewer {
     /// `look` returns `Err` when the server failed (it reported it): the caller then
     /// computes without a lease (the value is still returned; reads validate stamps, so
     /// an unleased store is never wrong, only possibly duplicated).
+    ///
+    /// Taking the lease reads the stamps `keys` too (`generations` of them generations),
+    /// in the same round trip.
     pub(crate) fn take_turn<R>(
         self: &Arc<Self>,
         remote: &Arc<Remote>,
-        memo: u64,
-        row: &KeyHash,
+        (memo, row): (u64, &KeyHash),
+        (keys, generations): (&[String], usize),
         mut look: impl FnMut() -> Result<Option<R>, ()>,
     ) -> Turn<R> {
         let mut backoff = Duration::from_millis(1);
         loop {
             let lease = remote.new_lease(memo, row);
-            match remote.acquire(&lease) {
+            match remote.lead(&lease, memo, row, keys, generations) {
                 Err(e) => {
                     self.orphan(remote, lease);
                     return Turn::Alone(Some(e));
                 }
-                Ok(true) => {
+                Ok(Led::Taken { exists, stamps }) => {
                     let held = self.hold(remote, lease);
                     // The previous holder may have stored just before releasing.
+                    if !exists {
+                        return Turn::Lead(held, stamps);
+                    }
                     return match look() {
                         Ok(Some(found)) => Turn::Found(found),
-                        Ok(None) => Turn::Lead(held),
+                        Ok(None) => Turn::Lead(held, stamps),
                         Err(()) => Turn::Alone(None),
                     };
                 }
-                Ok(false) => {}
+                Ok(Led::Busy) => {}
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -109,13 +131,14 @@ impl Renewer {
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, lease.clone());
+            .insert(id, (lease.clone(), Instant::now()));
         self.wake_thread(remote);
         Held {
             remote: remote.clone(),
             renewer: self.clone(),
             id,
             lease,
+            given_back: AtomicBool::new(false),
         }
     }
 }
@@ -169,12 +192,10 @@ fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
             return;
         };
         let orphans_left = renewer.release_orphans(&remote);
-        let every = if orphans_left {
-            ORPHAN_RETRY
-        } else {
-            remote.settings.lease / 3
-        };
-        let held: Vec<Arc<Lease>> = {
+        // A lease is renewed once a third of it has passed since it was taken or last
+        // renewed: a computation shorter than that costs no renewal at all.
+        let every = remote.settings.lease / 3;
+        let due: Vec<(u64, Arc<Lease>)> = {
             let held = renewer.held.lock().unwrap_or_else(|e| e.into_inner());
             let held = if held.is_empty() && !orphans_left {
                 // Sleep until a lease is taken (or a while, to notice the store going).
@@ -186,16 +207,36 @@ fn renew_loop(renewer: &Weak<Renewer>, remote: &Weak<Remote>) {
             } else {
                 held
             };
-            held.values().cloned().collect()
+            held.iter()
+                .filter(|(_, (_, since))| since.elapsed() >= every)
+                .map(|(id, (lease, _))| (*id, lease.clone()))
+                .collect()
         };
-        let started = Instant::now();
-        for lease in &held {
+        for (_, lease) in &due {
             // A lost or unrenewable lease is not fatal: another machine may compute too.
             let _ = remote.renew(lease);
         }
+        let next = {
+            let mut held = renewer.held.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for (id, _) in &due {
+                if let Some((_, since)) = held.get_mut(id) {
+                    *since = now;
+                }
+            }
+            held.values()
+                .map(|(_, since)| every.saturating_sub(since.elapsed()))
+                .min()
+        };
         drop((renewer, remote));
-        if !held.is_empty() || orphans_left {
-            std::thread::sleep(every.saturating_sub(started.elapsed()));
+        let sleep = match (next, orphans_left) {
+            (Some(next), true) => Some(next.min(ORPHAN_RETRY)),
+            (Some(next), false) => Some(next),
+            (None, true) => Some(ORPHAN_RETRY),
+            (None, false) => None,
+        };
+        if let Some(sleep) = sleep {
+            std::thread::sleep(sleep.max(Duration::from_millis(1)));
         }
     }
 }

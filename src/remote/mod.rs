@@ -22,6 +22,5 @@ mod tracking;
 mod url;
 
 pub(crate) use connect::{Options, name_id};
-pub(crate) use memo::Leading;
 pub(crate) use push::listen_for;
-pub(crate) use service::{RemoteTier, ServerRemoval, Service};
+pub(crate) use service::{Leading, RemoteTier, ServerRemoval, Service, Turn};

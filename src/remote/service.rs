@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::lease::Renewer;
+use super::lease::{self, Held, Renewer};
 use super::store::{Found, Remote, Settings, Stamps};
 use super::tracking::{Event, Tracker};
 use crate::error::Error;
@@ -116,7 +116,8 @@ impl Service {
     }
 }
 
-/// One memoizer's entries on the server.
+/// One memoizer's entries on the server. Every failed call marks the service failed
+/// ([`Service::failed`]) before it returns its error, which the caller reports.
 pub(crate) struct RemoteTier {
     pub service: Arc<Service>,
     /// The memoizer's id on the server: a hash of its name, the same on every machine.
@@ -127,30 +128,111 @@ pub(crate) struct RemoteTier {
     pub max_hits: u32,
 }
 
+/// What a connected memoizer's leader holds while it computes.
+#[derive(Default)]
+pub(crate) struct Leading {
+    /// The key's lease (none if the server could not be asked); released when dropped,
+    /// or by the put.
+    lease: Option<Held>,
+    /// The stamps read with the lease (before the dependency rows were known).
+    before: Option<Stamps>,
+    /// The stamps the value is stored under; `None`: the value is not stored.
+    pub stamps: Option<Stamps>,
+    /// The entry's id, taken before the dependency stamps were read (`Tiers::begin`).
+    pub entry_id: u64,
+    /// The fence's stamp, read with the entry id.
+    pub stamp: u64,
+}
+
+/// What a caller that missed should do on the server's side ([`RemoteTier::turn`]).
+pub(crate) enum Turn<R> {
+    /// Another machine stored the value meanwhile.
+    Found(R),
+    /// Compute, holding the key's lease.
+    Lead(Leading),
+    /// Compute, store nothing: the server failed (the error to report, unless `look`
+    /// reported it already).
+    Alone(Option<Error>),
+}
+
 impl RemoteTier {
+    fn failed<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_err() {
+            self.service.failed();
+        }
+        result
+    }
+
     /// The entry bytes stored under `row`, served (and counted) by the hit script.
     pub(crate) fn read(&self, row: &KeyHash) -> Result<Found, Error> {
-        self.service.remote.hit(self.memo, row, self.max_hits)
+        self.failed(self.service.remote.hit(self.memo, row, self.max_hits))
     }
 
-    /// The stamps a computation of the entry `row` with these dependency rows starts
-    /// under.
-    pub(crate) fn begin(&self, row: &KeyHash, deps: &[DepRow]) -> Result<Stamps, Error> {
-        let remote = &self.service.remote;
-        let keys = remote.stamp_keys(self.memo, &self.zones, row, deps);
-        remote.read_stamps(&keys, 1 + self.zones.len())
+    /// The server side of leading a miss: waits for the key's lease (another machine may
+    /// compute it), serving the value if it lands meanwhile (`look` finds it), or takes
+    /// it together with the stamps known so far.
+    pub(crate) fn turn<R>(&self, row: &KeyHash, look: impl Fn() -> Option<R>) -> Turn<R> {
+        let service = &self.service;
+        let remote = &service.remote;
+        let keys = remote.fixed_stamp_keys(self.memo, &self.zones, row);
+        let turn = service.leases.take_turn(
+            remote,
+            (self.memo, row),
+            (&keys, 1 + self.zones.len()),
+            || Ok(look()),
+        );
+        match turn {
+            lease::Turn::Found(value) => Turn::Found(value),
+            lease::Turn::Lead(held, before) => Turn::Lead(Leading {
+                lease: Some(held),
+                before: Some(before),
+                ..Leading::default()
+            }),
+            lease::Turn::Alone(error) => {
+                service.failed();
+                Turn::Alone(error)
+            }
+        }
     }
 
-    /// Stores entry bytes unless a stamp moved since [`begin`](Self::begin).
+    /// Completes the stamps of a computation that leads under `leading` once its
+    /// dependency rows are known (a round trip only if there are any). Without stamps
+    /// (no lease: the server failed) the value will not be stored.
+    pub(crate) fn begin(&self, leading: &mut Leading, deps: &[DepRow]) -> Result<(), Error> {
+        let Some(before) = &leading.before else {
+            return Ok(());
+        };
+        let stamps = self.failed(self.service.remote.read_dep_stamps(before, deps))?;
+        leading.stamps = Some(stamps);
+        Ok(())
+    }
+
+    /// Stores entry bytes unless a stamp moved since the computation began, and gives
+    /// its lease back. Returns whether it was stored (`false` also without stamps).
     pub(crate) fn put(
         &self,
         row: &KeyHash,
         bytes: &[u8],
-        stamps: &Stamps,
         deadline_ms: u64,
+        leading: &Leading,
     ) -> Result<bool, Error> {
-        self.service
-            .remote
-            .put(self.memo, row, bytes, stamps, deadline_ms)
+        let Some(stamps) = &leading.stamps else {
+            return Ok(false);
+        };
+        let lease = leading.lease.as_ref();
+        let stored = self.service.remote.put(
+            self.memo,
+            row,
+            bytes,
+            stamps,
+            deadline_ms,
+            lease.map(Held::lease),
+        );
+        if stored.is_ok()
+            && let Some(held) = lease
+        {
+            held.given_back();
+        }
+        self.failed(stored)
     }
 }

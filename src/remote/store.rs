@@ -5,7 +5,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::conn::{Pool, Timeouts};
+use super::conn::{Pool, Timeouts, Tls};
 use super::layout::Layout;
 use super::scripts;
 use super::url::ServerUrl;
@@ -25,6 +25,8 @@ pub(crate) struct Settings {
     pub stamp_ttl: Option<Duration>,
     /// How long a single-flight lease lasts without renewal.
     pub lease: Duration,
+    /// Certificates for a `rediss://` server.
+    pub tls: Tls,
 }
 
 impl Default for Settings {
@@ -37,15 +39,50 @@ impl Default for Settings {
             ttl_ceiling: Some(Duration::from_secs(24 * 3600)),
             stamp_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
             lease: Duration::from_secs(5),
+            tls: Tls::default(),
         }
     }
 }
 
 /// The stamps a computation ran under: their key names and values, newline-joined.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Stamps {
     names: String,
     values: String,
+}
+
+impl Stamps {
+    /// These stamps followed by `keys` holding `values`.
+    fn then(&self, keys: &[String], values: &[String]) -> Stamps {
+        self.then_all(&Stamps {
+            names: keys.join("\n"),
+            values: values.join("\n"),
+        })
+    }
+
+    /// These stamps followed by `more`.
+    fn then_all(&self, more: &Stamps) -> Stamps {
+        if self.names.is_empty() {
+            return more.clone();
+        }
+        if more.names.is_empty() {
+            return self.clone();
+        }
+        Stamps {
+            names: format!("{}\n{}", self.names, more.names),
+            values: format!("{}\n{}", self.values, more.values),
+        }
+    }
+}
+
+/// What asking for a computation's lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Led {
+    /// Another holder computes the entry.
+    Busy,
+    /// The lease is ours; the stamps the computation starts under were read. `exists`:
+    /// an entry is there already (look at it before computing).
+    Taken { exists: bool, stamps: Stamps },
 }
 
 /// What the hit script found.
@@ -91,7 +128,12 @@ fn millis(d: Option<Duration>) -> u64 {
 impl Remote {
     pub(crate) fn new(url: &str, namespace: &str, settings: Settings) -> Result<Self, Error> {
         let layout = Layout::new(namespace)?;
-        let pool = Pool::new(ServerUrl::new(url), settings.timeouts)?;
+        let pool = Pool::new(
+            ServerUrl::new(url),
+            settings.timeouts,
+            &settings.tls,
+            layout.slot_key().to_string(),
+        )?;
         Ok(Remote {
             pool,
             layout,
@@ -108,41 +150,87 @@ impl Remote {
         format!("{:x}", self.random.hash_one(n))
     }
 
-    /// The stamp keys of an entry: its memoizer's generation and the generations of the
-    /// memoizer's zones (`1 + zones.len()` keys without a TTL), then its key's stamp and
-    /// one stamp per dependency row.
-    pub(crate) fn stamp_keys(
-        &self,
-        memo: u64,
-        zones: &[u64],
-        row: &KeyHash,
-        deps: &[DepRow],
-    ) -> Vec<String> {
-        let mut keys = Vec::with_capacity(2 + zones.len() + deps.len());
+    /// The stamp keys an entry starts under before its dependency rows are known: its
+    /// memoizer's generation and the generations of the memoizer's zones (`1 +
+    /// zones.len()` keys without a TTL), then its key's stamp.
+    pub(crate) fn fixed_stamp_keys(&self, memo: u64, zones: &[u64], row: &KeyHash) -> Vec<String> {
+        let mut keys = Vec::with_capacity(2 + zones.len());
         keys.push(self.layout.generation(memo));
         keys.extend(zones.iter().map(|z| self.layout.zone_generation(*z)));
         keys.push(self.layout.key_stamp(memo, row));
-        keys.extend(deps.iter().map(|d| self.layout.stamp(d)));
         keys
     }
 
-    /// Reads (creating) the stamps `keys` name; `generations` leading keys are
-    /// generations. Done before computing.
-    pub(crate) fn read_stamps(&self, keys: &[String], generations: usize) -> Result<Stamps, Error> {
-        let mut call = scripts::STAMPS.prepare_invoke();
-        call.arg(generations).arg(millis(self.settings.stamp_ttl));
+    /// Adds the stamps `keys` name to a call (after its other arguments), with one fresh
+    /// value each for those the script has to create.
+    fn stamp_args(&self, call: &mut redis::ScriptInvocation<'_>, keys: &[String]) {
         for k in keys {
             call.key(k).arg(self.fresh());
         }
+    }
+
+    /// Reads (creating) the stamps `keys` name, the first `generations` of them
+    /// generations (no TTL).
+    pub(crate) fn read_stamps(&self, keys: &[String], generations: usize) -> Result<Stamps, Error> {
+        let mut call = scripts::STAMPS.prepare_invoke();
+        call.arg(generations).arg(millis(self.settings.stamp_ttl));
+        self.stamp_args(&mut call, keys);
         let values: Vec<String> = self.pool.with(|con| call.invoke(con))?;
-        Ok(Stamps {
-            names: keys.join("\n"),
-            values: values.join("\n"),
+        Ok(Stamps::default().then(keys, &values))
+    }
+
+    /// The stamps `before` (read when the computation's lease was taken) and those of
+    /// the dependency rows `deps`, read (created) now: no round trip without rows.
+    pub(crate) fn read_dep_stamps(
+        &self,
+        before: &Stamps,
+        deps: &[DepRow],
+    ) -> Result<Stamps, Error> {
+        if deps.is_empty() {
+            return Ok(before.clone());
+        }
+        let keys: Vec<String> = deps.iter().map(|d| self.layout.stamp(d)).collect();
+        let deps = self.read_stamps(&keys, 0)?;
+        Ok(before.then_all(&deps))
+    }
+
+    /// Tries to take `lease` for a computation of entry `row`; if taken, reads (creating)
+    /// the stamps `keys` of [`fixed_stamp_keys`](Self::fixed_stamp_keys), `generations`
+    /// of them generations. After an error the lease may be ours or not (a command that
+    /// timed out may still run): release it to be sure.
+    pub(crate) fn lead(
+        &self,
+        lease: &Lease,
+        memo: u64,
+        row: &KeyHash,
+        keys: &[String],
+        generations: usize,
+    ) -> Result<Led, Error> {
+        let mut call = scripts::LEAD.prepare_invoke();
+        call.key(&lease.key)
+            .key(self.layout.entry(memo, row))
+            .arg(&lease.token)
+            .arg(millis(Some(self.settings.lease)))
+            .arg(generations)
+            .arg(millis(self.settings.stamp_ttl));
+        self.stamp_args(&mut call, keys);
+        let (taken, exists, values): (i64, i64, Vec<String>) =
+            match self.pool.with(|con| call.invoke::<redis::Value>(con))? {
+                redis::Value::Array(parts) if parts.len() == 1 => (0, 0, Vec::new()),
+                reply => redis::from_redis_value(reply).map_err(|_| self.unexpected("lead"))?,
+            };
+        if taken == 0 {
+            return Ok(Led::Busy);
+        }
+        Ok(Led::Taken {
+            exists: exists == 1,
+            stamps: Stamps::default().then(keys, &values),
         })
     }
 
-    /// Stores entry bytes unless a stamp moved since `stamps` were read; `deadline_ms` is
-    /// the entry's absolute deadline (0: none). Returns whether it was stored.
+    /// Stores entry bytes unless a stamp moved since `stamps` were read, and gives
+    /// `lease` back (if any); `deadline_ms` is the entry's absolute deadline (0: none).
+    /// Returns whether it was stored.
     pub(crate) fn put(
         &self,
         memo: u64,
@@ -150,6 +238,7 @@ impl Remote {
         bytes: &[u8],
         stamps: &Stamps,
         deadline_ms: u64,
+        lease: Option<&Lease>,
     ) -> Result<bool, Error> {
         let key = self.layout.entry(memo, row);
         let mut call = scripts::PUT.prepare_invoke();
@@ -159,6 +248,9 @@ impl Remote {
             .arg(&stamps.values)
             .arg(deadline_ms)
             .arg(millis(self.settings.ttl_ceiling));
+        if let Some(lease) = lease {
+            call.key(&lease.key).arg(&lease.token);
+        }
         let stored: i64 = self.pool.with(|con| call.invoke(con))?;
         Ok(stored == 1)
     }
@@ -189,35 +281,12 @@ impl Remote {
         }
     }
 
-    /// Tries to take the single-flight lease of a row.
-    #[cfg(test)]
-    pub(crate) fn try_lease(&self, memo: u64, row: &KeyHash) -> Result<Option<Lease>, Error> {
-        let lease = self.new_lease(memo, row);
-        Ok(self.acquire(&lease)?.then_some(lease))
-    }
-
     /// A lease token for a row, not yet asked for.
     pub(crate) fn new_lease(&self, memo: u64, row: &KeyHash) -> Lease {
         Lease {
             key: self.layout.lease(memo, row),
             token: self.fresh(),
         }
-    }
-
-    /// Asks for `lease`; true if it is ours now. After an error it may be ours or not
-    /// (a command that timed out may still run): release it to be sure.
-    pub(crate) fn acquire(&self, lease: &Lease) -> Result<bool, Error> {
-        let ms = millis(Some(self.settings.lease));
-        let taken: Option<String> = self.pool.with(|con| {
-            redis::cmd("SET")
-                .arg(&lease.key)
-                .arg(&lease.token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query(con)
-        })?;
-        Ok(taken.is_some())
     }
 
     /// Extends a lease by the lease duration; false if it was lost (expired, taken over).

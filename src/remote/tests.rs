@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::layout::Invalidated;
-use super::store::{Found, Remote, Settings, Stamps};
+use super::store::{Found, Lease, Led, Remote, Settings, Stamps};
 use super::tracking::{Event, Tracker};
 use crate::key::dep_row;
 
@@ -42,9 +42,19 @@ const ZONE: u64 = 7;
 const ROW: [u8; 16] = [3; 16];
 
 fn stamps_for(r: &Remote, deps: &[crate::key::DepRow]) -> (Vec<String>, Stamps) {
-    let keys = r.stamp_keys(MEMO, &[ZONE], &ROW, deps);
+    let mut keys = r.fixed_stamp_keys(MEMO, &[ZONE], &ROW);
+    keys.extend(deps.iter().map(|d| r.layout.stamp(d)));
     let st = r.read_stamps(&keys, 2).unwrap();
     (keys, st)
+}
+
+/// The lease of `row`, if free (taken without reading stamps).
+fn try_lease(r: &Remote, row: &[u8; 16]) -> Option<Lease> {
+    let lease = r.new_lease(MEMO, row);
+    match r.lead(&lease, MEMO, row, &[], 0).unwrap() {
+        Led::Taken { .. } => Some(lease),
+        Led::Busy => None,
+    }
 }
 
 #[test]
@@ -54,7 +64,7 @@ fn a_stored_entry_is_served_until_a_stamp_moves() {
     let (keys, st) = stamps_for(&r, &[author]);
     // Reading again returns the same values: stamps are created once.
     assert_eq!(r.read_stamps(&keys, 2).unwrap(), st);
-    assert!(r.put(MEMO, &ROW, b"value", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"value", &st, 0, None).unwrap());
     assert_eq!(
         r.hit(MEMO, &ROW, 0).unwrap(),
         Found::Served(b"value".to_vec())
@@ -77,12 +87,12 @@ fn a_stored_entry_is_served_until_a_stamp_moves() {
 fn generations_invalidate_a_memoizer_and_a_zone() {
     let r = remote("generations");
     let (_, st) = stamps_for(&r, &[]);
-    assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     r.bump_memoizer(MEMO).unwrap();
     assert_eq!(r.hit(MEMO, &ROW, 0).unwrap(), Found::Stale);
 
     let (_, st) = stamps_for(&r, &[]);
-    assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     r.bump_zone(ZONE).unwrap();
     assert_eq!(r.hit(MEMO, &ROW, 0).unwrap(), Found::Stale);
 }
@@ -99,27 +109,27 @@ fn a_store_whose_stamps_moved_while_computing_is_refused() {
     for invalidate in invalidations {
         let (_, st) = stamps_for(&r, &[author]);
         invalidate(&r); // while computing
-        assert!(!r.put(MEMO, &ROW, b"stale", &st, 0).unwrap());
+        assert!(!r.put(MEMO, &ROW, b"stale", &st, 0, None).unwrap());
         assert_eq!(r.hit(MEMO, &ROW, 0).unwrap(), Found::Absent);
     }
     // A stamp that vanished and came back (recreated with a fresh value) refuses too.
     let (keys, st) = stamps_for(&r, &[author]);
     r.drop_stamp(&author).unwrap();
     r.read_stamps(&keys, 2).unwrap();
-    assert!(!r.put(MEMO, &ROW, b"stale", &st, 0).unwrap());
+    assert!(!r.put(MEMO, &ROW, b"stale", &st, 0, None).unwrap());
 }
 
 #[test]
 fn max_hits_is_exact_and_the_last_hit_removes_the_entry() {
     let r = remote("max-hits");
     let (_, st) = stamps_for(&r, &[]);
-    assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     for _ in 0..3 {
         assert_eq!(r.hit(MEMO, &ROW, 3).unwrap(), Found::Served(b"v".to_vec()));
     }
     assert_eq!(r.hit(MEMO, &ROW, 3).unwrap(), Found::Absent);
     // An entry whose budget a foreign counter already spent reads as used up.
-    assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     r.pool
         .with(|con| {
             redis::cmd("HSET")
@@ -136,7 +146,7 @@ fn max_hits_is_exact_and_the_last_hit_removes_the_entry() {
 fn max_hits_is_exact_across_eight_connections() {
     let r = std::sync::Arc::new(remote("max-hits-8"));
     let (_, st) = stamps_for(&r, &[]);
-    assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     let served: usize = std::thread::scope(|s| {
         let hitters: Vec<_> = (0..8)
             .map(|_| {
@@ -170,7 +180,7 @@ fn deadlines_are_absolute_and_ttl_ceilings_apply() {
         },
     );
     let (_, st) = stamps_for(&r, &[]);
-    assert!(r.put(MEMO, &ROW, b"v", &st, now_ms() + 100).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, now_ms() + 100, None).unwrap());
     let pttl: i64 = r
         .pool
         .with(|con| {
@@ -181,9 +191,12 @@ fn deadlines_are_absolute_and_ttl_ceilings_apply() {
         .unwrap();
     assert!((1..=100).contains(&pttl), "deadline as PEXPIREAT: {pttl}");
     // A deadline already past stores nothing.
-    assert!(!r.put(MEMO, &[4; 16], b"v", &st, now_ms() - 1).unwrap());
+    assert!(
+        !r.put(MEMO, &[4; 16], b"v", &st, now_ms() - 1, None)
+            .unwrap()
+    );
     // Without a deadline the ceiling applies.
-    assert!(r.put(MEMO, &[5; 16], b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &[5; 16], b"v", &st, 0, None).unwrap());
     let pttl: i64 = r
         .pool
         .with(|con| {
@@ -208,18 +221,15 @@ fn a_lease_excludes_others_until_released_or_expired() {
         },
     );
     let other = remote_sharing(&r);
-    let mine = r.try_lease(MEMO, &ROW).unwrap().expect("free lease");
-    assert!(other.try_lease(MEMO, &ROW).unwrap().is_none());
+    let mine = try_lease(&r, &ROW).expect("free lease");
+    assert!(try_lease(&other, &ROW).is_none());
     assert!(r.renew(&mine).unwrap());
     assert!(r.release(&mine).unwrap());
-    let theirs = other
-        .try_lease(MEMO, &ROW)
-        .unwrap()
-        .expect("released lease");
+    let theirs = try_lease(&other, &ROW).expect("released lease");
     // A holder that never releases (it died): the lease expires on its own.
     std::thread::sleep(Duration::from_millis(200));
     assert!(!other.renew(&theirs).unwrap(), "expired");
-    let taken_over = r.try_lease(MEMO, &ROW).unwrap().expect("expired lease");
+    let taken_over = try_lease(&r, &ROW).expect("expired lease");
     // The old holder can neither release nor renew the new holder's lease.
     assert!(!other.release(&theirs).unwrap());
     assert!(!other.renew(&theirs).unwrap());
@@ -231,14 +241,14 @@ fn an_evicted_stamp_or_generation_is_a_miss_never_a_stale_hit() {
     let r = remote("evicted");
     let author = dep_row(ZONE, [42; 16]);
     let (keys, st) = stamps_for(&r, &[author]);
-    assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+    assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     for key in &keys {
         r.pool
             .with(|con| redis::cmd("DEL").arg(key).query::<()>(con))
             .unwrap();
         assert_eq!(r.hit(MEMO, &ROW, 0).unwrap(), Found::Stale, "{key} evicted");
         let (_, st) = stamps_for(&r, &[author]);
-        assert!(r.put(MEMO, &ROW, b"v", &st, 0).unwrap());
+        assert!(r.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
     }
 }
 
@@ -320,8 +330,8 @@ fn the_listener_hears_other_clients_invalidations_and_flushes_on_a_drop() {
         Event::Invalidated(Invalidated::Key(MEMO, ROW))
     );
     stamps_for(&other, &[]);
-    assert!(other.put(MEMO, &ROW, b"v", &st, 0).unwrap());
-    let lease = other.try_lease(MEMO, &ROW).unwrap().unwrap();
+    assert!(other.put(MEMO, &ROW, b"v", &st, 0, None).unwrap());
+    let lease = try_lease(&other, &ROW).unwrap();
     other.release(&lease).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let quiet: Vec<_> = rx.try_iter().collect();
