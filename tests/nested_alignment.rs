@@ -25,7 +25,7 @@ fn wide(k: u64) -> Wide {
     Wide {
         tag: k as u8,
         big: (0..3).map(|i| (k as u128) << 64 | i).collect(),
-        floats: (k % 2 == 0).then(|| vec![k as f64; 5]),
+        floats: k.is_multiple_of(2).then(|| vec![k as f64; 5]),
     }
 }
 
