@@ -4,7 +4,8 @@
 //! of randomly placed rows free many pages (copy-on-write): 100k entries of a ~100-byte
 //! value made a 71 MB file of 27 MB live pages (713 bytes per entry against
 //! `RedbCache`'s 344). Now a flush (or the writes pausing) compacts the file once it has
-//! grown 1.5x past its size at the last compaction. A snapshot still held - an
+//! grown 1.5x past its size at the last compaction: right after the flush is answered,
+//! so the writer's next job - here a second flush - finds it done. A snapshot still held - an
 //! `ArchivedHit` - makes the compaction wait; values stay right throughout.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,7 @@ fn a_flush_leaves_a_compact_file() {
         .unwrap();
     fill(&m, 0..N);
     cache.flush().unwrap();
+    cache.flush().unwrap();
     let after = len(&cache);
     let packed = packed_len(&cache, dir.path());
     assert!(
@@ -80,8 +82,11 @@ fn a_held_archived_hit_postpones_compaction_and_values_stay_right() {
     fill(&m, 0..N);
     cache.flush().unwrap();
     let bloated = len(&cache);
+    // Copied while the writer is idle: its compaction attempt was refused, it writes
+    // nothing. (A copy taken during a compaction would not be a database.)
+    let packed = packed_len(&cache, dir.path());
     assert!(
-        bloated as f64 > packed_len(&cache, dir.path()) as f64 * 1.5,
+        bloated as f64 > packed as f64 * 1.5,
         "the held snapshot pins the old pages: nothing to show"
     );
     assert_eq!(held.len(), 128);
@@ -89,7 +94,15 @@ fn a_held_archived_hit_postpones_compaction_and_values_stay_right() {
     drop(held);
     // Readers on other threads while the next flush compacts.
     let stop = AtomicBool::new(false);
+    /// Stops the readers however the scope ends (a failed assertion included).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = Stop(&stop);
         for t in 0..2u64 {
             let (m, stop) = (&m, &stop);
             s.spawn(move || {
@@ -101,12 +114,18 @@ fn a_held_archived_hit_postpones_compaction_and_values_stay_right() {
             });
         }
         fill(&m, N..N + 10);
-        cache.flush().unwrap();
-        stop.store(true, Ordering::Relaxed);
+        // A reader descheduled while it holds its snapshot can make one attempt give up
+        // (it retries for a few ms): each flush tries again.
+        let mut flushes = 0;
+        while len(&cache) as f64 > packed as f64 * 1.25 && flushes < 20 {
+            cache.flush().unwrap();
+            cache.flush().unwrap();
+            flushes += 1;
+        }
+        let after = len(&cache);
+        assert!(
+            after as f64 <= packed as f64 * 1.25,
+            "{after} bytes after the hit was dropped and {flushes} flushes (was {bloated})"
+        );
     });
-    let after = len(&cache);
-    assert!(
-        after as f64 <= packed_len(&cache, dir.path()) as f64 * 1.25,
-        "{after} bytes after the hit was dropped and the cache flushed (was {bloated})"
-    );
 }

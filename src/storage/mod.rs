@@ -153,6 +153,9 @@ pub(crate) struct Storage {
 const COMPACT_MIN_BYTES: u64 = 4 << 20;
 /// ... and this many times its length after the last compaction (or at open).
 const COMPACT_GROWTH: f64 = 1.5;
+/// How many times (a millisecond apart) a compaction refused for a live snapshot is
+/// tried again before it waits for the next burst.
+const COMPACT_RETRIES: usize = 5;
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -557,7 +560,8 @@ impl Storage {
     /// Compacts the file in place (redb's `compact`) if it has grown past
     /// [`COMPACT_GROWTH`] times its length after the last compaction and past
     /// [`COMPACT_MIN_BYTES`]. Called by the writer, between batches, after a durable
-    /// commit that ends a burst of writes (a flush, or writes pausing).
+    /// commit that ends a burst of writes: after a flush has been answered (so a flush
+    /// does not wait for it, the writer's next job does), or when the writes pause.
     ///
     /// Why: redb reuses freed pages but never gives them back, and batched commits of
     /// randomly placed rows free many (copy-on-write): a filled file is about 2.6x its
@@ -565,8 +569,9 @@ impl Storage {
     ///
     /// It needs every read snapshot gone: the cached ones are dropped here (as after a
     /// commit) while the database is write-locked, so that no new one opens; one still
-    /// held (an [`ArchivedHit`](crate::ArchivedHit), a hit being read) makes redb refuse,
-    /// and the compaction waits for the next burst. Meanwhile hits that need a snapshot
+    /// held (an [`ArchivedHit`](crate::ArchivedHit); a hit being read, for up to
+    /// [`COMPACT_RETRIES`] ms) makes redb refuse, and the compaction waits for the next
+    /// burst. Meanwhile hits that need a snapshot
     /// wait for the lock: about 50 ms per 70 MiB file.
     pub(crate) fn compact_if_grown(&self) -> bool {
         if std::env::var_os("ZZ_NOCOMPACT").is_some() {
@@ -585,7 +590,17 @@ impl Storage {
             return false;
         };
         self.committed();
-        let outcome = guarded(|| db.compact().map_err(redb::Error::from));
+        // Hits already reading hold their snapshot for microseconds more: give them a
+        // few milliseconds (new ones wait for the lock) before taking a refusal for a
+        // long-held one.
+        let mut outcome = guarded(|| db.compact().map_err(redb::Error::from));
+        for _ in 0..COMPACT_RETRIES {
+            if !matches!(outcome, Err(redb::Error::TransactionInProgress)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            outcome = guarded(|| db.compact().map_err(redb::Error::from));
+        }
         drop(guard);
         match outcome {
             Ok(_) => {

@@ -331,7 +331,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                     storage.reporter.durable_commit();
                     storage.check_file();
                     // The writes paused: give back what their copy-on-write left behind
-                    // (a flush did so before it answered, in `commit_batch`).
+                    // (after a flush `commit_batch` did).
                     if idle {
                         storage.compact_if_grown();
                     }
@@ -409,10 +409,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     // Committed puts are now in the snapshot; failed ones are dropped (a later call
     // recomputes). Either way they leave the overlay.
     storage.settle_pending(&settled);
-    // A flush returns with the file compacted if it had grown (see `compact_if_grown`).
-    if committed && durable && replies.iter().any(|r| matches!(r, Reply::Flush(_))) {
-        storage.compact_if_grown();
-    }
+    let flushed = committed && durable && replies.iter().any(|r| matches!(r, Reply::Flush(_)));
     let failure = outcome.err().map(|e| {
         let damaged = super::is_corruption(&e);
         let error = Arc::new(storage.error(e));
@@ -438,6 +435,11 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                 let _ = tx.try_send(if committed { Ok(()) } else { Err(err()) });
             }
         }
+    }
+    // A flush ended a burst: give back what its copy-on-write left behind, after the
+    // flush is answered (the next job waits for the compaction, the flush does not).
+    if flushed {
+        storage.compact_if_grown();
     }
     if committed { Ok(()) } else { Err(()) }
 }
