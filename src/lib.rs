@@ -113,6 +113,7 @@ mod fence;
 mod fingerprint;
 mod flight;
 mod hit;
+mod hit_counts;
 mod inner;
 mod inspect;
 mod integrity;

@@ -18,7 +18,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::entry::{self, Meta};
 use crate::key::DepRow;
-use crate::key::{HashMapByKey, KeyHash, PrehashedBuild};
+use crate::key::{HashMapByKey, KeyHash, PrehashedBuild, shard_of};
 
 /// One in-memory entry: encoded entry bytes (see [`crate::entry`]), shared. Cheap to
 /// clone (one reference count).
@@ -165,11 +165,9 @@ impl Sharded {
         Sharded { shards }
     }
 
-    /// The shard holding `hash`'s entry, locked. Picked by the hash's bits 32..40 of its
-    /// second half: the key's own hash also for entries filed under a dependency (whose
-    /// first half is the dependency's), and bits the map's bucket index does not use.
+    /// The shard holding `hash`'s entry ([`shard_of`]), locked.
     pub(crate) fn shard(&self, hash: &KeyHash) -> MutexGuard<'_, MemStore> {
-        lock(&self.shards[hash[12] as usize & (self.shards.len() - 1)])
+        lock(&self.shards[shard_of(hash, self.shards.len())])
     }
 
     fn each(&self) -> impl Iterator<Item = MutexGuard<'_, MemStore>> {
@@ -202,7 +200,7 @@ impl Sharded {
         let mask = self.shards.len() - 1;
         for (i, shard) in self.each().enumerate() {
             shard.validate()?;
-            if let Some(h) = shard.index.keys().find(|h| h[12] as usize & mask != i) {
+            if let Some(h) = shard.index.keys().find(|h| shard_of(h, mask + 1) != i) {
                 return Err(format!("entry {h:02x?} is in shard {i}, not its own"));
             }
         }
@@ -686,7 +684,7 @@ mod tests {
     fn validate_catches_an_entry_in_a_foreign_shard() {
         let store = Sharded::new(None);
         let h = hash_of(7);
-        let own = h[12] as usize & (store.shards.len() - 1);
+        let own = shard_of(&h, store.shards.len());
         let other = (own + 1) % store.shards.len();
         lock(&store.shards[other]).insert(h, entry(7));
         assert!(store.validate().is_err());

@@ -26,8 +26,8 @@
 //! 4. The window closes: every tier agrees again.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rkyv::util::AlignedVec;
@@ -36,7 +36,8 @@ use crate::entry::{self, Meta};
 use crate::error::{Error, Result};
 use crate::fence::{Check, Covers, Window};
 use crate::flight::{Caller, Flight, Flights, Leader, Role};
-use crate::key::{DepRow, EncodedKey, HashMapByKey, KeyHash, KeyHasher};
+use crate::hit_counts::{HitCounts, Take};
+use crate::key::{DepRow, EncodedKey, KeyHash, KeyHasher};
 use crate::memory::{MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -98,8 +99,8 @@ pub(crate) struct Tiers {
     /// does not store its result (it may be stale).
     epoch: AtomicU64,
     pub flights: Flights,
-    /// `max_hits` accounting: hash -> (entry id, times served).
-    served: Mutex<HashMapByKey<(u64, u32)>>,
+    /// `max_hits` accounting.
+    served: HitCounts,
     pub stats: Counters,
     pub shared: Arc<Shared>,
 }
@@ -123,10 +124,6 @@ pub(crate) enum Verdict {
     Retry,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 impl Tiers {
@@ -146,7 +143,7 @@ impl Tiers {
             remote,
             epoch: AtomicU64::new(0),
             flights: Flights::default(),
-            served: Mutex::new(HashMapByKey::default()),
+            served: HitCounts::default(),
             stats: Counters::default(),
             shared,
         }
@@ -227,30 +224,27 @@ impl Tiers {
     }
 
     fn take_counted_hit(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> bool {
-        let mut served = lock(&self.served);
-        let slot = served.entry(*hash).or_insert((entry_id, 0));
-        if slot.0 != entry_id {
-            return false;
+        match self.served.take(hash, entry_id, limit) {
+            Take::Served => true,
+            Take::UsedUp => {
+                Counters::add(&self.stats.expirations, 1);
+                false
+            }
+            Take::Other => false,
         }
-        if slot.1 >= limit {
-            Counters::add(&self.stats.expirations, 1);
-            return false;
-        }
-        slot.1 += 1;
-        true
     }
 
     /// Starts the hit count of a value about to be stored; done before the value becomes
     /// visible so no reader can count a hit against the previous value's budget.
     fn reset_hits(&self, hash: &KeyHash, entry_id: u64) {
         if self.policy.max_hits.is_some() {
-            lock(&self.served).insert(*hash, (entry_id, 0));
+            self.served.reset(hash, entry_id);
         }
     }
 
     /// How many values `max_hits` is counting hits of.
     pub(crate) fn hit_counts(&self) -> usize {
-        lock(&self.served).len()
+        self.served.len()
     }
 
     /// Forgets the hit counts of values that left the store for good (evicted from a
@@ -261,9 +255,8 @@ impl Tiers {
         if self.policy.max_hits.is_none() {
             return;
         }
-        let mut served = lock(&self.served);
         for hash in hashes {
-            served.remove(hash);
+            self.served.remove(hash);
         }
     }
 
@@ -603,15 +596,12 @@ impl Tiers {
         if self.policy.max_hits.is_none() {
             return;
         }
-        let mut served = lock(&self.served);
         match what {
-            Remove::Key(hash) => {
-                served.remove(hash);
-            }
-            Remove::All | Remove::Zone(_) => served.clear(),
+            Remove::Key(hash) => self.served.remove(hash),
+            Remove::All | Remove::Zone(_) => self.served.clear(),
             Remove::Dep { .. } => {
                 for h in hashes {
-                    served.remove(h);
+                    self.served.remove(h);
                 }
             }
         }
