@@ -571,12 +571,9 @@ impl Storage {
     /// commit) while the database is write-locked, so that no new one opens; one still
     /// held (an [`ArchivedHit`](crate::ArchivedHit); a hit being read, for up to
     /// [`COMPACT_RETRIES`] ms) makes redb refuse, and the compaction waits for the next
-    /// burst. Meanwhile hits that need a snapshot
-    /// wait for the lock: about 50 ms per 70 MiB file.
+    /// burst. Meanwhile hits that need a snapshot wait for the lock: about 50 ms per
+    /// 70 MiB file.
     pub(crate) fn compact_if_grown(&self) -> bool {
-        if std::env::var_os("ZZ_NOCOMPACT").is_some() {
-            return false;
-        }
         let Some(path) = &self.path else {
             return false;
         };
