@@ -1,20 +1,15 @@
 //! `max_hits` accounting: per key hash, the entry id whose hits are counted and how many
 //! times it has been served.
 //!
-//! Sharded by key hash like the memory tier (`memory::Sharded`), so counted hits on
-//! different keys take different locks. One key's count lives in one shard, under one
+//! Sharded by key hash ([`Shards`]), like the memory tier, so counted hits on different
+//! keys take different locks. One key's count lives in one shard, under one
 //! lock, so the budget stays exact however many threads spend it.
 
-use std::sync::{Mutex, MutexGuard};
-
-use crossbeam_utils::CachePadded;
-
-use crate::key::{HashMapByKey, KeyHash, shard_of};
-
-type Shard = CachePadded<Mutex<HashMapByKey<(u64, u32)>>>;
+use crate::key::{HashMapByKey, KeyHash};
+use crate::shards::{self, Shards};
 
 pub(crate) struct HitCounts {
-    shards: Box<[Shard]>,
+    shards: Shards<HashMapByKey<(u64, u32)>>,
 }
 
 /// What [`HitCounts::take`] decided.
@@ -30,23 +25,17 @@ pub(crate) enum Take {
 
 impl Default for HitCounts {
     fn default() -> Self {
-        let count = crate::stats::stripe_count() * 4;
         HitCounts {
-            shards: (0..count).map(|_| Shard::default()).collect(),
+            shards: Shards::new(shards::most(), |_| HashMapByKey::default()),
         }
     }
 }
 
 impl HitCounts {
-    fn shard(&self, hash: &KeyHash) -> MutexGuard<'_, HashMapByKey<(u64, u32)>> {
-        let shard = &self.shards[shard_of(hash, self.shards.len())];
-        shard.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Counts one hit of the value `entry_id` under `hash` if its budget of `limit` has
     /// room.
     pub(crate) fn take(&self, hash: &KeyHash, entry_id: u64, limit: u32) -> Take {
-        let mut shard = self.shard(hash);
+        let mut shard = self.shards.get(hash);
         let slot = shard.entry(*hash).or_insert((entry_id, 0));
         if slot.0 != entry_id {
             Take::Other
@@ -60,23 +49,22 @@ impl HitCounts {
 
     /// Starts the count of the value `entry_id` about to be stored under `hash`.
     pub(crate) fn reset(&self, hash: &KeyHash, entry_id: u64) {
-        self.shard(hash).insert(*hash, (entry_id, 0));
+        self.shards.get(hash).insert(*hash, (entry_id, 0));
     }
 
     pub(crate) fn remove(&self, hash: &KeyHash) {
-        self.shard(hash).remove(hash);
+        self.shards.get(hash).remove(hash);
     }
 
     pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for mut shard in self.shards.each() {
+            shard.clear();
         }
     }
 
     /// How many values are being counted.
     pub(crate) fn len(&self) -> usize {
-        let len = |s: &Shard| s.lock().unwrap_or_else(|e| e.into_inner()).len();
-        self.shards.iter().map(len).sum()
+        self.shards.each().map(|s| s.len()).sum()
     }
 }
 

@@ -112,15 +112,6 @@ impl EncodedKey {
     }
 }
 
-/// Which of `count` (a power of two) shards holds `hash`, for the structures sharded by
-/// key (the memory tier, the `max_hits` counts): bits 32..40 of the hash's second half,
-/// which is the key's own hash also for entries filed under a dependency (whose first
-/// half is the dependency's), and which hash maps do not use for their buckets.
-#[inline]
-pub(crate) fn shard_of(hash: &KeyHash, count: usize) -> usize {
-    hash[12] as usize & (count - 1)
-}
-
 /// A `BuildHasher` for maps keyed by [`KeyHash`]: the key is already a good hash, so the
 /// map takes its first eight bytes instead of hashing it again.
 #[derive(Clone, Copy, Default)]

@@ -127,6 +127,7 @@ mod panics;
 mod remote;
 mod report;
 mod serde_value;
+mod shards;
 mod shared;
 mod stats;
 mod storage;

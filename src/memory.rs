@@ -12,13 +12,12 @@
 //! the hit path never does.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use crossbeam_utils::CachePadded;
+use std::sync::{Arc, MutexGuard};
 
 use crate::entry::{self, Meta};
 use crate::key::DepRow;
-use crate::key::{HashMapByKey, KeyHash, PrehashedBuild, shard_of};
+use crate::key::{HashMapByKey, KeyHash, PrehashedBuild};
+use crate::shards::{self, Shards};
 
 /// One in-memory entry: encoded entry bytes (see [`crate::entry`]), shared. Cheap to
 /// clone (one reference count).
@@ -126,29 +125,23 @@ struct Slot {
 /// shard theirs. Only capacities of at least [`MIN_PER_SHARD`] entries per shard are
 /// split, so small LRUs stay exact.
 ///
-/// Invariant: an entry lives in the shard its hash picks ([`Sharded::shard`]), and
+/// Invariant: an entry lives in the shard its hash picks ([`Shards::index_of`]), and
 /// nowhere else. Operations over every shard (clear, dependency and expiry purges)
 /// lock the shards one at a time; an invalidation's fence window hides the entries
 /// they have not reached yet.
 pub(crate) struct Sharded {
-    shards: Box<[CachePadded<Mutex<MemStore>>]>,
+    shards: Shards<MemStore>,
 }
 
 /// The smallest share of a bounded store's capacity that gets a shard of its own.
 pub(crate) const MIN_PER_SHARD: usize = 256;
 
-fn lock(m: &Mutex<MemStore>) -> MutexGuard<'_, MemStore> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Sharded {
     /// `capacity: None` is unbounded.
     pub(crate) fn new(capacity: Option<usize>) -> Self {
-        // Four shards per stripe: two threads meet on one lock a few percent of the time.
-        let most = crate::stats::stripe_count() * 4;
         let count = match capacity {
-            None => most,
-            Some(cap) => (cap / MIN_PER_SHARD).clamp(1, most),
+            None => shards::most(),
+            Some(cap) => (cap / MIN_PER_SHARD).clamp(1, shards::most()),
         };
         // A power of two, so a shard is picked with a mask.
         let count = if count.is_power_of_two() {
@@ -156,51 +149,47 @@ impl Sharded {
         } else {
             count.next_power_of_two() / 2
         };
-        let shards = (0..count)
-            .map(|i| {
-                let share = capacity.map(|cap| cap / count + usize::from(i < cap % count));
-                CachePadded::new(Mutex::new(MemStore::new(share)))
-            })
-            .collect();
+        let shards = Shards::new(count, |i| {
+            MemStore::new(capacity.map(|cap| cap / count + usize::from(i < cap % count)))
+        });
         Sharded { shards }
     }
 
-    /// The shard holding `hash`'s entry ([`shard_of`]), locked.
+    /// The shard holding `hash`'s entry, locked.
     pub(crate) fn shard(&self, hash: &KeyHash) -> MutexGuard<'_, MemStore> {
-        lock(&self.shards[shard_of(hash, self.shards.len())])
-    }
-
-    fn each(&self) -> impl Iterator<Item = MutexGuard<'_, MemStore>> {
-        self.shards.iter().map(|s| lock(s))
+        self.shards.get(hash)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.each().map(|s| s.len()).sum()
+        self.shards.each().map(|s| s.len()).sum()
     }
 
     /// Removes everything; returns how many entries there were.
     pub(crate) fn clear(&self) -> usize {
-        self.each().map(|mut s| s.clear()).sum()
+        self.shards.each().map(|mut s| s.clear()).sum()
     }
 
     /// [`MemStore::remove_dep`] in every shard.
     pub(crate) fn remove_dep(&self, row: &DepRow) -> Vec<KeyHash> {
-        self.each().flat_map(|mut s| s.remove_dep(row)).collect()
+        self.shards
+            .each()
+            .flat_map(|mut s| s.remove_dep(row))
+            .collect()
     }
 
     /// [`MemStore::remove_expired`] in every shard.
     pub(crate) fn remove_expired(&self, now_ms: u64) -> Vec<KeyHash> {
-        self.each()
+        self.shards
+            .each()
             .flat_map(|mut s| s.remove_expired(now_ms))
             .collect()
     }
 
     /// Checks every shard's invariants, and that each entry is in its own shard.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let mask = self.shards.len() - 1;
-        for (i, shard) in self.each().enumerate() {
+        for (i, shard) in self.shards.each().enumerate() {
             shard.validate()?;
-            if let Some(h) = shard.index.keys().find(|h| shard_of(h, mask + 1) != i) {
+            if let Some(h) = shard.index.keys().find(|h| self.shards.index_of(h) != i) {
                 return Err(format!("entry {h:02x?} is in shard {i}, not its own"));
             }
         }
@@ -647,8 +636,8 @@ mod tests {
     fn a_sharded_store_keeps_every_entry_in_its_shard_and_its_capacity() {
         let cap = 64 * MIN_PER_SHARD;
         let store = Sharded::new(Some(cap));
-        assert!(store.shards.len() > 1, "a large LRU is split");
-        let share_sum: usize = store.shards.iter().map(|s| lock(s).capacity.unwrap()).sum();
+        assert!(store.shards.count() > 1, "a large LRU is split");
+        let share_sum: usize = store.shards.each().map(|s| s.capacity.unwrap()).sum();
         assert_eq!(share_sum, cap, "the shares add up to the capacity");
         for i in 0..(3 * cap as u64) {
             let h = hash_of(i);
@@ -674,19 +663,19 @@ mod tests {
     #[test]
     fn small_lrus_stay_one_exact_lru() {
         let store = Sharded::new(Some(MIN_PER_SHARD + 1));
-        assert_eq!(store.shards.len(), 1);
+        assert_eq!(store.shards.count(), 1);
         let unbounded = Sharded::new(None);
-        assert!(unbounded.shards.len().is_power_of_two());
-        assert_eq!(Sharded::new(Some(3 * MIN_PER_SHARD)).shards.len(), 2);
+        assert!(unbounded.shards.count().is_power_of_two());
+        assert_eq!(Sharded::new(Some(3 * MIN_PER_SHARD)).shards.count(), 2);
     }
 
     #[test]
     fn validate_catches_an_entry_in_a_foreign_shard() {
         let store = Sharded::new(None);
         let h = hash_of(7);
-        let own = shard_of(&h, store.shards.len());
-        let other = (own + 1) % store.shards.len();
-        lock(&store.shards[other]).insert(h, entry(7));
+        let own = store.shards.index_of(&h);
+        let other = (own + 1) % store.shards.count();
+        store.shards.at(other).insert(h, entry(7));
         assert!(store.validate().is_err());
     }
 }

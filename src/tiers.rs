@@ -894,7 +894,7 @@ pub(crate) async fn invalidate(
         ticket,
     };
     let on_disk = match &tail.ticket {
-        Some(ticket) => ticket.wait_ref(how).await.map(Some),
+        Some(ticket) => ticket.wait_as(how).await.map(Some),
         None => Ok(None),
     };
     tail.ticket = None;

@@ -28,6 +28,12 @@ fn fill(m: &Memoizer<u64, Vec<u64>>, keys: std::ops::Range<u64>) {
     }
 }
 
+/// A persistent memoizer `name` of `cache`.
+fn persistent(cache: &Cache, name: &str) -> Memoizer<u64, Vec<u64>> {
+    let builder = cache.memoizer::<u64, Vec<u64>>(name);
+    builder.store(Store::Persistent).build().unwrap()
+}
+
 /// The file's size with its pages packed: a closed copy compacted offline.
 fn packed_len(cache: &Cache, dir: &std::path::Path) -> u64 {
     let copy = dir.join("packed.memo");
@@ -40,11 +46,7 @@ fn packed_len(cache: &Cache, dir: &std::path::Path) -> u64 {
 fn a_flush_leaves_a_compact_file() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path().join("c.memo")).unwrap();
-    let m = cache
-        .memoizer::<u64, Vec<u64>>("m")
-        .store(Store::Persistent)
-        .build()
-        .unwrap();
+    let m = persistent(&cache, "m");
     fill(&m, 0..N);
     cache.flush().unwrap();
     cache.flush().unwrap();
@@ -64,18 +66,10 @@ fn a_flush_leaves_a_compact_file() {
 fn a_held_archived_hit_postpones_compaction_and_values_stay_right() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(dir.path().join("c.memo")).unwrap();
-    let m = cache
-        .memoizer::<u64, Vec<u64>>("m")
-        .store(Store::Persistent)
-        .build()
-        .unwrap();
+    let m = persistent(&cache, "m");
     // A value large enough to be read in place (archives of 512+ bytes are aligned in
     // the file), so the hit holds its snapshot.
-    let big = cache
-        .memoizer::<u64, Vec<u64>>("big")
-        .store(Store::Persistent)
-        .build()
-        .unwrap();
+    let big = persistent(&cache, "big");
     big.get_or_compute(&0, |_| (0..128).collect());
     cache.flush().unwrap();
     let held = big.get_archived(&0).unwrap().expect("a hit");

@@ -590,14 +590,17 @@ impl Storage {
         // Hits already reading hold their snapshot for microseconds more: give them a
         // few milliseconds (new ones wait for the lock) before taking a refusal for a
         // long-held one.
-        let mut outcome = guarded(|| db.compact().map_err(redb::Error::from));
-        for _ in 0..COMPACT_RETRIES {
-            if !matches!(outcome, Err(redb::Error::TransactionInProgress)) {
-                break;
+        let mut tries = 0;
+        let outcome = loop {
+            let outcome = guarded(|| db.compact().map_err(redb::Error::from));
+            if tries == COMPACT_RETRIES
+                || !matches!(outcome, Err(redb::Error::TransactionInProgress))
+            {
+                break outcome;
             }
+            tries += 1;
             std::thread::sleep(std::time::Duration::from_millis(1));
-            outcome = guarded(|| db.compact().map_err(redb::Error::from));
-        }
+        };
         drop(guard);
         match outcome {
             Ok(_) => {

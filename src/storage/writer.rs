@@ -119,14 +119,10 @@ impl<T> Ticket<T> {
     }
 
     /// Waits as `how` says. With [`Wait::Block`] the future never returns `Pending`:
-    /// the synchronous API runs such futures with [`now`].
-    pub(crate) async fn wait_as(self, how: Wait) -> Result<T> {
-        self.wait_ref(how).await
-    }
-
-    /// [`wait_as`](Self::wait_as) without giving the ticket up, so that a caller whose
-    /// future is dropped mid-wait can still [`wait`](Self::wait) for the reply.
-    pub(crate) async fn wait_ref(&self, how: Wait) -> Result<T> {
+    /// the synchronous API runs such futures with [`now`]. Borrows the ticket, so that a
+    /// caller whose future is dropped mid-wait can still [`wait`](Self::wait) for the
+    /// reply.
+    pub(crate) async fn wait_as(&self, how: Wait) -> Result<T> {
         match how {
             Wait::Block => Self::open(self.rx.recv_blocking()),
             Wait::Await => Self::open(self.rx.recv().await),
