@@ -21,7 +21,8 @@
 //! or a redb page holding it alone) has an aligned archive that hits read in place (see
 //! [`crate::aligned`]). Smaller archives get no pad: copying one costs less than the pad's
 //! bytes cost every lookup in the B-tree (measured: ARCHITECTURE.md, "Values and
-//! alignment"). The rule is part of the value fingerprint that entries carry
+//! alignment"). Entries that never leave this process's memory pad every archive
+//! ([`Pad::All`]). The rule is part of the value fingerprint that entries carry
 //! ([`PAD_RULE`]), so a build placing archives otherwise never decodes these.
 //!
 //! The dependency rows start with the entry's *primary* row (the first key of its first
@@ -80,10 +81,28 @@ pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(word.try_into().ok()?))
 }
 
+/// Which archives an entry pads to [`ARCHIVE_ALIGN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pad {
+    /// Those of [`PAD_MIN_LEN`] bytes or more ([`PAD_RULE`]): every entry that may
+    /// reach a file or a server, where a pad costs bytes in every B-tree lookup.
+    Large,
+    /// Every archive: for entries that only ever live in a buffer of ours (a store with
+    /// nothing behind it), where a few bytes more save a copy on every hit. Decoding
+    /// reads the pad from the header, so both kinds decode alike.
+    All,
+}
+
 /// Encodes an entry.
-pub(crate) fn encode(meta: &Meta, key: &[u8], deps: &[DepRow], payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(
+    meta: &Meta,
+    key: &[u8],
+    deps: &[DepRow],
+    payload: &[u8],
+    pad: Pad,
+) -> Vec<u8> {
     let deps_end = HEADER_LEN + key.len() + deps.len() * 24;
-    let pad = if payload.len() >= PAD_MIN_LEN {
+    let pad = if pad == Pad::All || payload.len() >= PAD_MIN_LEN {
         deps_end.next_multiple_of(ARCHIVE_ALIGN) - deps_end
     } else {
         0
@@ -236,7 +255,13 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
-        encode(&sample_meta(), b"key", &[dep_row(1, [9; 16])], b"payload")
+        encode(
+            &sample_meta(),
+            b"key",
+            &[dep_row(1, [9; 16])],
+            b"payload",
+            Pad::Large,
+        )
     }
 
     #[test]
@@ -256,7 +281,7 @@ mod tests {
         let large = vec![5u8; PAD_MIN_LEN];
         for key_len in 0..20 {
             let key = vec![1u8; key_len];
-            let bytes = encode(&meta, &key, &[dep_row(1, [9; 16])], &large);
+            let bytes = encode(&meta, &key, &[dep_row(1, [9; 16])], &large, Pad::Large);
             let view = decode(&bytes, true).unwrap();
             assert_eq!(
                 view.payload_offset % ARCHIVE_ALIGN,
@@ -267,12 +292,21 @@ mod tests {
             assert_eq!(view.deps().count(), 1);
             assert_eq!(&bytes[view.payload_offset..], &large[..]);
             // A small archive follows the dependency rows directly.
-            let small = encode(&meta, &key, &[], b"payload");
+            let small = encode(&meta, &key, &[], b"payload", Pad::Large);
             assert_eq!(small.len(), HEADER_LEN + key_len + 7);
             assert_eq!(
                 &small[decode(&small, true).unwrap().payload_offset..],
                 b"payload"
             );
+            // Unless the entry never leaves memory: then every archive is aligned.
+            let small = encode(&meta, &key, &[], b"payload", Pad::All);
+            let view = decode(&small, true).unwrap();
+            assert_eq!(
+                view.payload_offset % ARCHIVE_ALIGN,
+                0,
+                "key of {key_len} bytes"
+            );
+            assert_eq!(&small[view.payload_offset..], b"payload");
         }
     }
 

@@ -32,7 +32,7 @@ pub fn encode(parts: &Parts) -> Vec<u8> {
         entry_id: parts.entry_id,
     };
     let deps: &[DepRow] = &parts.deps;
-    entry::encode(&meta, &parts.key, deps, &parts.payload)
+    entry::encode(&meta, &parts.key, deps, &parts.payload, entry::Pad::Large)
 }
 
 /// Decodes stored bytes (`verify`: check the checksum too); `None` if malformed.

@@ -480,7 +480,7 @@ mod tests {
             expires_at_ms,
             entry_id: id,
         };
-        let bytes = entry::encode(&meta, &[id as u8], deps, b"payload");
+        let bytes = entry::encode(&meta, &[id as u8], deps, b"payload", entry::Pad::Large);
         MemEntry::new(bytes.into()).unwrap()
     }
 

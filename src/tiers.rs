@@ -457,8 +457,23 @@ impl Tiers {
                 .map_or(0, |d| now.saturating_add(d.as_millis() as u64).max(1)),
             entry_id,
         };
-        let bytes = entry::encode(&meta, ek.bytes.as_slice(), deps, archive).into();
+        let bytes = entry::encode(&meta, ek.bytes.as_slice(), deps, archive, self.pad()).into();
         (meta, bytes)
+    }
+
+    /// How this memoizer's entries are padded: every archive aligned when the entry never
+    /// leaves this process's memory, so its hits read the archive in place; by the
+    /// file's rule otherwise (the bytes a store encodes go to every tier it has).
+    fn pad(&self) -> entry::Pad {
+        #[cfg(feature = "redis")]
+        if self.remote.is_some() {
+            return entry::Pad::Large;
+        }
+        if self.persistent.is_none() {
+            entry::Pad::All
+        } else {
+            entry::Pad::Large
+        }
     }
 
     /// Stores a freshly computed value unless an invalidation happened since `epoch`.
