@@ -212,6 +212,16 @@ pub(crate) fn append(txn: &WriteTransaction, token: u64, what: Logged) -> R<()> 
     Ok(())
 }
 
+/// In a shared cache (`log`: this process's token), [`append`]s a removal; nothing in
+/// the default mode. For removals made outside `Writer::remove` too (of a memoizer not
+/// alive in this process, which may be alive in another).
+pub(crate) fn log(txn: &WriteTransaction, log: Option<u64>, what: Logged) -> R<()> {
+    match log {
+        Some(token) => append(txn, token, what),
+        None => Ok(()),
+    }
+}
+
 /// A stored value waiting for its commit: the log sequence its computation began after,
 /// and the single-flight lock its process holds until then.
 struct Held {

@@ -236,9 +236,7 @@ impl Writer {
         let token = self.log_token();
         self.submit(move |txn| {
             let removed = ops::remove_what(txn, &removal)?;
-            if let Some(token) = token {
-                multi::append(txn, token, multi::Logged::of(&removal))?;
-            }
+            multi::log(txn, token, multi::Logged::of(&removal))?;
             Ok(removed)
         })
     }
