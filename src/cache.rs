@@ -337,6 +337,11 @@ impl CacheBuilder {
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::file(&path, self.page_cache_bytes, self.verify_on_open, true)
             .shared(self.sharing.on);
+        // Shared, other processes may be opening (creating) the file right now.
+        let _opening = match self.sharing.on {
+            true => crate::storage::multi::open_turn(&path)?,
+            false => None,
+        };
         let turn = take_turn();
         let (db, moved) = match origin.open() {
             Err(Error::Corrupted { detail, .. })

@@ -155,6 +155,13 @@ struct Worker {
 
 impl Worker {
     fn spawn(path: &Path) -> Worker {
+        let mut worker = Worker::start(path);
+        assert_eq!(worker.answer(), "ready");
+        worker
+    }
+
+    /// Starts a worker without waiting for it to be ready.
+    fn start(path: &Path) -> Worker {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "worker_role", "--nocapture", "--test-threads=1"])
             .env(ROLE, "worker")
@@ -177,13 +184,20 @@ impl Worker {
                 }
             }
         });
-        let mut worker = Worker {
+        Worker {
             child,
             stdin,
             answers,
-        };
-        assert_eq!(worker.answer(), "ready");
-        worker
+        }
+    }
+
+    /// `n` workers started at once (opening - creating - the file at the same moment).
+    fn spawn_all(path: &Path, n: usize) -> Vec<Worker> {
+        let mut workers: Vec<Worker> = (0..n).map(|_| Worker::start(path)).collect();
+        for w in &mut workers {
+            assert_eq!(w.answer(), "ready");
+        }
+        workers
     }
 
     fn send(&mut self, command: &str) {
@@ -333,8 +347,8 @@ fn processes_missing_one_key_at_once_compute_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.memo");
     let (marks, gate) = (dir.path().join("marks"), dir.path().join("gate"));
-    drop(open_shared(&path));
-    let mut workers: Vec<Worker> = (0..4).map(|_| Worker::spawn(&path)).collect();
+    // The file is new: the four also create it at once.
+    let mut workers = Worker::spawn_all(&path, 4);
     for w in &mut workers {
         w.send(&format!("slow 7 49 {} {}", marks.display(), gate.display()));
     }

@@ -46,6 +46,46 @@ const FLIGHT_WAIT: Duration = Duration::from_secs(30);
 const POLL_FIRST: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(20);
 
+/// Longest an open waits for another process's open of the same shared file.
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the turn to open the shared cache file at `path` among processes (a `flock` on
+/// its board file, `<file>-shm`): two processes creating the file at once would both
+/// initialise it, and one opening it while another creates it would find it half
+/// written. Held until the returned handle drops (the kernel releases it if the opener
+/// dies); after [`OPEN_WAIT`] the open goes on without it.
+pub(crate) fn open_turn(path: &Path) -> Result<Option<File>> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let board = crate::shm::board_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&board)
+        .map_err(|source| Error::Io {
+            path: board.clone(),
+            source,
+        })?;
+    let start = Instant::now();
+    let mut pause = POLL_FIRST;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(TryLockError::WouldBlock) if start.elapsed() < OPEN_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(POLL_MAX);
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
 /// What one row of the invalidation log says was removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Logged {
