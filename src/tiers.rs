@@ -41,6 +41,7 @@ use crate::key::{DepRow, EncodedKey, KeyHash, KeyHasher};
 use crate::memory::{MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::storage::multi::{Computing, StripeLock};
 use crate::storage::ops::{Removal, Removed};
 use crate::storage::writer::{Ticket, Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
@@ -666,7 +667,9 @@ pub(crate) struct Lead<'a> {
 #[derive(Default)]
 pub(crate) struct Across {
     since: u64,
-    lock: Option<std::fs::File>,
+    lock: Option<StripeLock>,
+    /// Marks the computing thread while the lead lasts.
+    _computing: Option<Computing>,
 }
 
 impl Tiers {
@@ -771,6 +774,7 @@ impl Tiers {
         Ok(Across {
             since: multi.applied(),
             lock,
+            _computing: Some(Computing::enter()),
         })
     }
 

@@ -19,7 +19,8 @@
 //! - **fork()**: the process id at open; a child (which shares its parent's open file
 //!   descriptions, and with them redb's locks) is refused (`Error::Forked`).
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -267,7 +268,44 @@ pub(crate) fn log(txn: &WriteTransaction, log: Option<u64>, what: Logged) -> R<(
 struct Held {
     seq: u64,
     since: u64,
-    _lock: Option<File>,
+    _lock: Option<StripeLock>,
+}
+
+/// A stripe of the single-flight locks, held by this process (its `flock` with it, if
+/// taken); given back when dropped.
+pub(crate) struct StripeLock {
+    _file: Option<File>,
+    stripe: usize,
+    busy: Arc<Mutex<HashSet<usize>>>,
+}
+
+impl Drop for StripeLock {
+    fn drop(&mut self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.remove(&self.stripe);
+    }
+}
+
+thread_local! {
+    /// How many computations of shared persistent memoizers this thread is inside.
+    static NESTED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks this thread as computing for a shared memoizer until dropped (see
+/// [`Multi::lead`]: nested computations do not wait for stripes).
+pub(crate) struct Computing(());
+
+impl Computing {
+    pub(crate) fn enter() -> Computing {
+        NESTED.with(|n| n.set(n.get() + 1));
+        Computing(())
+    }
+}
+
+impl Drop for Computing {
+    fn drop(&mut self) {
+        NESTED.with(|n| n.set(n.get().saturating_sub(1)));
+    }
 }
 
 /// The shared-mode state of one cache's storage.
@@ -282,6 +320,8 @@ pub(crate) struct Multi {
     /// Where the single-flight lock files live.
     flights: PathBuf,
     held: Mutex<HashMap<PendingKey, Held>>,
+    /// Stripes a lock of this process holds (or is being taken for).
+    busy: Arc<Mutex<HashSet<usize>>>,
     /// How long the writer gathers puts into one (durable) commit.
     pub commit_interval: Duration,
 }
@@ -317,6 +357,7 @@ impl Multi {
             applied: AtomicU64::new(applied),
             flights: PathBuf::from(flights),
             held: Mutex::new(HashMap::new()),
+            busy: Arc::default(),
             commit_interval,
         }
     }
@@ -355,7 +396,7 @@ impl Multi {
     /// Records a store queued for the writer: `seq` its write sequence, `since` the log
     /// sequence its computation began after, `lock` its single-flight lock (released
     /// when the store has committed or failed).
-    pub(crate) fn hold(&self, key: PendingKey, seq: u64, since: u64, lock: Option<File>) {
+    pub(crate) fn hold(&self, key: PendingKey, seq: u64, since: u64, lock: Option<StripeLock>) {
         self.lock_held().insert(
             key,
             Held {
@@ -389,32 +430,55 @@ impl Multi {
     /// `look` between tries - until the holder's value is there (`Err(found)`). Returns
     /// `Ok(None)` (compute without the lock) if the lock file cannot be used or the wait
     /// passed [`FLIGHT_WAIT`].
+    ///
+    /// Waits never form a cycle through this process: a stripe already held here (by a
+    /// computation or a store awaiting its commit) is not waited for - the key is then
+    /// computed without the lock - and a computation running inside another one of this
+    /// thread (a nested memoized call) only tries the lock once.
     pub(crate) fn lead<T>(
         &self,
         hash: &KeyHash,
         mut look: impl FnMut() -> Option<T>,
-    ) -> std::result::Result<Option<File>, T> {
-        let Ok(file) = self.stripe(hash) else {
+    ) -> std::result::Result<Option<StripeLock>, T> {
+        let stripe = usize::from(hash[15]) % STRIPES;
+        if !self.lock_busy().insert(stripe) {
+            return Ok(None);
+        }
+        // From here on the stripe is this process's until the guard drops.
+        let guard = |file| StripeLock {
+            _file: file,
+            stripe,
+            busy: self.busy.clone(),
+        };
+        let Ok(file) = self.stripe_file(stripe) else {
+            drop(guard(None));
             return Ok(None);
         };
+        let nested = NESTED.with(Cell::get) > 0;
         let start = Instant::now();
         let mut pause = POLL_FIRST;
         loop {
             match file.try_lock() {
                 Ok(()) => {
+                    let lock = guard(Some(file));
                     // The holder may have landed its value just before letting go.
                     return match look() {
                         Some(found) => Err(found),
-                        None => Ok(Some(file)),
+                        None => Ok(Some(lock)),
                     };
                 }
                 Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(_)) => return Ok(None),
+                Err(TryLockError::Error(_)) => {
+                    drop(guard(None));
+                    return Ok(None);
+                }
             }
             if let Some(found) = look() {
+                drop(guard(None));
                 return Err(found);
             }
-            if start.elapsed() >= FLIGHT_WAIT {
+            if nested || start.elapsed() >= FLIGHT_WAIT {
+                drop(guard(None));
                 return Ok(None);
             }
             std::thread::sleep(pause);
@@ -422,10 +486,13 @@ impl Multi {
         }
     }
 
+    fn lock_busy(&self) -> std::sync::MutexGuard<'_, HashSet<usize>> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A fresh handle (its own open file description, so its `flock` excludes every
-    /// other handle, in this process too) on the stripe file of `hash`.
-    fn stripe(&self, hash: &KeyHash) -> std::io::Result<File> {
-        let stripe = usize::from(hash[15]) % STRIPES;
+    /// other handle) on stripe file `stripe`.
+    fn stripe_file(&self, stripe: usize) -> std::io::Result<File> {
         let path = self.flights.join(format!("{stripe:02x}"));
         let open = || {
             OpenOptions::new()
