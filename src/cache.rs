@@ -159,9 +159,17 @@ pub struct CacheBuilder {
     hook: Option<ErrorHook>,
     page_cache_bytes: usize,
     verify_on_open: bool,
+    sharing: Sharing,
     /// Server settings of [`CacheBuilder::connect`] (feature `redis`).
     #[cfg(feature = "redis")]
     pub(crate) remote: crate::remote::Options,
+}
+
+/// [`CacheBuilder::shared`] and its interval.
+#[derive(Clone, Copy)]
+struct Sharing {
+    on: bool,
+    commit_interval: Duration,
 }
 
 /// What a running cache keeps of its builder.
@@ -189,6 +197,10 @@ impl CacheBuilder {
                 sweep_interval: Some(Duration::from_secs(60)),
             },
             hook: None,
+            sharing: Sharing {
+                on: false,
+                commit_interval: Duration::from_millis(10),
+            },
             page_cache_bytes: 256 << 20,
             verify_on_open: false,
             #[cfg(feature = "redis")]
@@ -246,6 +258,42 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether several processes may open the file at once, each reading and writing it
+    /// (redb's `MultiWriter` mode). Default: `false` - one `Cache` owns the file, and
+    /// another that tries to open it gets [`Error::AlreadyOpen`].
+    ///
+    /// Every program on one file must open it the same way: a shared open beside an
+    /// exclusive one (or the reverse) fails with [`Error::ModeMismatch`]. Shared, a value
+    /// stored by one process is served to the others once its batch committed, at most
+    /// [`shared_commit_interval`](Self::shared_commit_interval) after it was computed (plus
+    /// the commit's fsyncs); an invalidation in any process returns only once no process
+    /// serves what it removed, and a computation that began before it, in any process,
+    /// stores nothing after it; N processes missing one key at once compute it once (the
+    /// others wait; a waiter takes over at once if the computing process dies).
+    ///
+    /// Costs: every commit is durable (two fsyncs, which all processes share), so puts
+    /// are batched by time; a persistent hit stays as cheap as in the default mode while
+    /// no other process commits. Needs a Unix system; not available for
+    /// [`in_memory`](Self::in_memory) caches, and memoizers with
+    /// [`max_hits`](crate::MemoizerBuilder::max_hits) are refused
+    /// ([`Error::NotShareable`]). A `Cache` opened before `fork()` must not be used in the
+    /// child ([`Error::Forked`]): open it after. Beside the cache file it keeps
+    /// `<file>-shm` (the commit counter every process maps) and `<file>-flights/` (lock
+    /// files). See ARCHITECTURE.md, "Shared mode".
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.sharing.on = shared;
+        self
+    }
+
+    /// In a shared cache, how long the writer gathers stored values into one commit
+    /// after the first: the bound on how long other processes wait to see a value, and
+    /// what keeps durable commits few. Default: 10 ms. Implies nothing unless
+    /// [`shared`](Self::shared) is on.
+    pub fn shared_commit_interval(mut self, interval: Duration) -> Self {
+        self.sharing.commit_interval = interval;
+        self
+    }
+
     /// How often a background thread removes expired entries (and their index rows),
     /// or `None` for no thread: expired entries then stay in the file, unserved, until
     /// [`Cache::purge_expired`] or an overwrite removes them. Default: every 60 s.
@@ -287,7 +335,13 @@ impl CacheBuilder {
             })?;
         }
         let reporter = Arc::new(Reporter::new(self.hook));
-        let origin = Origin::file(&path, self.page_cache_bytes, self.verify_on_open, true);
+        let origin = Origin::file(&path, self.page_cache_bytes, self.verify_on_open, true)
+            .shared(self.sharing.on);
+        // Shared, other processes may be opening (creating) the file right now.
+        let _opening = match self.sharing.on {
+            true => crate::storage::multi::open_turn(&path)?,
+            false => None,
+        };
         let turn = take_turn();
         let (db, moved) = match origin.open() {
             Err(Error::Corrupted { detail, .. })
@@ -311,7 +365,15 @@ impl CacheBuilder {
             });
         }
         let db = db?;
-        start(db, origin, true, reporter, self.settings, None)
+        start(
+            db,
+            origin,
+            true,
+            reporter,
+            self.settings,
+            self.sharing,
+            None,
+        )
     }
 
     /// Opens the cache file at `path` only if it exists: it never creates, moves aside or
@@ -337,7 +399,8 @@ impl CacheBuilder {
             self.page_cache_bytes,
             self.verify_on_open,
             false,
-        );
+        )
+        .shared(self.sharing.on);
         let db = {
             let _turn = take_turn();
             origin.open()?
@@ -346,10 +409,11 @@ impl CacheBuilder {
             on_corruption: OnCorruption::Fail,
             ..self.settings
         };
-        start(db, origin, true, reporter, settings, None)
+        start(db, origin, true, reporter, settings, self.sharing, None)
     }
 
-    /// A cache that keeps nothing on disk.
+    /// A cache that keeps nothing on disk. Fails with [`Error::NotShareable`] if
+    /// [`shared`](Self::shared) is on: nothing in memory is shared between processes.
     pub fn in_memory(self) -> Result<Cache> {
         self.over_backend(FaultyBackend::in_memory(), false, None)
     }
@@ -372,10 +436,24 @@ impl CacheBuilder {
         file_backed: bool,
         remote: RemoteService,
     ) -> Result<Cache> {
+        if self.sharing.on {
+            return Err(Error::NotShareable {
+                reason: "an in-memory (or connected) cache lives in one process; open a file \
+                         with CacheBuilder::shared(true)",
+            });
+        }
         let reporter = Arc::new(Reporter::new(self.hook));
         let origin = Origin::Backend(backend);
         let db = origin.open()?;
-        start(db, origin, file_backed, reporter, self.settings, remote)
+        start(
+            db,
+            origin,
+            file_backed,
+            reporter,
+            self.settings,
+            self.sharing,
+            remote,
+        )
     }
 }
 
@@ -385,9 +463,21 @@ fn start(
     file_backed: bool,
     reporter: Arc<Reporter>,
     settings: Settings,
+    sharing: Sharing,
     remote: RemoteService,
 ) -> Result<Cache> {
-    let storage = Arc::new(Storage::new(db, origin, settings.on_corruption, reporter));
+    let shared_file = origin
+        .path()
+        .filter(|_| origin.is_shared())
+        .map(Path::to_path_buf);
+    let mut storage = Storage::new(db, origin, settings.on_corruption, reporter);
+    let mut fence = Fence::default();
+    if let Some(path) = shared_file {
+        let (multi, peers) = crate::shared_mode::open(&storage, &path, sharing.commit_interval)?;
+        storage = storage.with_multi(multi);
+        fence = Fence::with_peers(peers);
+    }
+    let storage = Arc::new(storage);
     let writer = Writer::spawn(storage.clone(), settings.durable_interval)?;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -398,10 +488,11 @@ fn start(
         clock: settings.clock,
         file_backed,
         next_entry_id: AtomicU64::new(seed),
-        fence: Fence::default(),
+        fence,
         remote,
     });
     let inner = Arc::new(CacheInner::new(shared));
+    crate::shared_mode::install(&inner);
     if let Some(every) = settings.sweep_interval {
         let sweeper = Sweeper::spawn(Arc::downgrade(&inner), every)?;
         let _ = inner.background.set(Box::new(sweeper));

@@ -143,6 +143,30 @@ pub enum Error {
         /// What went wrong, credentials removed.
         detail: String,
     },
+    /// The cache file is open in the other sharing mode: a shared cache
+    /// (`CacheBuilder::shared(true)`) beside an exclusive one, or the reverse. Every
+    /// program on one file must open it the same way.
+    ModeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Whether this open asked for shared mode.
+        shared: bool,
+        /// Who holds the file, in the other mode.
+        holder: &'static str,
+    },
+    /// A shared cache was used in a child process forked after it was opened. The child
+    /// shares its parent's open files, and with them the parent's locks on the cache
+    /// file, so it must not touch it: calls compute without the cache, and this is what
+    /// they report. Open the cache in the child (after `fork`), not before.
+    Forked {
+        /// The cache file.
+        path: PathBuf,
+    },
+    /// Something a shared cache (`CacheBuilder::shared(true)`) does not offer.
+    NotShareable {
+        /// What was asked, and what to do instead.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -264,6 +288,24 @@ impl fmt::Display for Error {
                 f,
                 "the cache's background writer has stopped; reopen the Cache"
             ),
+            Error::ModeMismatch {
+                path,
+                shared,
+                holder,
+            } => write!(
+                f,
+                "cache file {} is held by {holder}, and this Cache asked for {} mode; open                  every program on one file the same way (CacheBuilder::shared(true) for all                  or none), or give each mode its own file",
+                path.display(),
+                if *shared { "shared" } else { "exclusive" }
+            ),
+            Error::Forked { path } => write!(
+                f,
+                "the shared cache on {} was opened before this process was forked; a child                  must not use its parent's Cache (it would share the parent's file locks):                  open the Cache in the child instead; meanwhile values are computed without it",
+                path.display()
+            ),
+            Error::NotShareable { reason } => {
+                write!(f, "not available in a shared cache: {reason}")
+            }
         }
     }
 }

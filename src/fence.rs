@@ -26,11 +26,12 @@
 //! a closing, when every tier agreed. Windows never overlap: invalidations take turns
 //! (each costs a durable commit anyway).
 
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, RwLock};
 
 use crate::entry;
 use crate::key::{DepRow, KeyHash};
+use crate::shm::Peers;
 use crate::storage::writer::Wait;
 use crate::sync::{Event, Listener};
 
@@ -73,6 +74,13 @@ pub(crate) enum Check {
 /// A per-cache seqlock over invalidations (see the module docs).
 #[derive(Default)]
 pub(crate) struct Fence {
+    /// A shared cache's other processes (`CacheBuilder::shared`): their commits count
+    /// like windows here. A stamp is taken once this process has caught up with them
+    /// ([`Peers::caught_up`]: their invalidations applied to its memory tiers, its
+    /// snapshots dropped), and a check fails (`Moved`) if any process committed since,
+    /// so a read never serves what another process removed before the read's check.
+    /// Stamps add twice the board's count, which keeps the window's parity.
+    peers: Option<Arc<Peers>>,
     /// Odd while a window is open; bumped at every opening and closing.
     seq: AtomicU64,
     /// What the open window removes, and its floor (set before the opening, cleared
@@ -87,10 +95,32 @@ pub(crate) struct Fence {
 }
 
 impl Fence {
+    /// The fence of a shared cache, whose peers' commits also move it.
+    pub(crate) fn with_peers(peers: Arc<Peers>) -> Self {
+        Fence {
+            peers: Some(peers),
+            ..Fence::default()
+        }
+    }
+
     /// Taken before a read looks at any tier.
     #[inline]
     pub(crate) fn stamp(&self) -> u64 {
-        self.seq.load(Ordering::Acquire)
+        let local = self.seq.load(Ordering::Acquire);
+        match &self.peers {
+            None => local,
+            Some(peers) => local.wrapping_add(peers.caught_up() << 1),
+        }
+    }
+
+    /// The stamp a read taking it now would get, without catching up.
+    #[inline]
+    fn current(&self) -> u64 {
+        let local = self.seq.load(Ordering::Relaxed);
+        match &self.peers {
+            None => local,
+            Some(peers) => local.wrapping_add(peers.now() << 1),
+        }
     }
 
     /// Whether a read stamped `stamp` may serve the entry `bytes` of memoizer `uid`
@@ -99,7 +129,7 @@ impl Fence {
     pub(crate) fn check(&self, stamp: u64, uid: u64, hash: &KeyHash, bytes: &[u8]) -> Check {
         // Orders the tier reads before the load below (the seqlock's read side).
         fence(Ordering::Acquire);
-        if self.seq.load(Ordering::Relaxed) != stamp {
+        if self.current() != stamp {
             return Check::Moved;
         }
         if stamp & 1 == 0 {
@@ -115,7 +145,7 @@ impl Fence {
             });
         // The window read above must be the one the stamp saw.
         fence(Ordering::Acquire);
-        if self.seq.load(Ordering::Relaxed) != stamp {
+        if self.current() != stamp {
             Check::Moved
         } else if covered {
             Check::Covered
@@ -128,7 +158,7 @@ impl Fence {
     /// that must not outlive the read, like promoting a disk hit into memory).
     pub(crate) fn unchanged(&self, stamp: u64) -> bool {
         fence(Ordering::Acquire);
-        stamp & 1 == 0 && self.seq.load(Ordering::Relaxed) == stamp
+        stamp & 1 == 0 && self.current() == stamp
     }
 
     /// Waits (as `how` says) for an open window to close, and holds the next turn.

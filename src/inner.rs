@@ -170,6 +170,16 @@ impl CacheInner {
         live.get(name).and_then(Weak::upgrade)
     }
 
+    /// The live members of the zone with id `id` (none if no handle of it was made).
+    pub(crate) fn zone_members_by_id(&self, id: u64) -> Vec<Arc<Tiers>> {
+        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        zones
+            .values()
+            .filter(|z| z.id == id)
+            .flat_map(|z| z.live_members())
+            .collect()
+    }
+
     /// Every live memoizer.
     pub(crate) fn live_all(&self) -> Vec<Arc<Tiers>> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::integrity::IntegrityReport;
 use crate::key::{KeyBytes, xxh3_key_hash};
 use crate::storage::guarded;
+use crate::storage::multi::{self, Logged};
 use crate::storage::open::{OnCorruption, Origin, open_read_only};
 use crate::storage::ops;
 use crate::storage::scratch::ScratchCopy;
@@ -169,10 +170,16 @@ impl Cache {
         }
         let owned = name.to_string();
         let shared = &self.inner.shared;
+        // A shared cache's other processes may have it alive: they read the log.
+        let log = shared.writer.log_token();
         let removed = shared
             .writer
             .run(move |txn| match ops::memoizer_record(txn, &owned)? {
-                Some(record) => ops::clear(txn, &record).map(Some),
+                Some(record) => {
+                    let n = ops::clear(txn, &record)?;
+                    multi::log(txn, log, Logged::Memoizer(record.id))?;
+                    Ok(Some(n))
+                }
                 None => Ok(None),
             })?;
         shared.storage.reclaim_soon();
@@ -229,19 +236,32 @@ impl Cache {
         }
         let hash = xxh3_key_hash(bytes.as_slice());
         let (owned, key) = (name.to_string(), bytes.as_slice().to_vec());
-        self.inner
-            .shared
-            .writer
-            .run(move |txn| match ops::memoizer_record(txn, &owned)? {
-                Some(record) if record.placed => {
-                    match ops::find_placed(txn, record.id, &hash, &key)? {
-                        Some(row) => ops::remove(txn, record.id, &row).map(Some),
-                        None => Ok(Some(false)),
-                    }
-                }
-                Some(record) => ops::remove(txn, record.id, &hash).map(Some),
-                None => Ok(None),
-            })
+        let writer = &self.inner.shared.writer;
+        let log = writer.log_token();
+        writer.run(move |txn| {
+            let Some(record) = ops::memoizer_record(txn, &owned)? else {
+                return Ok(None);
+            };
+            let row = match record.placed {
+                true => ops::find_placed(txn, record.id, &hash, &key)?,
+                false => Some(hash),
+            };
+            let Some(row) = row else {
+                return Ok(Some(false));
+            };
+            let removed = ops::remove(txn, record.id, &row)?;
+            if removed {
+                multi::log(
+                    txn,
+                    log,
+                    Logged::Key {
+                        id: record.id,
+                        hash: row,
+                    },
+                )?;
+            }
+            Ok(Some(removed))
+        })
     }
 
     /// Compacts a cache file that no `Cache` holds open, giving free pages back to the

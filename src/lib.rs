@@ -129,6 +129,8 @@ mod report;
 mod serde_value;
 mod shards;
 mod shared;
+mod shared_mode;
+mod shm;
 mod stats;
 mod storage;
 mod sweeper;

@@ -665,6 +665,13 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         );
         let keyed = zones.iter().any(|z| z.key.is_some());
         let on_disk = matches!(store, Store::Persistent | Store::Tiered(_));
+        if on_disk && self.max_hits.is_some() && shared.storage.multi().is_some() {
+            return Err(Error::NotShareable {
+                reason: "max_hits on a persistent memoizer of a shared cache (its budget \
+                         would be counted per process); use Store::Memory for it, or a cache \
+                         of its own",
+            });
+        }
         // In a connected cache the server takes the file's place.
         #[cfg(feature = "redis")]
         let remote = match &shared.remote {

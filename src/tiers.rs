@@ -41,6 +41,7 @@ use crate::key::{DepRow, EncodedKey, KeyHash, KeyHasher};
 use crate::memory::{MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::storage::multi::{Computing, StripeLock};
 use crate::storage::ops::{Removal, Removed};
 use crate::storage::writer::{Ticket, Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
@@ -476,8 +477,19 @@ impl Tiers {
         }
     }
 
-    /// Stores a freshly computed value unless an invalidation happened since `epoch`.
-    pub(crate) fn store(&self, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>, epoch: u64) {
+    /// Stores a freshly computed value unless an invalidation happened since `epoch`. In a
+    /// shared cache `across` is what the computation began under there: the log
+    /// sequence (the writer refuses the value if another process's invalidation logged
+    /// since covers it) and the key's lock across processes, kept until the value
+    /// committed.
+    fn store(
+        &self,
+        ek: &EncodedKey,
+        archive: &[u8],
+        deps: Vec<DepRow>,
+        epoch: u64,
+        across: Across,
+    ) {
         // Encoded once: the memory tier and the write queue share these bytes.
         // Before the epoch checks below: see the window floor in `invalidate`.
         let (meta, bytes) = self.encode_entry(ek, archive, &deps, self.next_entry_id());
@@ -502,9 +514,17 @@ impl Tiers {
                 bytes.clone(),
                 || self.epoch() == epoch,
                 || {
-                    shared
+                    let key = (p.id, ek.hash);
+                    if let Some(multi) = shared.storage.multi() {
+                        multi.hold(key, meta.entry_id, across.since, across.lock);
+                    }
+                    let queued = shared
                         .writer
-                        .put(p.id, ek.hash, bytes.clone(), meta.entry_id)
+                        .put(p.id, ek.hash, bytes.clone(), meta.entry_id);
+                    if !queued && let Some(multi) = shared.storage.multi() {
+                        multi.settled(&[(key, meta.entry_id)]);
+                    }
+                    queued
                 },
             );
         }
@@ -598,9 +618,9 @@ impl Tiers {
     }
 
     /// Applies an invalidation made elsewhere (by another machine, which the server's
-    /// push told of) to the in-memory tier: the epoch first, so a value read from the
-    /// server before it is not promoted after it (see `remote_promote`), then step 3.
-    #[cfg(feature = "redis")]
+    /// push told of; by another process of a shared cache, which its log told of) to the
+    /// in-memory tier: the epoch first, so a value read before it is not promoted or
+    /// stored after it, then step 3.
     pub(crate) fn forget_elsewhere(&self, what: &Remove) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.forget(what, &Removed::default());
@@ -650,9 +670,21 @@ pub(crate) enum Step<'a, R> {
 pub(crate) struct Lead<'a> {
     leader: Leader<'a>,
     epoch: u64,
+    /// In a shared cache: the key's lead across processes.
+    across: Across,
     /// A connected memoizer's lease on the server and the stamps it computes under.
     #[cfg(feature = "redis")]
     remote: crate::remote::Leading,
+}
+
+/// A shared cache's side of a [`Lead`] (empty otherwise): the invalidation log sequence
+/// applied when the computation began, and the key's lock across processes, if taken.
+#[derive(Default)]
+pub(crate) struct Across {
+    since: u64,
+    lock: Option<StripeLock>,
+    /// Marks the computing thread while the lead lasts.
+    _computing: Option<Computing>,
 }
 
 impl Tiers {
@@ -717,13 +749,47 @@ impl Tiers {
             Ok(leading) => leading,
             Err(v) => return Step::Served(v),
         };
+        // A shared cache's persistent memoizer leads across processes too: wait for (or
+        // take) the key's lock, which another process may hold.
+        let across = match self.lead_across(ek, &look) {
+            Ok(across) => across,
+            Err(v) => return Step::Served(v),
+        };
         let epoch = self.epoch();
         Counters::add(&self.stats.misses, 1);
         Step::Lead(Lead {
             leader,
             epoch,
+            across,
             #[cfg(feature = "redis")]
             remote,
+        })
+    }
+
+    /// In a shared cache, takes the key's lock across processes for a persistent
+    /// memoizer, or waits until the process holding it landed the value (`Err`: serve
+    /// it). A forked child leads alone, and reports why nothing is cached.
+    fn lead_across<R>(
+        &self,
+        ek: &EncodedKey,
+        look: &impl Fn(bool) -> Looked<R>,
+    ) -> Result<Across, R> {
+        let (Some(multi), Some(_)) = (self.shared.storage.multi(), &self.persistent) else {
+            return Ok(Across::default());
+        };
+        let path = self.shared.storage.path().unwrap_or(Path::new(""));
+        if let Err(e) = multi.check_pid(path) {
+            self.report(e);
+            return Ok(Across::default());
+        }
+        let lock = multi.lead(&ek.hash, || match look(false) {
+            Looked::Hit(v) => Some(v),
+            _ => None,
+        })?;
+        Ok(Across {
+            since: multi.applied(),
+            lock,
+            _computing: Some(Computing::enter()),
         })
     }
 
@@ -753,7 +819,7 @@ impl Tiers {
     /// be archived (reported; nothing stored).
     pub(crate) fn land<V: Value>(
         &self,
-        lead: Lead<'_>,
+        mut lead: Lead<'_>,
         ek: &EncodedKey,
         deps: Result<Vec<DepRow>>,
         value: &V,
@@ -761,7 +827,7 @@ impl Tiers {
         let archive = match value.__archive() {
             Ok(archive) => {
                 match deps {
-                    Ok(deps) => self.store_led(&lead, ek, &archive, deps),
+                    Ok(deps) => self.store_led(&mut lead, ek, &archive, deps),
                     Err(e) => self.report(e),
                 }
                 Some(archive)
@@ -777,7 +843,7 @@ impl Tiers {
 
     /// Stores a value computed under `lead`: on the server (under the stamps read when
     /// it began) for a connected memoizer, else in this process's tiers.
-    fn store_led(&self, lead: &Lead<'_>, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>) {
+    fn store_led(&self, lead: &mut Lead<'_>, ek: &EncodedKey, archive: &[u8], deps: Vec<DepRow>) {
         #[cfg(feature = "redis")]
         if let Some(rt) = &self.remote {
             if lead.remote.stamps.is_some() {
@@ -785,7 +851,8 @@ impl Tiers {
             }
             return;
         }
-        self.store(ek, archive, deps, lead.epoch);
+        let across = std::mem::take(&mut lead.across);
+        self.store(ek, archive, deps, lead.epoch, across);
     }
 }
 

@@ -601,3 +601,46 @@ fn reading_commands_never_write_and_writing_commands_refuse_damage() {
         );
     }
 }
+
+/// A file that running programs share (`CacheBuilder::shared(true)`): the command joins
+/// them instead of refusing a busy file, and its invalidation of a memoizer it does not
+/// build reaches the program's memory tier.
+#[test]
+fn a_shared_file_is_inspected_and_invalidated_while_a_program_uses_it() {
+    use fresco_memoize::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let cache = Cache::builder().shared(true).open(&path).unwrap();
+    let m = cache
+        .memoizer::<u64, u64>("squares")
+        .store(Store::Tiered(100))
+        .build()
+        .unwrap();
+    for k in 0..5 {
+        m.get_or_compute(&k, |k| k * k);
+    }
+    cache.flush().unwrap();
+    let stats = json(&["stats", s(&path)]);
+    assert_eq!(stats["entries"], 5, "{stats}");
+    assert_eq!(
+        json(&[
+            "invalidate",
+            s(&path),
+            "--memoizer",
+            "squares",
+            "--key",
+            "3"
+        ])["removed"],
+        1
+    );
+    let mut computed = false;
+    assert_eq!(
+        m.get_or_compute(&3, |_| {
+            computed = true;
+            10
+        }),
+        10
+    );
+    assert!(computed, "the memory tier still served the removed entry");
+    assert_eq!(m.get_or_compute(&2, |_| 0), 4);
+}

@@ -23,6 +23,7 @@
 // Always compiled (in-memory caches use it, unarmed); public only with `fault-injection`.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) mod faults;
+pub(crate) mod multi;
 pub(crate) mod open;
 pub(crate) mod ops;
 mod registry;
@@ -147,6 +148,8 @@ pub(crate) struct Storage {
     /// The file's length after the last compaction (or at open): the baseline of
     /// [`Storage::compact_if_grown`].
     compacted_len: AtomicU64,
+    /// A shared cache's state (`CacheBuilder::shared`); `None` in the default mode.
+    multi: Option<multi::Multi>,
 }
 
 /// A file is compacted only once it is this large ...
@@ -233,7 +236,19 @@ impl Storage {
             pending_len: AtomicUsize::new(0),
             slots: Mutex::new(Vec::new()),
             reporter,
+            multi: None,
         }
+    }
+
+    /// Makes this the storage of a shared cache (`CacheBuilder::shared`).
+    pub(crate) fn with_multi(mut self, multi: multi::Multi) -> Self {
+        self.multi = Some(multi);
+        self
+    }
+
+    /// A shared cache's state; `None` in the default (exclusive) mode.
+    pub(crate) fn multi(&self) -> Option<&multi::Multi> {
+        self.multi.as_ref()
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {
@@ -548,8 +563,17 @@ impl Storage {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Called by the writer after a commit: readers must take a fresh snapshot.
+    /// Called by the writer after a commit: readers must take a fresh snapshot. In a
+    /// shared cache, the other processes learn of it through the board.
     pub(crate) fn committed(&self) {
+        self.refresh();
+        if let Some(multi) = &self.multi {
+            multi.peers.board.bump_commits();
+        }
+    }
+
+    /// Makes readers take a fresh snapshot (after a commit here or in another process).
+    pub(crate) fn refresh(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for slot in slots.iter().filter_map(Weak::upgrade) {
@@ -574,7 +598,8 @@ impl Storage {
     /// burst. Meanwhile hits that need a snapshot wait for the lock: about 50 ms per
     /// 70 MiB file.
     pub(crate) fn compact_if_grown(&self) -> bool {
-        let Some(path) = &self.path else {
+        // Other processes' snapshots would make redb refuse it anyway.
+        let (Some(path), None) = (&self.path, &self.multi) else {
             return false;
         };
         let len = file_len(path);
@@ -675,6 +700,12 @@ impl Storage {
                 self.pending_len.fetch_sub(1, Ordering::SeqCst);
             }
         }
+        drop(pending);
+        // After the commit was announced (`committed`): a waiter for a released lock
+        // finds the value.
+        if let Some(multi) = &self.multi {
+            multi.settled(done);
+        }
     }
 
     /// The bytes stored under `hash` for `slot`'s memoizer, if any: the overlay first,
@@ -713,6 +744,10 @@ impl Storage {
     fn open_snap(&self, memo_id: u64, generation: u64) -> Result<Option<Snap>> {
         let mut incarnation = self.incarnation.load(Ordering::SeqCst);
         let table = guarded(|| {
+            // A forked child never takes read locks: they would be its parent's.
+            if self.multi.as_ref().is_some_and(multi::Multi::forked) {
+                return Ok(None);
+            }
             let db = match self.db() {
                 Ok(db) => db,
                 // Closed after a failure the writer has reported: a miss.

@@ -98,6 +98,9 @@ pub(crate) enum Origin {
         create: bool,
         /// The file the last open looked at (and, once open, the database's file).
         seen: Mutex<Option<FileId>>,
+        /// Opened in redb's `MultiWriter` mode, beside other processes
+        /// (`CacheBuilder::shared`).
+        shared: bool,
     },
     /// A backend shared with the caller (memory, or a fault-injecting wrapper): reopened
     /// over a clone of it; never moved aside.
@@ -118,7 +121,21 @@ impl Origin {
             verify_on_open,
             create,
             seen: Mutex::new(None),
+            shared: false,
         }
+    }
+
+    /// The same origin, opened in shared mode (`CacheBuilder::shared`) if `shared`.
+    pub(crate) fn shared(mut self, on: bool) -> Origin {
+        if let Origin::File { shared, .. } = &mut self {
+            *shared = on;
+        }
+        self
+    }
+
+    /// Whether the file is opened in shared mode.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self, Origin::File { shared: true, .. })
     }
 
     /// Whether a missing file may be created (a backend always may: it is reopened).
@@ -216,12 +233,20 @@ impl Origin {
             page_cache_bytes,
             verify_on_open,
             seen,
+            shared,
             ..
         } = self
         else {
             return self.open();
         };
-        open_file(path, *page_cache_bytes, *verify_on_open, mode, seen)
+        open_file(
+            path,
+            *page_cache_bytes,
+            *verify_on_open,
+            mode,
+            seen,
+            *shared,
+        )
     }
 
     /// Renames the file last opened (found damaged) to `<file>.corrupt-<unix ms>`, and
@@ -332,9 +357,10 @@ fn open_file(
     verify: bool,
     mode: Mode,
     seen: &Mutex<Option<FileId>>,
+    shared: bool,
 ) -> Result<redb::Database> {
     if mode != Mode::Fresh {
-        refuse_foreign(path)?;
+        refuse_foreign(path, shared)?;
     }
     let io = |source| Error::Io {
         path: path.to_path_buf(),
@@ -350,8 +376,8 @@ fn open_file(
             reason: "an empty file".into(),
         });
     }
-    let opened =
-        open_db(path, file, page_cache_bytes, verify).and_then(|db| checked(db, Some(path)));
+    let opened = open_db(path, file, page_cache_bytes, verify, shared)
+        .and_then(|db| checked(db, Some(path)));
     match opened {
         Ok(db) => Ok(db),
         Err(e) => {
@@ -371,10 +397,11 @@ fn open_db(
     file: File,
     page_cache_bytes: usize,
     verify: bool,
+    shared: bool,
 ) -> Result<redb::Database> {
     let opened = crate::panics::catch_quietly(|| {
         let backend = redb::backends::FileBackend::new(file)?;
-        redb::Builder::new()
+        builder(shared)
             .set_cache_size(page_cache_bytes)
             .set_check_integrity_on_open(verify)
             .create_with_backend(backend)
@@ -382,8 +409,11 @@ fn open_db(
     match opened {
         Err(_) => Err(corrupted(path, "redb panicked while opening it")),
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(Error::AlreadyOpen {
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(held(path, shared)),
+        Ok(Err(redb::DatabaseError::LockProtocolMismatch)) => Err(Error::ModeMismatch {
             path: path.to_path_buf(),
+            shared,
+            holder: "a program built with another redb version's locking protocol",
         }),
         // A file cut short inside redb's header reads past its end.
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
@@ -408,7 +438,7 @@ fn open_db(
 /// Refuses a file that is not ours (not redb, foreign tables), newer, or held by someone,
 /// after a read-only look, so not even redb's header bookkeeping touches it. A missing or
 /// empty file passes.
-fn refuse_foreign(path: &Path) -> Result<()> {
+fn refuse_foreign(path: &Path, shared: bool) -> Result<()> {
     if let Some(bytes) = leading_bytes(path)
         && bytes != REDB_MAGIC[..bytes.len()]
     {
@@ -417,7 +447,7 @@ fn refuse_foreign(path: &Path) -> Result<()> {
             reason: "not a redb database".into(),
         });
     }
-    match inspect_read_only(path)? {
+    match inspect_read_only(path, shared)? {
         Some(refusal) => Err(refusal),
         None => Ok(()),
     }
@@ -426,12 +456,12 @@ fn refuse_foreign(path: &Path) -> Result<()> {
 /// Looks at an existing file read-only: `Some(refusal)` if it is not ours or is newer,
 /// `Err(AlreadyOpen)` if someone holds it, `None` to go on (ours, empty, missing, or not
 /// readable this way - a file that needs repair or is damaged goes the writable way).
-fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
+fn inspect_read_only(path: &Path, shared: bool) -> Result<Option<Error>> {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
     let looked = crate::panics::catch_quietly(|| {
-        let db = match redb::Builder::new().open_read_only(path) {
+        let db = match builder(shared).open_read_only(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(()),
             Err(_) => return Ok(None),
@@ -443,9 +473,7 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
         | Ok(Ok(None))
         | Ok(Ok(Some(InitOutcome::Ready)))
         | Ok(Ok(Some(InitOutcome::Older))) => Ok(None),
-        Ok(Err(())) => Err(Error::AlreadyOpen {
-            path: path.to_path_buf(),
-        }),
+        Ok(Err(())) => Err(held(path, shared)),
         Ok(Ok(Some(InitOutcome::Foreign(reason)))) => Ok(Some(Error::NotACache {
             path: path.to_path_buf(),
             reason,
@@ -455,6 +483,39 @@ fn inspect_read_only(path: &Path) -> Result<Option<Error>> {
             found,
             supported: crate::entry::FORMAT_VERSION,
         })),
+    }
+}
+
+/// A redb builder for the mode: `MultiWriter` for a shared cache, redb's default
+/// (`ExclusiveWriter`) otherwise.
+fn builder(shared: bool) -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    if shared {
+        builder.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    }
+    builder
+}
+
+/// Why a file that redb found held could not be opened: by a program in the other mode
+/// ([`Error::ModeMismatch`]), or by another exclusive one ([`Error::AlreadyOpen`]).
+/// A shared open is refused only by an exclusive holder; an exclusive open is refused by
+/// anyone, so it asks whether a shared reader could join the holders.
+fn held(path: &Path, shared: bool) -> Error {
+    let holder = if shared {
+        "an exclusive program (a Cache opened without shared(true))"
+    } else {
+        let joins = crate::panics::catch_quietly(|| builder(true).open_read_only(path).is_ok());
+        if joins != Ok(true) {
+            return Error::AlreadyOpen {
+                path: path.to_path_buf(),
+            };
+        }
+        "shared programs (Caches opened with shared(true))"
+    };
+    Error::ModeMismatch {
+        path: path.to_path_buf(),
+        shared,
+        holder,
     }
 }
 
@@ -531,17 +592,13 @@ pub(crate) fn open_read_only(path: &Path) -> Result<Option<redb::ReadOnlyDatabas
         path: path.to_path_buf(),
         source,
     })?;
-    refuse_foreign(path)?;
+    refuse_foreign(path, false)?;
     let opened = crate::panics::catch_quietly(|| redb::Builder::new().open_read_only(path));
     let db = match opened {
         Err(panic) => return Err(corrupted(path, format!("redb panicked: {panic}"))),
         Ok(Ok(db)) => db,
         Ok(Err(redb::DatabaseError::RepairAborted)) => return Ok(None),
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
-            return Err(Error::AlreadyOpen {
-                path: path.to_path_buf(),
-            });
-        }
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(held(path, false)),
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))))
             if source.kind() == std::io::ErrorKind::UnexpectedEof =>
         {

@@ -34,6 +34,16 @@ pub(crate) const GENERATIONS: TableDefinition<u64, u64> =
 /// removed in bounded batches in the background (`ops::reclaim`).
 pub(crate) const GRAVES: TableDefinition<&[u8; 16], ()> = TableDefinition::new("fresco/graves");
 
+/// Shared mode's invalidation log: sequence -> what was removed (`storage::multi`):
+/// written in each invalidation's transaction, read by the other processes of a shared
+/// cache to purge their memory tiers and by every put transaction to refuse a value
+/// computed before an invalidation. Trimmed to the last [`LOG_KEEP`] rows.
+pub(crate) const INVALIDATIONS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("fresco/invalidations");
+
+/// How many rows of [`INVALIDATIONS`] are kept; a process further behind purges all.
+pub(crate) const LOG_KEEP: u64 = 4096;
+
 /// Prefix of every grave's name.
 pub(crate) const GRAVE_PREFIX: &str = "fresco/reclaim/";
 

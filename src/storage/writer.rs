@@ -14,7 +14,12 @@
 //!   refuses writes after a failed commit until then, and its recovery rolls the file back
 //!   to the last durable commit. Damage (`Corrupted`, or a panic inside redb) instead
 //!   moves the file aside under `OnCorruption::Recreate`.
+//! - In a shared cache (`CacheBuilder::shared`) every commit is durable (redb refuses
+//!   others there), so puts are gathered for `Multi::commit_interval` after the first one
+//!   before they commit; synchronous jobs commit at once. Invalidations append to the
+//!   log, and each put is checked against it ([`multi::Refusals`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use redb::{Durability, WriteTransaction};
 
-use super::{PendingKey, Storage, guarded, ops};
+use super::{PendingKey, Storage, guarded, multi, ops};
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
 
@@ -160,6 +165,9 @@ pub(crate) fn now<F: std::future::Future>(future: F) -> F::Output {
 pub(crate) struct Writer {
     tx: Sender<Job>,
     handle: Mutex<Option<JoinHandle<()>>>,
+    /// In a shared cache: this process's token in the invalidation log, and the file.
+    shared: Option<(u64, std::path::PathBuf)>,
+    storage: Arc<Storage>,
 }
 
 impl Writer {
@@ -169,9 +177,16 @@ impl Writer {
         storage.set_wake(move || {
             let _ = wake.send(Job::Wake);
         });
+        let shared = storage.multi().map(|m| {
+            (
+                m.token,
+                storage.path().map(Path::to_path_buf).unwrap_or_default(),
+            )
+        });
+        let thread_storage = storage.clone();
         let handle = std::thread::Builder::new()
             .name("fresco-memoize-writer".into())
-            .spawn(move || run(&storage, &rx, durable_interval))
+            .spawn(move || run(&thread_storage, &rx, durable_interval))
             .map_err(|source| Error::Io {
                 path: "<writer thread>".into(),
                 source,
@@ -179,11 +194,24 @@ impl Writer {
         Ok(Writer {
             tx,
             handle: Mutex::new(Some(handle)),
+            shared,
+            storage,
         })
+    }
+
+    /// In a child forked after a shared cache was opened: the error every job gets (the
+    /// writer thread is the parent's; the child has none).
+    fn forked(&self) -> Option<Error> {
+        let multi = self.storage.multi()?;
+        let (_, path) = self.shared.as_ref()?;
+        multi.check_pid(path).err()
     }
 
     /// Queues an entry. Returns false if the writer has stopped.
     pub(crate) fn put(&self, memo_id: u64, hash: KeyHash, bytes: Arc<[u8]>, seq: u64) -> bool {
+        if self.shared.is_some() && self.forked().is_some() {
+            return false;
+        }
         self.tx
             .send(Job::Put {
                 key: (memo_id, hash),
@@ -202,9 +230,21 @@ impl Writer {
         self.send_run(f, true)
     }
 
-    /// Queues an invalidation's removal from the file (see [`ops::remove_what`]).
+    /// Queues an invalidation's removal from the file (see [`ops::remove_what`]); in a
+    /// shared cache it is logged in the same transaction, for the other processes.
     pub(crate) fn remove(&self, removal: ops::Removal) -> Ticket<ops::Removed> {
-        self.submit(move |txn| ops::remove_what(txn, &removal))
+        let token = self.log_token();
+        self.submit(move |txn| {
+            let removed = ops::remove_what(txn, &removal)?;
+            multi::log(txn, token, multi::Logged::of(&removal))?;
+            Ok(removed)
+        })
+    }
+
+    /// In a shared cache, the token under which this process logs its invalidations
+    /// (for jobs that remove entries outside [`remove`](Self::remove)).
+    pub(crate) fn log_token(&self) -> Option<u64> {
+        self.shared.as_ref().map(|(token, _)| *token)
     }
 
     /// Runs `f` in the next transaction and waits for its commit, without forcing a
@@ -231,6 +271,10 @@ impl Writer {
         durable: bool,
     ) -> Ticket<T> {
         let (reply, ticket) = Ticket::new();
+        if let Some(e) = self.shared.as_ref().and_then(|_| self.forked()) {
+            let _ = reply.try_send(Err(e));
+            return ticket;
+        }
         let task = Box::new(Typed {
             f: Some(f),
             value: None,
@@ -259,12 +303,20 @@ impl Writer {
     /// it is done (or with [`Error::WriterStopped`] if the writer is gone).
     pub(crate) fn flush_ticket(&self) -> Ticket<()> {
         let (reply, ticket) = Ticket::new();
+        if let Some(e) = self.shared.as_ref().and_then(|_| self.forked()) {
+            let _ = reply.try_send(Err(e));
+            return ticket;
+        }
         let _ = self.tx.send(Job::Flush(reply));
         ticket
     }
 
     /// Makes everything durable and stops the thread.
     pub(crate) fn shutdown(&self) {
+        // A forked child has no writer thread to stop (nor to wait for).
+        if self.shared.is_some() && self.forked().is_some() {
+            return;
+        }
         let _ = self.tx.send(Job::Shutdown);
         if let Some(handle) = self.handle.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = handle.join();
@@ -298,16 +350,24 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         let mut batch = Vec::new();
         let mut shutdown = false;
         let mut next = first;
+        // A shared cache's commits are durable: its puts wait to share one.
+        let gather = storage.multi().map(|m| Instant::now() + m.commit_interval);
         while let Some(job) = next {
             match job {
                 Job::Shutdown => shutdown = true,
                 Job::Wake => {}
                 job => batch.push(job),
             }
+            let synchronous = matches!(batch.last(), Some(Job::Flush(_) | Job::Run { .. }));
             next = if shutdown || batch.len() >= MAX_BATCH {
                 None
             } else {
-                rx.try_recv().ok()
+                match gather {
+                    Some(until) if !synchronous && !batch.is_empty() => {
+                        rx.recv_deadline(until).ok()
+                    }
+                    _ => rx.try_recv().ok(),
+                }
             };
         }
         if storage.suspected() {
@@ -318,7 +378,11 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         let synchronous = batch
             .iter()
             .any(|j| matches!(j, Job::Flush(_) | Job::Run { durable: true, .. }));
-        let durable = shutdown || synchronous || idle || last_durable.elapsed() >= durable_interval;
+        let durable = shutdown
+            || synchronous
+            || idle
+            || last_durable.elapsed() >= durable_interval
+            || storage.multi().is_some();
         if !batch.is_empty() || (durable && dirty) {
             match commit_batch(storage, batch, durable) {
                 Ok(()) if durable => {
@@ -365,10 +429,16 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         txn.set_durability(level)
             .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
         let mut puts = ops::Puts::new(&txn);
+        let mut refusals = storage.multi().map(multi::Refusals::new);
         for job in jobs.by_ref() {
             match job {
                 Job::Put { key, bytes, seq } => {
                     settled.push((key, seq));
+                    if let Some(refusals) = &mut refusals
+                        && refusals.refuses(&txn, &key, seq, &bytes)?
+                    {
+                        continue;
+                    }
                     puts.put(key.0, &key.1, &bytes)?;
                 }
                 Job::Run { mut task, .. } => {

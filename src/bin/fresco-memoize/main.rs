@@ -140,19 +140,36 @@ fn refuse_damaged(file: &Path) -> Result<(), Failure> {
     )))
 }
 
-/// Opens a file for a command that changes it, after checking it is sound.
+/// Whether running programs share the file (`CacheBuilder::shared(true)`): the command
+/// then joins them in that mode instead of refusing a busy file.
+fn shared_by_programs(file: &Path) -> bool {
+    matches!(
+        Cache::inspect_file(file),
+        Err(Error::ModeMismatch { shared: false, .. })
+    )
+}
+
+/// Opens a file for a command that changes it, after checking it is sound - or, if
+/// running programs share it, as one more process of theirs (they check the file
+/// themselves; a copy of a file being written could not be checked anyway).
 fn open(file: &Path) -> Result<Cache, Failure> {
-    refuse_damaged(file)?;
-    Ok(Cache::builder()
+    let builder = Cache::builder()
         .on_corruption(OnCorruption::Fail)
-        .sweep_interval(None)
-        .open_existing(file)?)
+        .sweep_interval(None);
+    if shared_by_programs(file) {
+        return Ok(builder.shared(true).open_existing(file)?);
+    }
+    refuse_damaged(file)?;
+    Ok(builder.open_existing(file)?)
 }
 
 fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Stats { file } => {
-            let info = Cache::inspect_file(file)?;
+            let info = match shared_by_programs(file) {
+                true => open(file)?.inspect()?,
+                false => Cache::inspect_file(file)?,
+            };
             if cli.json {
                 print_json(&StatsJson::from(&info));
             } else {

@@ -1,0 +1,506 @@
+//! Shared mode (`CacheBuilder::shared(true)`) with real processes: the test binary runs
+//! itself as worker processes on one file. Guards that a value stored by one process is
+//! served to the others without recomputing; that an invalidation in one process is
+//! never served again by another once it returned - memory tiers included - and that a
+//! computation that began before it in another process stores nothing after it; that
+//! processes missing one key at once compute it once, and that a waiter takes over when
+//! the computing process is killed; that a shared and an exclusive open of one file get
+//! `Error::ModeMismatch` naming the file; and that a shared `Cache` used in a child after
+//! `fork()` reports `Error::Forked` instead of touching its parent's locks.
+//!
+//! Every wait on a worker is bounded (a worker that does not answer fails the test).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use fresco_memoize::{Cache, Error, Memoizer, Store, Zone};
+
+const ROLE: &str = "FRESCO_PROCESSES_ROLE";
+const FILE: &str = "FRESCO_PROCESSES_FILE";
+/// Starts every answer of a worker on its stdout.
+const MARK: &str = "@@ ";
+/// Longest a worker may take to answer one command before the test fails.
+const ANSWER: Duration = Duration::from_secs(60);
+
+fn open_shared(path: &Path) -> Cache {
+    Cache::builder()
+        .shared(true)
+        .sweep_interval(None)
+        .open(path)
+        .unwrap()
+}
+
+/// The memoizers every process builds: `tiered` (a memory tier in front of the file,
+/// zone `z` keyed by `key % 10`) and `slow`, persistent.
+struct Memos {
+    cache: Cache,
+    zone: Zone,
+    tiered: Memoizer<u64, u64>,
+    slow: Memoizer<u64, u64>,
+}
+
+fn memos(path: &Path) -> Memos {
+    let cache = open_shared(path);
+    let zone = cache.zone("z").unwrap().key(|k: &u64| k % 10);
+    let tiered = cache
+        .memoizer::<u64, u64>("tiered")
+        .store(Store::Tiered(1000))
+        .zone(&zone)
+        .build()
+        .unwrap();
+    let slow = cache
+        .memoizer::<u64, u64>("slow")
+        .store(Store::Persistent)
+        .build()
+        .unwrap();
+    Memos {
+        cache,
+        zone,
+        tiered,
+        slow,
+    }
+}
+
+fn append_line(path: &Path, line: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn wait_for_file(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < ANSWER,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A worker's main loop: one command per stdin line, one answer per stdout line.
+///
+/// - `get K V`: `tiered` at `K`, computing `V`; answers `V' computed` (`computed` 0/1).
+/// - `slow K V MARKS GATE`: `slow` at `K`; the computation appends `computing` to the
+///   file `MARKS`, waits for the file `GATE` to exist (`-`: no gate), and returns `V`.
+/// - `dep D`: invalidates dependency `D` of zone `z`; answers how many entries went.
+/// - `flush`, `quit`.
+#[test]
+fn worker_role() {
+    if std::env::var(ROLE).as_deref() != Ok("worker") {
+        return;
+    }
+    let path = PathBuf::from(std::env::var(FILE).unwrap());
+    let m = memos(&path);
+    println!("{MARK}ready");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["get", k, v] => {
+                let (k, v): (u64, u64) = (k.parse().unwrap(), v.parse().unwrap());
+                let mut computed = 0;
+                let got = m.tiered.get_or_compute(&k, |_| {
+                    computed += 1;
+                    v
+                });
+                format!("{got} {computed}")
+            }
+            ["slow", k, v, marks, gate] => {
+                let (k, v): (u64, u64) = (k.parse().unwrap(), v.parse().unwrap());
+                let got = m.slow.get_or_compute(&k, |_| {
+                    append_line(Path::new(marks), "computing");
+                    if *gate != "-" {
+                        wait_for_file(Path::new(gate));
+                    }
+                    v
+                });
+                got.to_string()
+            }
+            ["dep", d] => m
+                .zone
+                .invalidate(&d.parse::<u64>().unwrap())
+                .unwrap()
+                .to_string(),
+            ["flush"] => {
+                m.cache.flush().unwrap();
+                "flushed".into()
+            }
+            ["quit"] => break,
+            _ => panic!("unknown command {line}"),
+        };
+        println!("{MARK}{answer}");
+    }
+}
+
+/// A worker process and its answers.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    answers: Receiver<String>,
+}
+
+impl Worker {
+    fn spawn(path: &Path) -> Worker {
+        let mut worker = Worker::start(path);
+        assert_eq!(worker.answer(), "ready");
+        worker
+    }
+
+    /// Starts a worker without waiting for it to be ready.
+    fn start(path: &Path) -> Worker {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "worker_role", "--nocapture", "--test-threads=1"])
+            .env(ROLE, "worker")
+            .env(FILE, path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, answers) = channel();
+        std::thread::spawn(move || {
+            // The test harness prints on the same lines: answers follow the mark.
+            for line in stdout.lines().map_while(Result::ok) {
+                let Some((_, answer)) = line.split_once(MARK) else {
+                    continue;
+                };
+                if tx.send(answer.to_string()).is_err() {
+                    return;
+                }
+            }
+        });
+        Worker {
+            child,
+            stdin,
+            answers,
+        }
+    }
+
+    /// `n` workers started at once (opening - creating - the file at the same moment).
+    fn spawn_all(path: &Path, n: usize) -> Vec<Worker> {
+        let mut workers: Vec<Worker> = (0..n).map(|_| Worker::start(path)).collect();
+        for w in &mut workers {
+            assert_eq!(w.answer(), "ready");
+        }
+        workers
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn answer(&mut self) -> String {
+        self.answers
+            .recv_timeout(ANSWER)
+            .expect("the worker must answer")
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        self.send(command);
+        self.answer()
+    }
+
+    /// `get`: (value, whether this worker computed it).
+    fn get(&mut self, k: u64, v: u64) -> (u64, bool) {
+        let answer = self.ask(&format!("get {k} {v}"));
+        let (value, computed) = answer.split_once(' ').unwrap();
+        (value.parse().unwrap(), computed == "1")
+    }
+
+    fn quit(mut self) {
+        self.send("quit");
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if start.elapsed() > ANSWER {
+                let _ = self.child.kill();
+                panic!("a worker did not quit");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // A failed test leaves no worker behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tiered` at `k` in this process: (value, whether it computed).
+fn get(m: &Memoizer<u64, u64>, k: u64, v: u64) -> (u64, bool) {
+    let mut computed = false;
+    let got = m.get_or_compute(&k, |_| {
+        computed = true;
+        v
+    });
+    (got, computed)
+}
+
+#[test]
+fn a_value_stored_by_one_process_is_served_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let here = memos(&path);
+    let mut a = Worker::spawn(&path);
+    let mut b = Worker::spawn(&path);
+    for k in 0..20 {
+        assert_eq!(a.get(k, k * 3), (k * 3, true));
+    }
+    // Visible once its batch committed: `flush` waits for that.
+    assert_eq!(a.ask("flush"), "flushed");
+    for k in 0..20 {
+        assert_eq!(b.get(k, 999), (k * 3, false), "key {k} recomputed");
+        assert_eq!(get(&here.tiered, k, 999), (k * 3, false));
+    }
+    // And the other way round, from this process to the workers.
+    for k in 100..110 {
+        assert_eq!(get(&here.tiered, k, k + 1), (k + 1, true));
+    }
+    here.cache.flush().unwrap();
+    for k in 100..110 {
+        assert_eq!(a.get(k, 0), (k + 1, false));
+    }
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn an_invalidation_in_one_process_is_never_served_by_another_after_it_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let here = memos(&path);
+    let mut a = Worker::spawn(&path);
+    // Keys 3, 13, 23 depend on 3; 4 on 4. Both processes hold them in memory.
+    for k in [3, 13, 23, 4] {
+        assert_eq!(get(&here.tiered, k, k), (k, true));
+    }
+    here.cache.flush().unwrap();
+    for k in [3, 13, 23, 4] {
+        assert_eq!(a.get(k, 0), (k, false));
+    }
+    // Served from the worker's memory tier now; the invalidation here must reach it.
+    assert_eq!(here.zone.invalidate(&3u64).unwrap(), 3);
+    for k in [3, 13, 23] {
+        assert_eq!(
+            a.get(k, k + 50),
+            (k + 50, true),
+            "key {k} served after removal"
+        );
+    }
+    assert_eq!(a.get(4, 0), (4, false), "an unrelated key is kept");
+    a.ask("flush");
+    // The worker's invalidation reaches this process's memory tier the same way.
+    assert_eq!(get(&here.tiered, 13, 0), (63, false));
+    assert_eq!(a.ask("dep 3"), "3");
+    for k in [3, 13, 23] {
+        assert_eq!(get(&here.tiered, k, k + 70), (k + 70, true));
+    }
+    assert_eq!(get(&here.tiered, 4, 0), (4, false));
+    a.quit();
+}
+
+#[test]
+fn a_computation_that_began_before_an_invalidation_elsewhere_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let (marks, gate) = (dir.path().join("marks"), dir.path().join("gate"));
+    let here = memos(&path);
+    let mut a = Worker::spawn(&path);
+    // The worker computes key 5 and waits, mid-computation, for the gate.
+    a.send(&format!("slow 5 1 {} {}", marks.display(), gate.display()));
+    wait_for_file(&marks);
+    // The invalidation here returns while that computation is still running.
+    assert_eq!(here.slow.invalidate_all().unwrap(), 0);
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(a.answer(), "1");
+    assert_eq!(a.ask("flush"), "flushed");
+    // Its value (computed under the old state) was not stored.
+    let mut computed = false;
+    let got = here.slow.get_or_compute(&5, |_| {
+        computed = true;
+        2
+    });
+    assert_eq!((got, computed), (2, true));
+    a.quit();
+}
+
+#[test]
+fn processes_missing_one_key_at_once_compute_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let (marks, gate) = (dir.path().join("marks"), dir.path().join("gate"));
+    // The file is new: the four also create it at once.
+    let mut workers = Worker::spawn_all(&path, 4);
+    for w in &mut workers {
+        w.send(&format!("slow 7 49 {} {}", marks.display(), gate.display()));
+    }
+    // Let them all meet the key (the first one waits at the gate, computing).
+    wait_for_file(&marks);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&gate, "").unwrap();
+    for w in &mut workers {
+        assert_eq!(w.answer(), "49");
+    }
+    assert_eq!(lines(&marks).len(), 1, "computed more than once");
+    for w in workers {
+        w.quit();
+    }
+}
+
+#[test]
+fn a_waiter_takes_over_when_the_computing_process_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let (marks, never) = (dir.path().join("marks"), dir.path().join("never"));
+    drop(open_shared(&path));
+    let mut holder = Worker::spawn(&path);
+    holder.send(&format!("slow 9 1 {} {}", marks.display(), never.display()));
+    wait_for_file(&marks);
+    let mut waiter = Worker::spawn(&path);
+    waiter.send(&format!("slow 9 81 {} -", marks.display()));
+    // The waiter waits for the holder's lock: it computes nothing meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&marks).len(), 1);
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    // The kernel released the dead holder's lock: the waiter computes.
+    assert_eq!(waiter.answer(), "81");
+    assert_eq!(lines(&marks).len(), 2);
+    waiter.quit();
+}
+
+#[test]
+fn a_shared_and_an_exclusive_open_of_one_file_name_the_file_and_the_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    drop(open_shared(&path));
+    let worker = Worker::spawn(&path);
+    match Cache::open(&path) {
+        Err(e @ Error::ModeMismatch { .. }) => {
+            let shown = e.to_string();
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+            assert!(shown.contains("exclusive mode"), "{shown}");
+            assert!(matches!(e, Error::ModeMismatch { shared: false, .. }));
+        }
+        other => panic!("expected ModeMismatch, got {:?}", other.err()),
+    }
+    worker.quit();
+    // The reverse: an exclusive holder refuses a shared open.
+    let exclusive = Cache::open(&path).unwrap();
+    let shown = match Cache::builder().shared(true).open(&path) {
+        Err(e @ Error::ModeMismatch { shared: true, .. }) => e.to_string(),
+        other => panic!("expected ModeMismatch, got {:?}", other.err()),
+    };
+    assert!(shown.contains(&path.display().to_string()), "{shown}");
+    assert!(shown.contains("shared mode"), "{shown}");
+    drop(exclusive);
+}
+
+/// In a process of its own (no other test's threads, which might hold a lock across the
+/// fork): forks after using a shared cache; the child must get `Error::Forked` from its
+/// fallible calls, compute its values uncached, and store nothing.
+#[cfg(unix)]
+#[test]
+fn fork_role() {
+    if std::env::var(ROLE).as_deref() != Ok("fork") {
+        return;
+    }
+    let path = PathBuf::from(std::env::var(FILE).unwrap());
+    let m = memos(&path);
+    assert_eq!(m.slow.get_or_compute(&2, |_| 22), 22);
+    m.cache.flush().unwrap();
+    // SAFETY (test): the child only runs the code below and leaves with `_exit`; the
+    // cache's writer is idle (flushed) and there is no sweeper, so no lock of ours is
+    // held across the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let mut code = 0;
+        let mut computed = false;
+        let got = m.slow.get_or_compute(&1, |_| {
+            computed = true;
+            11
+        });
+        if got != 11 || !computed {
+            code |= 1;
+        }
+        if !matches!(m.cache.flush(), Err(Error::Forked { .. })) {
+            code |= 2;
+        }
+        if !matches!(m.slow.invalidate_all(), Err(Error::Forked { .. })) {
+            code |= 4;
+        }
+        if m.cache.health().errors == 0 {
+            code |= 8;
+        }
+        // SAFETY (test): leaves the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    let start = Instant::now();
+    loop {
+        // SAFETY (test): polls the child forked above.
+        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if done == pid {
+            break;
+        }
+        if start.elapsed() > ANSWER {
+            // SAFETY (test): kills the child forked above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "bits: 1 compute, 2 flush, 4 invalidate, 8 report"
+    );
+    // The child stored nothing: the parent still computes key 1, and still has key 2.
+    let mut computed = false;
+    m.slow.get_or_compute(&1, |_| {
+        computed = true;
+        12
+    });
+    assert!(computed);
+    assert_eq!(m.slow.get_or_compute(&2, |_| 0), 22);
+    println!("FORK=ok");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_shared_cache_used_after_fork_reports_forked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "fork_role", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "fork")
+        .env(FILE, &path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("FORK=ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
