@@ -31,7 +31,10 @@ fn render(folder: u32, file: u32) -> Vec<u8> {
     pixels
 }
 
-fn open(path: &Path) -> fresco_memoize::Result<(Cache, Zone, Memoizer<(u32, u32), Vec<u8>>)> {
+/// Thumbnails by (folder, file).
+type Thumbnails = Memoizer<(u32, u32), Vec<u8>>;
+
+fn open(path: &Path) -> fresco_memoize::Result<(Cache, Zone, Thumbnails)> {
     let cache = Cache::builder().max_bytes(Some(BUDGET)).open(path)?;
     let folders = cache.zone("folders")?;
     let thumbnails = cache
@@ -44,7 +47,7 @@ fn open(path: &Path) -> fresco_memoize::Result<(Cache, Zone, Memoizer<(u32, u32)
 
 /// Four threads browse: each visit shows a whole folder; folder `f` is visited about
 /// twice as often as folder `f + 1`... up to a point (a simple skewed walk).
-fn browse(thumbnails: &Memoizer<(u32, u32), Vec<u8>>, run: u64) -> (u64, u64) {
+fn browse(thumbnails: &Thumbnails, run: u64) -> (u64, u64) {
     let rendered = AtomicU64::new(0);
     let shown = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -74,7 +77,7 @@ fn browse(thumbnails: &Memoizer<(u32, u32), Vec<u8>>, run: u64) -> (u64, u64) {
     (shown.into_inner(), rendered.into_inner())
 }
 
-fn report(cache: &Cache, thumbnails: &Memoizer<(u32, u32), Vec<u8>>, label: &str) {
+fn report(cache: &Cache, thumbnails: &Thumbnails, label: &str) {
     let size = std::fs::metadata(cache.path().expect("a file")).map_or(0, |m| m.len());
     let stats = thumbnails.stats();
     println!(
