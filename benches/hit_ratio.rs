@@ -5,7 +5,7 @@
 //! and 10 % of the keys, and the same traces with a one-pass scan of 100k cold keys
 //! mixed in (one every 20 requests).
 //!
-//! Counts, not time: the result is the same on any machine. Run with
+//! Counts, not time (the persistent store's vary a little with how the writer batches). Run with
 //! `cargo bench -p fresco-memoize-benches --bench hit_ratio`; it prints the README's
 //! table. `FRESCO_HIT_RATIO_REQUESTS` shortens the traces for a quick look.
 
