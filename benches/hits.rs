@@ -1,8 +1,9 @@
 //! Hits, side by side with the peers in one run (issue 4, point 6):
 //!
 //! - `hit_100k`: 100k entries, u64 key -> ~100-byte struct, one lookup per iteration in a
-//!   fixed shuffled key order. Persistent (owned and archived; and owned in a memoizer
-//!   with a zone key, whose lookups derive the dependency row first) vs `cached::RedbCache` get
+//!   fixed shuffled key order. Persistent (owned and archived; owned in a file with a
+//!   byte budget, whose hits count in its eviction policy's sketch; and owned in a
+//!   memoizer with a zone key, whose lookups derive the dependency row first) vs `cached::RedbCache` get
 //!   (default, durable); tiered and in-memory vs `moka` 0.12 sync, `quick_cache` 0.7 and
 //!   a `Mutex<HashMap>` memo. Every owned variant returns an owned value (ours
 //!   deserializes, the peers clone or decode).
@@ -35,6 +36,19 @@ fn hit_100k(c: &mut Criterion) {
     let persistent = filled(&cache, "persistent", Store::Persistent, ENTRIES, record);
     let tiered = filled(&cache, "tiered", Store::Tiered(CAPACITY), ENTRIES, record);
     let zoned = filled_zoned(&cache, "zoned", ENTRIES, record);
+    // The same entries in a file with a byte budget that holds them all: its hits also
+    // count their key in the eviction policy's sketch.
+    let bounded_cache = Cache::builder()
+        .max_bytes(Some(1 << 30))
+        .open(dir.path().join("bounded.memo"))
+        .unwrap();
+    let bounded = filled(
+        &bounded_cache,
+        "bounded",
+        Store::Persistent,
+        ENTRIES,
+        record,
+    );
     let mem_cache = Cache::in_memory().unwrap();
     let memory = filled(&mem_cache, "memory", Store::Memory, ENTRIES, record);
     let lru = filled(&mem_cache, "lru", Store::Lru(CAPACITY), ENTRIES, record);
@@ -63,6 +77,9 @@ fn hit_100k(c: &mut Criterion) {
             black_box(hit.id.to_native())
         })
     });
+    g.bench_function("persistent_budgeted_owned", |b| {
+        b.iter(|| bounded.get_or_compute(&keys.next_key(), unreachable))
+    });
     g.bench_function("persistent_zoned_owned", |b| {
         b.iter(|| zoned.get_or_compute(&keys.next_key(), unreachable))
     });
@@ -90,6 +107,7 @@ fn hit_100k(c: &mut Criterion) {
     g.finish();
     for (stats, before) in [
         (persistent.stats(), ENTRIES),
+        (bounded.stats(), ENTRIES),
         (tiered.stats(), ENTRIES),
         (zoned.stats(), ENTRIES),
         (memory.stats(), ENTRIES),

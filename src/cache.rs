@@ -178,6 +178,7 @@ struct Settings {
     durable_interval: Duration,
     on_corruption: OnCorruption,
     sweep_interval: Option<Duration>,
+    max_bytes: Option<u64>,
 }
 
 impl Default for CacheBuilder {
@@ -195,6 +196,7 @@ impl CacheBuilder {
                 durable_interval: Duration::from_secs(1),
                 on_corruption: OnCorruption::Recreate,
                 sweep_interval: Some(Duration::from_secs(60)),
+                max_bytes: None,
             },
             hook: None,
             sharing: Sharing {
@@ -317,6 +319,44 @@ impl CacheBuilder {
     /// ```
     pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
         self.settings.sweep_interval = every;
+        self
+    }
+
+    /// A byte budget for the cache file, or `None` for none. Default: none (the file
+    /// grows with what is stored).
+    ///
+    /// Every entry is charged what redb spends on it (its row, its share of a leaf page
+    /// or a page of its own, its index rows), and once the entries' charge passes 9/16
+    /// of `max_bytes`, whole entries are evicted with their index rows, inside the
+    /// background writer's batches, in the order of an eviction index kept in the file
+    /// (never a scan). The rest is room for redb's own pages and for the pages recent
+    /// commits freed: redb grows a file by doubling it, and so the file stays within
+    /// 5/4 of `max_bytes`. Which entries go: TinyLFU - every persistent lookup is
+    /// counted in memory, without a write, and an entry just stored is admitted only by
+    /// evicting one that has been looked up less often lately (popular entries near the
+    /// eviction point are moved back instead); see ARCHITECTURE.md, "Byte budget". A
+    /// file past 5/4 of the budget is compacted in place after a durable commit, unless
+    /// a snapshot is held (an [`ArchivedHit`](crate::ArchivedHit)); the next one tries
+    /// again. A budgeted file commits durably after every 1/16 of the budget of stored
+    /// bytes, so that redb can reuse the pages its commits freed.
+    ///
+    /// The eviction index and the charges live in the file, so they survive a restart
+    /// and a budget can be set (or changed) at any open. An in-memory cache
+    /// ([`in_memory`](Self::in_memory)) counts against the budget too. Evictions show in
+    /// [`Stats::budget_evictions`](crate::Stats::budget_evictions), the charge in
+    /// [`Stats::bytes`](crate::Stats::bytes).
+    ///
+    /// ```
+    /// use fresco_memoize::Cache;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = Cache::builder()
+    ///     .max_bytes(Some(64 << 20))
+    ///     .open(dir.path().join("thumbnails.memo"))?;
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.settings.max_bytes = max_bytes;
         self
     }
 
@@ -476,6 +516,9 @@ fn start(
         let (multi, peers) = crate::shared_mode::open(&storage, &path, sharing.commit_interval)?;
         storage = storage.with_multi(multi);
         fence = Fence::with_peers(peers);
+    }
+    if let Some(max_bytes) = settings.max_bytes {
+        storage.set_budget(max_bytes);
     }
     let storage = Arc::new(storage);
     let writer = Writer::spawn(storage.clone(), settings.durable_interval)?;

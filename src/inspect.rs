@@ -42,6 +42,9 @@ pub struct CacheInfo {
     pub format_version: u64,
     /// The cache clock's time the expiry counts refer to (ms since the Unix epoch).
     pub now_ms: u64,
+    /// The byte budget ([`CacheBuilder::max_bytes`]) in force when entries were last
+    /// evicted for it; `None` if none ever was.
+    pub max_bytes: Option<u64>,
     /// Every memoizer recorded in the file, by name.
     pub memoizers: Vec<MemoizerInfo>,
     /// Every zone recorded in the file, by name.
@@ -63,6 +66,16 @@ impl CacheInfo {
     pub fn stored_bytes(&self) -> u64 {
         self.memoizers.iter().map(|m| m.stored_bytes).sum()
     }
+
+    /// Bytes the entries are charged against the byte budget, all memoizers.
+    pub fn charged_bytes(&self) -> u64 {
+        self.memoizers.iter().map(|m| m.charged_bytes).sum()
+    }
+
+    /// Entries evicted for the byte budget, all memoizers, over the file's life.
+    pub fn budget_evictions(&self) -> u64 {
+        self.memoizers.iter().map(|m| m.budget_evictions).sum()
+    }
 }
 
 /// One memoizer recorded in a cache file.
@@ -79,6 +92,12 @@ pub struct MemoizerInfo {
     pub stored_bytes: u64,
     /// Entries past their deadline.
     pub expired: u64,
+    /// Bytes its entries (with those of cleared tables not reclaimed yet) are charged
+    /// against the byte budget ([`CacheBuilder::max_bytes`]): what redb spends on them,
+    /// estimated.
+    pub charged_bytes: u64,
+    /// Its entries evicted for the byte budget, over the file's life.
+    pub budget_evictions: u64,
     /// Names of the zones it belongs to.
     pub zones: Vec<String>,
 }
@@ -453,7 +472,7 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
                 }
             }
         }
-        Err(redb::TableError::TableTypeMismatch { .. }) if format_version != 3 => {}
+        Err(redb::TableError::TableTypeMismatch { .. }) if format_version < 3 => {}
         Err(e) => return Err(e.into()),
     }
 
@@ -495,6 +514,8 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
         }
     }
 
+    let sizes = ops::read_sizes(&txn)?;
+    let (max_bytes, evictions) = ops::read_evictions(&txn)?;
     let mut memoizers = Vec::new();
     for item in txn.open_table(MEMOIZERS)?.iter()? {
         let (name, record) = item?;
@@ -513,6 +534,8 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
             entries,
             stored_bytes,
             expired: expired.get(&record.id).copied().unwrap_or(0),
+            charged_bytes: sizes.get(&record.id).copied().unwrap_or(0),
+            budget_evictions: evictions.get(&record.id).copied().unwrap_or(0),
             zones: zones_of
                 .remove(&record.id)
                 .map(|z| z.into_iter().collect())
@@ -524,6 +547,7 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
         file_bytes: None,
         format_version,
         now_ms,
+        max_bytes,
         memoizers,
         zones,
     })

@@ -1,6 +1,6 @@
 //! The invariant checker: a full scan comparing entries with the dependency index.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{ReadableDatabase, ReadableMultimapTable, ReadableTable, TableHandle};
 
@@ -9,10 +9,11 @@ use crate::error::Result;
 use crate::inner::CacheInner;
 use crate::key::filed_under;
 use crate::storage::tables::{
-    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, GRAVE_PREFIX, GRAVES, MEMOIZER_NAMES, MEMOIZERS,
-    MemoRecord, ZONE_MEMBERS, entries_name, entry_ref, expiry_key, grave_name, split_grave_key,
+    DEPS, ENTRIES_PREFIX, EVICT, EVICT_ORDER, EXPIRY, EntriesDef, GRAVE_PREFIX, GRAVES,
+    MEMOIZER_NAMES, MEMOIZERS, MemoRecord, SIZES, ZONE_MEMBERS, entries_name, entry_ref,
+    expiry_key, grave_name, split_grave_key, split_order_key,
 };
-use crate::storage::{Storage, guarded, ops};
+use crate::storage::{Storage, budget, guarded, ops};
 
 /// What [`Cache::check_integrity`](crate::Cache::check_integrity) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub struct IntegrityReport {
     /// [`Memoizer::invalidate_all`](crate::Memoizer::invalidate_all)): no longer entries,
     /// still indexed until the background reclaims them.
     pub reclaiming: u64,
+    /// Bytes the entries (with those of cleared tables) are charged against the file's
+    /// byte budget ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)).
+    pub bytes: u64,
     /// Every violated invariant, described. Empty when the file is sound.
     pub problems: Vec<String>,
 }
@@ -88,6 +92,9 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
     }
     let mut expected = BTreeSet::new();
     let mut expected_expiry = BTreeSet::new();
+    // Every entry's eviction row, and each memoizer's charge.
+    let mut expected_evict = BTreeSet::new();
+    let mut expected_sizes: BTreeMap<u64, u64> = BTreeMap::new();
     let generations = ops::read_generations(&txn)?;
     // Live tables, then graves awaiting reclamation: the indexes are exact over both.
     let mut tables: Vec<(String, u64, u64, bool)> = ids
@@ -132,6 +139,8 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
             } else {
                 report.reclaiming += 1;
             }
+            expected_evict.insert(entry_ref(id, generation, hash.value()));
+            *expected_sizes.entry(id).or_default() += budget::charge(value.value().len());
             match entry::decode(value.value(), true) {
                 Err(e) => report
                     .problems
@@ -214,6 +223,7 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
             &dangling[8..]
         ));
     }
+    check_eviction(&txn, &expected_evict, &expected_sizes, &mut report)?;
     let members = txn.open_multimap_table(ZONE_MEMBERS)?;
     for item in members.iter()? {
         let (zone, values) = item?;
@@ -227,4 +237,64 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
         }
     }
     Ok(report)
+}
+
+/// The eviction index holds exactly one row per entry, in the order under the tick it
+/// names, and each memoizer's charge is the sum of its entries' charges.
+fn check_eviction(
+    txn: &redb::ReadTransaction,
+    expected: &BTreeSet<[u8; 32]>,
+    sizes: &BTreeMap<u64, u64>,
+    report: &mut IntegrityReport,
+) -> Result<(), redb::Error> {
+    let mut ticks = BTreeMap::new();
+    for item in txn.open_table(EVICT)?.iter()? {
+        let (target, tick) = item?;
+        ticks.insert(*target.value(), tick.value());
+    }
+    let mut order = BTreeSet::new();
+    for item in txn.open_table(EVICT_ORDER)?.iter()? {
+        let (tick, target) = split_order_key(item?.0.value());
+        if ticks.get(&target) != Some(&tick) {
+            report.problems.push(format!(
+                "eviction order row {tick} of {:02x?} disagrees with the eviction index",
+                &target[..24]
+            ));
+        }
+        order.insert(target);
+    }
+    for (target, tick) in &ticks {
+        if !order.contains(target) {
+            report.problems.push(format!(
+                "entry {:02x?} has no eviction order row (tick {tick})",
+                &target[..24]
+            ));
+        }
+        if !expected.contains(target) {
+            report.problems.push(format!(
+                "eviction row points at missing entry {:02x?}",
+                &target[..24]
+            ));
+        }
+    }
+    for target in expected {
+        if !ticks.contains_key(target) {
+            report.problems.push(format!(
+                "entry {:02x?} lacks its eviction row",
+                &target[..24]
+            ));
+        }
+    }
+    let mut recorded = BTreeMap::new();
+    for item in txn.open_table(SIZES)?.iter()? {
+        let (id, bytes) = item?;
+        recorded.insert(id.value(), bytes.value());
+        report.bytes += bytes.value();
+    }
+    if &recorded != sizes {
+        report.problems.push(format!(
+            "recorded charges {recorded:?} are not the entries' charges {sizes:?}"
+        ));
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ use crate::flight::Caller;
 use crate::hit::ArchivedHit;
 use crate::inner::{CacheInner, check_name};
 use crate::key::{DepRow, EncodedKey, KeyBytes, KeyHasher, xxh3_key_hash};
+use crate::memory::Bound;
 use crate::stats::{Counters, Stats};
 use crate::storage::ops;
 use crate::tiers::{Looked, Persistent, Policy, Read, Remove, Step, Tiers, Verdict};
@@ -466,21 +467,23 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// includes the values just stored).
     pub fn stats(&self) -> Stats {
         let core = &*self.core;
-        let entries = match &core.persistent {
+        let (entries, bytes) = match &core.persistent {
             Some(p) => {
                 let id = p.id;
-                core.shared
-                    .writer
-                    .query(move |txn| ops::count_entries(txn, id))
-                    .ok()
+                let counted = core.shared.writer.query(move |txn| {
+                    Ok((ops::count_entries(txn, id)?, ops::memoizer_bytes(txn, id)?))
+                });
+                counted.ok().unzip()
             }
             // A connected memoizer's count lives on the server, uncounted.
-            None if core.remote.is_some() => None,
-            None => core.memory_len(),
+            None if core.remote.is_some() => (None, None),
+            None => (core.memory_len(), None),
         };
         let mut stats = core.stats.snapshot(entries);
+        stats.bytes = bytes;
         if let Some(p) = &core.persistent {
             stats.errors += p.slot.lost_writes();
+            stats.budget_evictions = p.slot.evicted();
         }
         stats
     }
@@ -495,6 +498,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     expires: Option<Duration>,
     refresh_after: Option<Duration>,
     max_hits: Option<u32>,
+    max_memory_bytes: Option<usize>,
     version: String,
     verify: bool,
     hasher: KeyHasher,
@@ -531,6 +535,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             expires: None,
             refresh_after: None,
             max_hits: None,
+            max_memory_bytes: None,
             version: String::new(),
             verify: true,
             hasher: xxh3_key_hash,
@@ -598,6 +603,33 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// may be served up to `n` more times. Default: unlimited.
     pub fn max_hits(mut self, n: u32) -> Self {
         self.max_hits = Some(n);
+        self
+    }
+
+    /// Bounds the bytes the in-memory store holds - of [`Store::Lru`], of the memory
+    /// tier of [`Store::Tiered`], or of [`Store::Memory`], which then evicts like an
+    /// LRU - besides its entry count. Each entry weighs its encoded size in memory: its
+    /// 56-byte header, key bytes, dependency rows and archived value (one buffer). The
+    /// least recently used entries go first; an entry heavier than the bound (split
+    /// evenly over the store's shards, one per 4 MiB) is not kept in memory (a tiered
+    /// store still has it in the file). Default: no byte bound.
+    ///
+    /// ```
+    /// # use fresco_memoize::{Cache, Store};
+    /// let cache = Cache::in_memory()?;
+    /// let thumbs = cache
+    ///     .memoizer::<u32, Vec<u8>>("thumbs")
+    ///     .store(Store::Lru(10_000))
+    ///     .max_memory_bytes(1 << 20)
+    ///     .build()?;
+    /// for i in 0..100 {
+    ///     thumbs.get_or_compute(&i, |_| vec![0; 50 << 10]);
+    /// }
+    /// assert!(thumbs.stats().entries.unwrap() <= 20);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
+        self.max_memory_bytes = Some(bytes);
         self
     }
 
@@ -696,13 +728,17 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             placed: keyed && self.whole_key && on_disk,
             plain_keys: self.whole_key && !keyed,
         };
-        let memory = match store {
+        let entries = match store {
             Store::Memory => Some(None),
             // A max_hits count lives on the server: never served from a local copy.
             Store::Tiered(_) if remote.is_some() && self.max_hits.is_some() => None,
             Store::Lru(n) | Store::Tiered(n) => Some(Some(n)),
             Store::Persistent => None,
         };
+        let memory = entries.map(|entries| Bound {
+            entries,
+            bytes: self.max_memory_bytes,
+        });
         let indexed = self.expires.is_some() || keyed;
         let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
         let core = cache.register_live(&self.name, || {

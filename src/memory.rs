@@ -136,21 +136,48 @@ pub(crate) struct Sharded {
 /// The smallest share of a bounded store's capacity that gets a shard of its own.
 pub(crate) const MIN_PER_SHARD: usize = 256;
 
+/// The smallest share of a byte bound that gets a shard of its own.
+const MIN_BYTES_PER_SHARD: usize = 4 << 20;
+
+/// What a bounded store holds at most: entries, bytes (each entry weighs its encoded
+/// size), or both; `None` for no bound of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bound {
+    pub(crate) entries: Option<usize>,
+    pub(crate) bytes: Option<usize>,
+}
+
 impl Sharded {
     /// `capacity: None` is unbounded.
+    #[cfg(test)]
     pub(crate) fn new(capacity: Option<usize>) -> Self {
-        let count = match capacity {
-            None => shards::most(),
-            Some(cap) => (cap / MIN_PER_SHARD).clamp(1, shards::most()),
-        };
+        Sharded::bounded(Bound {
+            entries: capacity,
+            bytes: None,
+        })
+    }
+
+    /// A store held to `bound`, split evenly over its shards.
+    pub(crate) fn bounded(bound: Bound) -> Self {
+        let by_entries = bound.entries.map_or(shards::most(), |cap| {
+            (cap / MIN_PER_SHARD).clamp(1, shards::most())
+        });
+        let by_bytes = bound.bytes.map_or(shards::most(), |b| {
+            (b / MIN_BYTES_PER_SHARD).clamp(1, shards::most())
+        });
+        let count = by_entries.min(by_bytes);
         // A power of two, so a shard is picked with a mask.
         let count = if count.is_power_of_two() {
             count
         } else {
             count.next_power_of_two() / 2
         };
+        let share = |total: usize, i: usize| total / count + usize::from(i < total % count);
         let shards = Shards::new(count, |i| {
-            MemStore::new(capacity.map(|cap| cap / count + usize::from(i < cap % count)))
+            MemStore::bounded(Bound {
+                entries: bound.entries.map(|cap| share(cap, i)),
+                bytes: bound.bytes.map(|b| share(b, i)),
+            })
         });
         Sharded { shards }
     }
@@ -205,6 +232,9 @@ type DepIndex = HashMap<DepRow, HashSet<KeyHash, PrehashedBuild>, PrehashedBuild
 /// through a slab, so a hit moves its node to the front in O(1).
 pub(crate) struct MemStore {
     capacity: Option<usize>,
+    /// The byte bound, and the bytes of the entries held (their encoded sizes).
+    max_bytes: Option<usize>,
+    bytes: usize,
     index: HashMapByKey<Slot>,
     nodes: Vec<Node>,
     /// The key of each node (read only to evict).
@@ -217,9 +247,20 @@ pub(crate) struct MemStore {
 
 impl MemStore {
     /// `capacity: None` is unbounded.
+    #[cfg(test)]
     pub(crate) fn new(capacity: Option<usize>) -> Self {
+        MemStore::bounded(Bound {
+            entries: capacity,
+            bytes: None,
+        })
+    }
+
+    /// A store held to `bound`.
+    pub(crate) fn bounded(bound: Bound) -> Self {
         MemStore {
-            capacity: capacity.map(|c| c.max(1)),
+            capacity: bound.entries.map(|c| c.max(1)),
+            max_bytes: bound.bytes,
+            bytes: 0,
             index: HashMapByKey::default(),
             nodes: Vec::new(),
             hashes: Vec::new(),
@@ -232,6 +273,17 @@ impl MemStore {
 
     pub(crate) fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Whether the store keeps a recency order (it evicts).
+    fn is_bounded(&self) -> bool {
+        self.capacity.is_some() || self.max_bytes.is_some()
+    }
+
+    /// Whether a store holding `bytes` bytes and `entries` entries is past its bound.
+    fn over(&self, entries: usize, bytes: usize) -> bool {
+        self.capacity.is_some_and(|cap| entries > cap)
+            || self.max_bytes.is_some_and(|max| bytes > max)
     }
 
     fn node(&mut self, i: Ix) -> &mut Node {
@@ -299,7 +351,7 @@ impl MemStore {
     ) -> Option<R> {
         let slot = self.index.get(hash)?;
         let (i, found) = (slot.node, f(&slot.entry));
-        if self.capacity.is_some() && self.head != i {
+        if self.is_bounded() && self.head != i {
             self.unlink(i);
             self.push_front(i);
         }
@@ -307,25 +359,21 @@ impl MemStore {
     }
 
     /// Inserts or replaces; returns the entries evicted to make room (not the replaced one).
+    /// An entry heavier than the byte bound is not kept (and replaces nothing).
     pub(crate) fn insert(&mut self, hash: KeyHash, entry: MemEntry) -> Vec<(KeyHash, MemEntry)> {
-        if let Some(slot) = self.index.get_mut(&hash) {
-            let i = slot.node;
-            let old = std::mem::replace(&mut slot.entry, entry.clone());
-            self.unindex_deps(&hash, &old);
-            self.index_deps(hash, &entry);
-            if self.capacity.is_some() {
-                self.unlink(i);
-                self.push_front(i);
-            }
+        let weight = entry.bytes().len();
+        if self.max_bytes.is_some_and(|max| weight > max) {
+            self.remove(&hash);
             return Vec::new();
         }
+        if self.index.contains_key(&hash) {
+            self.remove(&hash);
+        }
         let mut evicted = Vec::new();
-        if let Some(cap) = self.capacity {
-            while self.index.len() >= cap && self.tail != NIL {
-                let victim = self.hashes[self.tail as usize];
-                if let Some(e) = self.remove(&victim) {
-                    evicted.push((victim, e));
-                }
+        while self.over(self.index.len() + 1, self.bytes + weight) && self.tail != NIL {
+            let victim = self.hashes[self.tail as usize];
+            if let Some(e) = self.remove(&victim) {
+                evicted.push((victim, e));
             }
         }
         let node = Node {
@@ -350,6 +398,7 @@ impl MemStore {
             }
         };
         self.index_deps(hash, &entry);
+        self.bytes += weight;
         self.index.insert(hash, Slot { node: i, entry });
         self.push_front(i);
         evicted
@@ -360,13 +409,17 @@ impl MemStore {
         self.unlink(node);
         self.free.push(node);
         self.unindex_deps(hash, &entry);
+        self.bytes -= entry.bytes().len();
         Some(entry)
     }
 
     /// Removes everything; returns how many entries there were.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.index.len();
-        *self = MemStore::new(self.capacity);
+        *self = MemStore::bounded(Bound {
+            entries: self.capacity,
+            bytes: self.max_bytes,
+        });
         n
     }
 
@@ -428,6 +481,18 @@ impl MemStore {
             && seen > cap
         {
             return Err(format!("{seen} entries exceed capacity {cap}"));
+        }
+        let weighed: usize = self.index.values().map(|s| s.entry.bytes().len()).sum();
+        if weighed != self.bytes {
+            return Err(format!(
+                "entries of {weighed} bytes counted as {}",
+                self.bytes
+            ));
+        }
+        if let Some(max) = self.max_bytes
+            && weighed > max
+        {
+            return Err(format!("{weighed} bytes exceed the bound {max}"));
         }
         let free: HashSet<Ix> = self.free.iter().copied().collect();
         if let Some(slot) = self.index.values().find(|s| free.contains(&s.node)) {
@@ -539,9 +604,17 @@ mod tests {
     /// remove exactly the entries a full scan of the model finds.
     #[test]
     fn dependency_index_stays_exact_against_a_model() {
-        for capacity in [None, Some(1), Some(5), Some(16)] {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ capacity.unwrap_or(0) as u64);
-            let mut store = MemStore::new(capacity);
+        let counts = [None, Some(1), Some(5), Some(16)].map(|entries| Bound {
+            entries,
+            bytes: None,
+        });
+        // Byte bounds of a few entries (they weigh 60-200 bytes), alone and with a count.
+        let weights = [(None, Some(400)), (Some(8), Some(700)), (None, Some(150))]
+            .map(|(entries, bytes)| Bound { entries, bytes });
+        for (n, bound) in counts.into_iter().chain(weights).enumerate() {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ n as u64);
+            let mut store = MemStore::bounded(bound);
+            let capacity = bound;
             // hash byte -> (deps, expires_at_ms) of the entry the store should hold, if
             // it has not been evicted (the model does not track LRU order).
             let mut model: HashMap<u8, (Vec<DepRow>, u64)> = HashMap::new();
@@ -556,11 +629,18 @@ mod tests {
                         unique.sort();
                         unique.dedup();
                         let expires = 1 + rng.below(400);
-                        let evicted = store.insert(hash, with_deps(step, expires, &unique));
+                        let entry = with_deps(step, expires, &unique);
+                        let heavy = bound.bytes.is_some_and(|b| entry.bytes().len() > b);
+                        let evicted = store.insert(hash, entry);
                         for (h, _) in evicted {
                             assert!(model.remove(&h[0]).is_some(), "evicted an absent entry");
                         }
-                        model.insert(k, (unique, expires));
+                        if heavy {
+                            // Not kept, and what it replaced is gone.
+                            model.remove(&k);
+                        } else {
+                            model.insert(k, (unique, expires));
+                        }
                     }
                     4 => {
                         assert_eq!(store.get(&hash).is_some(), model.contains_key(&k));

@@ -89,7 +89,9 @@ impl Counters {
             invalidations: sum(|c| &c.invalidations),
             stale: sum(|c| &c.stale),
             errors: sum(|c| &c.errors),
+            budget_evictions: 0,
             entries,
+            bytes: None,
         }
     }
 }
@@ -107,8 +109,14 @@ pub struct Stats {
     pub misses: u64,
     /// Values stored.
     pub inserts: u64,
-    /// Entries dropped by the LRU bound.
+    /// Entries dropped by the LRU bound (of [`Store::Lru`](crate::Store::Lru) or the
+    /// memory tier of [`Store::Tiered`](crate::Store::Tiered)).
     pub evictions: u64,
+    /// Entries evicted from the file for its byte budget
+    /// ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)). Entries removed
+    /// for other reasons are counted in [`expirations`](Self::expirations) and
+    /// [`invalidations`](Self::invalidations).
+    pub budget_evictions: u64,
     /// Entries found past their deadline, or used up by `max_hits`.
     pub expirations: u64,
     /// Entries removed by `invalidate_key`, `invalidate_all` or a zone.
@@ -123,6 +131,11 @@ pub struct Stats {
     /// Entries currently stored: for a persistent memoizer read in O(1) from its table,
     /// after the stores queued before the call have committed; otherwise the map size.
     pub entries: Option<u64>,
+    /// Bytes this memoizer's entries in the file are charged against the byte budget
+    /// (what redb spends on them, estimated; including cleared entries not reclaimed
+    /// yet), read like [`entries`](Self::entries); `None` for a memoizer without a
+    /// file table.
+    pub bytes: Option<u64>,
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use crate::fence::{Check, Covers, Window};
 use crate::flight::{Caller, Flight, Flights, Leader, Role};
 use crate::hit_counts::{HitCounts, Take};
 use crate::key::{DepRow, EncodedKey, KeyHash, KeyHasher};
-use crate::memory::{MemEntry, Sharded};
+use crate::memory::{Bound, MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::storage::multi::{Computing, StripeLock};
@@ -128,10 +128,10 @@ pub(crate) enum Verdict {
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 impl Tiers {
-    /// `memory`: `None` for no in-memory tier, else its bound (`Some(None)`: unbounded).
+    /// `memory`: `None` for no in-memory tier, else its bound.
     pub(crate) fn new(
         policy: Policy,
-        memory: Option<Option<usize>>,
+        memory: Option<Bound>,
         persistent: Option<Persistent>,
         remote: RemoteSlot,
         shared: Arc<Shared>,
@@ -139,7 +139,7 @@ impl Tiers {
         Tiers {
             policy,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
-            memory: memory.map(Sharded::new),
+            memory: memory.map(Sharded::bounded),
             persistent,
             remote,
             epoch: AtomicU64::new(0),

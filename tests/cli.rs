@@ -644,3 +644,32 @@ fn a_shared_file_is_inspected_and_invalidated_while_a_program_uses_it() {
     assert!(computed, "the memory tier still served the removed entry");
     assert_eq!(m.get_or_compute(&2, |_| 0), 4);
 }
+
+#[test]
+fn stats_shows_the_byte_budget_its_charges_and_evictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("thumbs.memo");
+    {
+        let cache = Cache::builder()
+            .max_bytes(Some(1 << 20))
+            .open(&path)
+            .unwrap();
+        let thumbs = cache.memoizer::<u64, Vec<u8>>("thumbs").build().unwrap();
+        for k in 0..64u64 {
+            thumbs.get_or_compute(&k, |k| vec![*k as u8; 20 << 10]);
+        }
+    }
+    let text = ok(&["stats", s(&path)]);
+    assert!(text.contains("budget     1.0 MiB: "), "{text}");
+    assert!(text.contains("EVICTED"), "{text}");
+    let j = json(&["stats", s(&path)]);
+    assert_eq!(j["max_bytes"], 1 << 20);
+    let evicted = j["budget_evictions"].as_u64().unwrap();
+    let charged = j["charged_bytes"].as_u64().unwrap();
+    assert!(evicted > 20, "{evicted} evicted");
+    assert!(charged > 0 && charged <= 1 << 20, "{charged} charged");
+    let thumbs = &j["memoizers"][0];
+    assert_eq!(thumbs["budget_evictions"].as_u64(), Some(evicted));
+    assert_eq!(thumbs["charged_bytes"].as_u64(), Some(charged));
+    assert_eq!(thumbs["entries"].as_u64().unwrap() + evicted, 64);
+}

@@ -20,6 +20,7 @@
 //!   while they begin a snapshot; the writer takes the write lock to swap in a reopened
 //!   (or, after damage, a fresh) database. See [`Storage::recover`].
 
+pub(crate) mod budget;
 // Always compiled (in-memory caches use it, unarmed); public only with `fault-injection`.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) mod faults;
@@ -67,12 +68,19 @@ pub(crate) struct SnapSlot {
     /// Stored values of this memoizer that a failed commit dropped: its share of the
     /// failures the writer reports to the cache, for its `Stats::errors`.
     lost_writes: AtomicU64,
+    /// Entries of this memoizer evicted for the file's byte budget (committed).
+    evicted: AtomicU64,
 }
 
 impl SnapSlot {
     /// How many stored values of this memoizer failed to commit.
     pub(crate) fn lost_writes(&self) -> u64 {
         self.lost_writes.load(Ordering::Relaxed)
+    }
+
+    /// How many entries of this memoizer the byte budget evicted.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     fn shard(&self) -> &RwLock<Option<Snap>> {
@@ -150,6 +158,8 @@ pub(crate) struct Storage {
     compacted_len: AtomicU64,
     /// A shared cache's state (`CacheBuilder::shared`); `None` in the default mode.
     multi: Option<multi::Multi>,
+    /// The file's byte budget, if it has one (set once, before the writer starts).
+    budget: OnceLock<budget::Budget>,
 }
 
 /// A file is compacted only once it is this large ...
@@ -237,6 +247,7 @@ impl Storage {
             slots: Mutex::new(Vec::new()),
             reporter,
             multi: None,
+            budget: OnceLock::new(),
         }
     }
 
@@ -249,6 +260,16 @@ impl Storage {
     /// A shared cache's state; `None` in the default (exclusive) mode.
     pub(crate) fn multi(&self) -> Option<&multi::Multi> {
         self.multi.as_ref()
+    }
+
+    /// Gives the file a byte budget (`CacheBuilder::max_bytes`); before the writer starts.
+    pub(crate) fn set_budget(&self, max_bytes: u64) {
+        let _ = self.budget.set(budget::Budget::new(max_bytes));
+    }
+
+    /// The file's byte budget, if any.
+    pub(crate) fn budget(&self) -> Option<&budget::Budget> {
+        self.budget.get()
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {
@@ -550,6 +571,7 @@ impl Storage {
                 .map(|_| CachePadded::new(RwLock::new(None)))
                 .collect(),
             lost_writes: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|w| w.strong_count() > 0);
@@ -583,9 +605,11 @@ impl Storage {
 
     /// Compacts the file in place (redb's `compact`) if it has grown past
     /// [`COMPACT_GROWTH`] times its length after the last compaction and past
-    /// [`COMPACT_MIN_BYTES`]. Called by the writer, between batches, after a durable
-    /// commit that ends a burst of writes: after a flush has been answered (so a flush
-    /// does not wait for it, the writer's next job does), or when the writes pause.
+    /// [`COMPACT_MIN_BYTES`], or - with a byte budget - past its bound (5/4 of the
+    /// budget) and by a sixteenth of the budget since the last compaction. Called by the
+    /// writer, between batches, after a durable commit that ends a burst of writes: after
+    /// a flush has been answered (so a flush does not wait for it, the writer's next job
+    /// does), or when the writes pause; with a byte budget, after every durable commit.
     ///
     /// Why: redb reuses freed pages but never gives them back, and batched commits of
     /// randomly placed rows free many (copy-on-write): a filled file is about 2.6x its
@@ -604,7 +628,12 @@ impl Storage {
         };
         let len = file_len(path);
         let base = self.compacted_len.load(Ordering::Relaxed);
-        if len < COMPACT_MIN_BYTES || (len as f64) < base as f64 * COMPACT_GROWTH {
+        // Past a byte budget's bound, by a sixteenth of it since the last compaction.
+        let over = self
+            .budget
+            .get()
+            .is_some_and(|b| len > b.file_bound() && len > base + b.max_bytes() / 16);
+        if !over && (len < COMPACT_MIN_BYTES || (len as f64) < base as f64 * COMPACT_GROWTH) {
             return false;
         }
         let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
@@ -692,6 +721,18 @@ impl Storage {
         }
     }
 
+    /// Credits committed evictions to their memoizers' slots.
+    fn count_evicted(&self, evicted: &[(u64, KeyHash)]) {
+        if evicted.is_empty() {
+            return;
+        }
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            let n = evicted.iter().filter(|(id, _)| *id == slot.memo_id).count();
+            slot.evicted.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
     fn settle_pending(&self, done: &[(PendingKey, u64)]) {
         let mut pending = self.lock_pending();
         for (key, seq) in done {
@@ -712,6 +753,9 @@ impl Storage {
     /// then this thread's cached snapshot of the table (refreshed when a commit has
     /// happened since it was taken). Never blocks on the writer.
     pub(crate) fn get(&self, slot: &SnapSlot, hash: &KeyHash) -> Result<Option<StoredBytes>> {
+        if let Some(budget) = self.budget.get() {
+            budget.record(slot.memo_id, hash);
+        }
         // The overlay before the generation: a row leaves the overlay only after the
         // generation moved past its commit, so a miss here is then seen in the snapshot.
         if self.pending_len.load(Ordering::SeqCst) > 0 {

@@ -6,11 +6,13 @@ use redb::{
     ReadableTableMetadata, TableHandle, WriteTransaction,
 };
 
+use super::budget;
 use super::tables::{
-    DEPS, ENTRIES_PREFIX, EXPIRY, EntriesDef, GENERATIONS, GRAVE_PREFIX, GRAVES,
-    KEY_FORMAT_VERSION, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMOIZER_NAMES, MEMOIZERS, META,
-    MemoRecord, PREFIX, ZONE_MEMBERS, ZONES, entries_name, entry_ref, expiry_end, expiry_key,
-    grave_key, grave_name, split_entry_ref, split_expiry_key, split_grave_key,
+    DEPS, ENTRIES_PREFIX, EVICT, EVICT_ORDER, EVICTIONS_PREFIX, EXPIRY, EntriesDef, GENERATIONS,
+    GRAVE_PREFIX, GRAVES, KEY_FORMAT_VERSION, KEY_MAX_BYTES, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE,
+    MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, SIZES, ZONE_MEMBERS, ZONES, entries_name,
+    entry_ref, evictions_key, expiry_end, expiry_key, grave_key, grave_name, order_key,
+    split_entry_ref, split_expiry_key, split_grave_key, split_order_key,
 };
 use crate::entry::{self, FORMAT_VERSION};
 use crate::key::DepRow;
@@ -87,6 +89,9 @@ pub(crate) fn init(db: &redb::Database) -> R<InitOutcome> {
         txn.open_multimap_table(ZONE_MEMBERS)?;
         txn.open_multimap_table(DEPS)?;
         txn.open_table(EXPIRY)?;
+        txn.open_table(EVICT)?;
+        txn.open_table(EVICT_ORDER)?;
+        txn.open_table(SIZES)?;
     }
     txn.commit()?;
     Ok(InitOutcome::Ready)
@@ -110,6 +115,9 @@ fn drop_entries(txn: &WriteTransaction) -> R<()> {
     txn.delete_table(EXPIRY)?;
     txn.delete_table(GENERATIONS)?;
     txn.delete_table(GRAVES)?;
+    txn.delete_table(EVICT)?;
+    txn.delete_table(EVICT_ORDER)?;
+    txn.delete_table(SIZES)?;
     Ok(())
 }
 
@@ -261,6 +269,70 @@ struct Indexes<'t> {
     txn: &'t WriteTransaction,
     deps: Option<redb::MultimapTable<'t, &'static [u8; 24], &'static [u8; 32]>>,
     expiry: Option<redb::Table<'t, &'static [u8; 40], ()>>,
+    /// The eviction index and the byte accounting: every entry has them.
+    evict: Option<EvictTables<'t>>,
+}
+
+/// [`EVICT`], [`EVICT_ORDER`] and [`SIZES`], opened together.
+struct EvictTables<'t> {
+    evict: redb::Table<'t, &'static [u8; 32], u64>,
+    order: redb::Table<'t, &'static [u8; 40], ()>,
+    sizes: redb::Table<'t, u64, u64>,
+}
+
+impl<'t> EvictTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> R<Self> {
+        Ok(EvictTables {
+            evict: txn.open_table(EVICT)?,
+            order: txn.open_table(EVICT_ORDER)?,
+            sizes: txn.open_table(SIZES)?,
+        })
+    }
+
+    /// The tick past the last row of the order: where a new or spared entry goes.
+    fn next_tick(&self) -> R<u64> {
+        Ok(self
+            .order
+            .last()?
+            .map_or(0, |(k, _)| split_order_key(k.value()).0 + 1))
+    }
+
+    /// Adds (`add = true`) or removes entry `target`'s eviction rows and its charge.
+    fn update(&mut self, target: &[u8; 32], memo_id: u64, charge: u64, add: bool) -> R<()> {
+        let old_tick = if add {
+            let tick = self.next_tick()?;
+            self.order.insert(&order_key(tick, target), ())?;
+            self.evict.insert(target, tick)?.map(|t| t.value())
+        } else {
+            self.evict.remove(target)?.map(|t| t.value())
+        };
+        // A put over an entry removes the old one's rows first: `old_tick` is then only
+        // found on removal.
+        if let Some(tick) = old_tick {
+            self.order.remove(&order_key(tick, target))?;
+        }
+        let used = self.sizes.get(memo_id)?.map_or(0, |v| v.value());
+        let used = if add {
+            used.saturating_add(charge)
+        } else {
+            used.saturating_sub(charge)
+        };
+        if used == 0 {
+            self.sizes.remove(memo_id)?;
+        } else {
+            self.sizes.insert(memo_id, used)?;
+        }
+        Ok(())
+    }
+
+    /// Moves entry `target` (now at `tick`) to the end of the order: a second chance.
+    fn spare(&mut self, tick: u64, target: &[u8; 32]) -> R<()> {
+        let next = self.next_tick()?;
+        self.order.remove(&order_key(tick, target))?;
+        self.order.insert(&order_key(next, target), ())?;
+        self.evict.insert(target, next)?;
+        Ok(())
+    }
 }
 
 impl<'t> Indexes<'t> {
@@ -269,6 +341,7 @@ impl<'t> Indexes<'t> {
             txn,
             deps: None,
             expiry: None,
+            evict: None,
         }
     }
 
@@ -283,13 +356,20 @@ impl<'t> Indexes<'t> {
         add: bool,
         skip: Option<&DepRow>,
     ) -> R<()> {
+        let target = entry_ref(memo_id, generation, hash);
+        // Every entry, even one that no longer parses, is in the eviction index.
+        if self.evict.is_none() {
+            self.evict = Some(EvictTables::open(self.txn)?);
+        }
+        if let Some(evict) = &mut self.evict {
+            evict.update(&target, memo_id, budget::charge(bytes.len()), add)?;
+        }
         // A damaged entry that no longer parses cannot name its rows; the invariant
         // checker reports any row left behind, and such entries only arise from outside
         // damage.
         let Ok(view) = entry::decode(bytes, false) else {
             return Ok(());
         };
-        let target = entry_ref(memo_id, generation, hash);
         for row in view.deps().filter(|r| Some(r) != skip) {
             if self.deps.is_none() {
                 self.deps = Some(self.txn.open_multimap_table(DEPS)?);
@@ -812,4 +892,149 @@ pub(crate) fn has_expired(db: &redb::Database, now_ms: u64) -> R<bool> {
     let expiry = read.open_table(EXPIRY)?;
     let mut due = expiry.range::<&[u8; 40]>(..=&expiry_end(now_ms))?;
     Ok(due.next().transpose()?.is_some())
+}
+
+/// Bytes the file's entries are charged for, all memoizers (live tables and graves).
+pub(crate) fn bytes_used(txn: &WriteTransaction) -> R<u64> {
+    let mut used = 0u64;
+    for item in txn.open_table(SIZES)?.iter()? {
+        used = used.saturating_add(item?.1.value());
+    }
+    Ok(used)
+}
+
+/// Bytes the entries of memoizer `memo_id` are charged for (O(1)).
+pub(crate) fn memoizer_bytes(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
+    Ok(txn
+        .open_table(SIZES)?
+        .get(memo_id)?
+        .map_or(0, |v| v.value()))
+}
+
+/// How many rows at the head of the eviction order one choice of victim looks at.
+const EVICT_LOOK: usize = 8;
+
+/// Evicts entries until the file's entries are charged no more than `target` bytes
+/// (TinyLFU over a second-chance order, see `storage::budget`). Each victim is chosen
+/// against one of `candidates` (the entries just stored, newest first): among the first
+/// rows of the eviction order, the first one less popular than the candidate goes, more
+/// popular ones move to the end of the order, and if none goes the candidate does.
+/// Without candidates left, the first row goes. Victims are removed by
+/// [`remove_refs`], like every removal. Records `max_bytes` and the evictions per
+/// memoizer in [`META`] (for `inspect`). Returns the live entries evicted.
+pub(crate) fn evict(
+    txn: &WriteTransaction,
+    max_bytes: u64,
+    target: u64,
+    candidates: &[(u64, KeyHash)],
+    frequency: &dyn Fn(u64, &KeyHash) -> u8,
+) -> R<Vec<(u64, KeyHash)>> {
+    let mut evicted = Vec::new();
+    let mut candidates = candidates.iter().rev();
+    while bytes_used(txn)? > target {
+        let candidate = match candidates.next() {
+            Some(&(memo_id, hash)) => Some((
+                entry_ref(memo_id, generation(txn, memo_id)?, &hash),
+                frequency(memo_id, &hash),
+            )),
+            None => None,
+        };
+        let victim = {
+            let mut tables = EvictTables::open(txn)?;
+            let mut head = Vec::with_capacity(EVICT_LOOK);
+            for item in tables.order.iter()?.take(EVICT_LOOK) {
+                head.push(split_order_key(item?.0.value()));
+            }
+            let mut victim = None;
+            for (tick, target) in &head {
+                let Some((candidate, popularity)) = candidate else {
+                    victim = Some(*target);
+                    break;
+                };
+                if *target == candidate {
+                    continue;
+                }
+                let (memo_id, _, hash) = split_entry_ref(target);
+                let seen = frequency(memo_id, &hash);
+                if seen < popularity {
+                    victim = Some(*target);
+                    break;
+                }
+                if seen > popularity {
+                    tables.spare(*tick, target)?;
+                }
+            }
+            match (victim, candidate) {
+                (Some(victim), _) => victim,
+                (None, Some((candidate, _))) if tables.evict.get(&candidate)?.is_some() => {
+                    candidate
+                }
+                // The candidate is gone already (evicted, or replaced since): the head.
+                (None, _) => match head.first() {
+                    Some(&(_, first)) => first,
+                    None => break,
+                },
+            }
+        };
+        // A grave's entry goes too (its space counts), but was no longer live.
+        evicted.extend(remove_refs(txn, &[victim], None)?);
+        // Rows without their entry (outside damage): drop them, so every turn of the
+        // loop takes a row out of the order and the round ends.
+        let mut tables = EvictTables::open(txn)?;
+        if let Some(tick) = tables.evict.remove(&victim)?.map(|t| t.value()) {
+            tables.order.remove(&order_key(tick, &victim))?;
+        }
+    }
+    if !evicted.is_empty() {
+        let mut meta = txn.open_table(META)?;
+        if meta.get(KEY_MAX_BYTES)?.map(|v| v.value()) != Some(max_bytes) {
+            meta.insert(KEY_MAX_BYTES, max_bytes)?;
+        }
+        let mut counts = std::collections::BTreeMap::<u64, u64>::new();
+        for (memo_id, _) in &evicted {
+            *counts.entry(*memo_id).or_default() += 1;
+        }
+        for (memo_id, n) in counts {
+            let key = evictions_key(memo_id);
+            let before = meta.get(key.as_str())?.map_or(0, |v| v.value());
+            meta.insert(key.as_str(), before + n)?;
+        }
+    }
+    Ok(evicted)
+}
+
+/// The budget recorded by the last eviction, and the evictions of each memoizer so far
+/// (by id), read from a snapshot.
+pub(crate) fn read_evictions(
+    txn: &ReadTransaction,
+) -> R<(Option<u64>, std::collections::BTreeMap<u64, u64>)> {
+    let meta = txn.open_table(META)?;
+    let max_bytes = meta.get(KEY_MAX_BYTES)?.map(|v| v.value());
+    let mut counts = std::collections::BTreeMap::new();
+    for item in meta.range(EVICTIONS_PREFIX..)? {
+        let (key, n) = item?;
+        let Some(id) = key.value().strip_prefix(EVICTIONS_PREFIX) else {
+            break;
+        };
+        if let Ok(id) = id.parse() {
+            counts.insert(id, n.value());
+        }
+    }
+    Ok((max_bytes, counts))
+}
+
+/// Each memoizer's charge, read from a snapshot.
+pub(crate) fn read_sizes(txn: &ReadTransaction) -> R<std::collections::BTreeMap<u64, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    let sizes = match txn.open_table(SIZES) {
+        Ok(sizes) => sizes,
+        // A file of an older format, looked into read-only.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for item in sizes.iter()? {
+        let (id, bytes) = item?;
+        out.insert(id.value(), bytes.value());
+    }
+    Ok(out)
 }

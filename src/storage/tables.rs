@@ -44,6 +44,35 @@ pub(crate) const INVALIDATIONS: TableDefinition<u64, &[u8]> =
 /// How many rows of [`INVALIDATIONS`] are kept; a process further behind purges all.
 pub(crate) const LOG_KEEP: u64 = 4096;
 
+/// Eviction index of a cache with a byte budget (kept for every cache, so a budget can
+/// be set on any later open): entry ref (as in [`DEPS`]) -> its eviction tick, the
+/// position of its row in [`EVICT_ORDER`].
+pub(crate) const EVICT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("fresco/evict");
+
+/// Eviction order: tick (BE) ++ entry ref -> (). The first row is the next candidate for
+/// eviction; a put, or an entry given a second chance, gets a tick past the last row.
+pub(crate) const EVICT_ORDER: TableDefinition<&[u8; 40], ()> =
+    TableDefinition::new("fresco/evict_order");
+
+/// Memoizer id -> bytes its entries (live and in graves) are charged for
+/// ([`crate::storage::budget::charge`]); the file's use is the sum.
+pub(crate) const SIZES: TableDefinition<u64, u64> = TableDefinition::new("fresco/sizes");
+
+/// An [`EVICT_ORDER`] key.
+pub(crate) fn order_key(tick: u64, entry_ref: &[u8; 32]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&tick.to_be_bytes());
+    k[8..].copy_from_slice(entry_ref);
+    k
+}
+
+/// Splits an [`EVICT_ORDER`] key into (tick, entry ref).
+pub(crate) fn split_order_key(k: &[u8; 40]) -> (u64, [u8; 32]) {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&k[8..]);
+    (word(&k[..8]), r)
+}
+
 /// Prefix of every grave's name.
 pub(crate) const GRAVE_PREFIX: &str = "fresco/reclaim/";
 
@@ -101,6 +130,15 @@ pub(crate) fn split_expiry_key(k: &[u8; 40]) -> (u64, u64, u64, [u8; 16]) {
 pub(crate) const KEY_FORMAT_VERSION: &str = "format_version";
 pub(crate) const KEY_NEXT_MEMOIZER: &str = "next_memoizer_id";
 pub(crate) const KEY_NEXT_ZONE: &str = "next_zone_id";
+/// The byte budget in force at the last eviction.
+pub(crate) const KEY_MAX_BYTES: &str = "max_bytes";
+/// Prefix of the [`META`] keys counting each memoizer's evictions for the budget.
+pub(crate) const EVICTIONS_PREFIX: &str = "evicted/";
+
+/// The [`META`] key counting memoizer `id`'s evictions for the byte budget.
+pub(crate) fn evictions_key(id: u64) -> String {
+    format!("{EVICTIONS_PREFIX}{id}")
+}
 
 /// Prefix shared by every table this library creates.
 pub(crate) const PREFIX: &str = "fresco/";

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{self as channel, Receiver, RecvTimeoutError, Sender};
 use redb::{Durability, WriteTransaction};
 
-use super::{PendingKey, Storage, guarded, multi, ops};
+use super::{PendingKey, Storage, budget, guarded, multi, ops};
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
 
@@ -352,14 +352,22 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         let mut next = first;
         // A shared cache's commits are durable: its puts wait to share one.
         let gather = storage.multi().map(|m| Instant::now() + m.commit_interval);
+        // A file with a byte budget takes batches of a sixteenth of it at most: redb
+        // reuses the pages a batch frees only after a durable commit.
+        let mut room = storage.budget().map_or(u64::MAX, |b| b.max_bytes() / 16);
         while let Some(job) = next {
             match job {
                 Job::Shutdown => shutdown = true,
                 Job::Wake => {}
-                job => batch.push(job),
+                job => {
+                    if let Job::Put { bytes, .. } = &job {
+                        room = room.saturating_sub(bytes.len() as u64);
+                    }
+                    batch.push(job);
+                }
             }
             let synchronous = matches!(batch.last(), Some(Job::Flush(_) | Job::Run { .. }));
-            next = if shutdown || batch.len() >= MAX_BATCH {
+            next = if shutdown || batch.len() >= MAX_BATCH || room == 0 {
                 None
             } else {
                 match gather {
@@ -378,9 +386,12 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
         let synchronous = batch
             .iter()
             .any(|j| matches!(j, Job::Flush(_) | Job::Run { durable: true, .. }));
+        // A full batch of a budgeted file commits durably, so the next one can reuse the
+        // pages it freed; a shared cache's commits are always durable.
         let durable = shutdown
             || synchronous
             || idle
+            || room == 0
             || last_durable.elapsed() >= durable_interval
             || storage.multi().is_some();
         if !batch.is_empty() || (durable && dirty) {
@@ -391,8 +402,9 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                     storage.reporter.durable_commit();
                     storage.check_file();
                     // The writes paused: give back what their copy-on-write left behind
-                    // (after a flush `commit_batch` did).
-                    if idle {
+                    // (after a flush `commit_batch` did). A file with a byte budget is
+                    // looked at after every durable commit.
+                    if idle || storage.budget().is_some() {
                         storage.compact_if_grown();
                     }
                 }
@@ -418,6 +430,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let open = storage.ensure_open();
+    let mut rounds = budget::Rounds::new(storage.budget());
     let mut jobs = batch.into_iter();
     let outcome = guarded(|| {
         let mut txn = storage.db()?.begin_write()?;
@@ -440,6 +453,10 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                         continue;
                     }
                     puts.put(key.0, &key.1, &bytes)?;
+                    if rounds.put(key.0, &key.1, bytes.len()) {
+                        puts.close();
+                        rounds.run(&txn)?;
+                    }
                 }
                 Job::Run { mut task, .. } => {
                     puts.close();
@@ -452,6 +469,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
             }
         }
         drop(puts);
+        rounds.run(&txn)?;
         txn.commit()?;
         Ok(())
     });
@@ -469,6 +487,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     let committed = outcome.is_ok();
     if committed {
         storage.committed();
+        storage.count_evicted(&rounds.evicted);
     } else {
         storage.count_lost_writes(&settled);
     }

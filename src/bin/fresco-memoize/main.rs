@@ -343,6 +343,9 @@ struct StatsJson {
     entries: u64,
     expired: u64,
     stored_bytes: u64,
+    max_bytes: Option<u64>,
+    charged_bytes: u64,
+    budget_evictions: u64,
     memoizers: Vec<MemoizerJson>,
     zones: Vec<ZoneJson>,
 }
@@ -352,7 +355,9 @@ struct MemoizerJson {
     name: String,
     entries: u64,
     stored_bytes: u64,
+    charged_bytes: u64,
     expired: u64,
+    budget_evictions: u64,
     zones: Vec<String>,
 }
 
@@ -372,6 +377,9 @@ impl From<&CacheInfo> for StatsJson {
             entries: info.entries(),
             expired: info.expired(),
             stored_bytes: info.stored_bytes(),
+            max_bytes: info.max_bytes,
+            charged_bytes: info.charged_bytes(),
+            budget_evictions: info.budget_evictions(),
             memoizers: info
                 .memoizers
                 .iter()
@@ -379,7 +387,9 @@ impl From<&CacheInfo> for StatsJson {
                     name: m.name.clone(),
                     entries: m.entries,
                     stored_bytes: m.stored_bytes,
+                    charged_bytes: m.charged_bytes,
                     expired: m.expired,
+                    budget_evictions: m.budget_evictions,
                     zones: m.zones.clone(),
                 })
                 .collect(),
@@ -457,6 +467,14 @@ fn print_stats(info: &CacheInfo) {
         info.expired(),
         human_bytes(info.stored_bytes())
     );
+    let budget = info
+        .max_bytes
+        .map_or_else(|| "none recorded".to_string(), human_bytes);
+    println!(
+        "budget     {budget}: {} charged, {} evicted for it",
+        human_bytes(info.charged_bytes()),
+        info.budget_evictions()
+    );
     println!();
     let rows: Vec<Vec<String>> = info
         .memoizers
@@ -466,15 +484,19 @@ fn print_stats(info: &CacheInfo) {
                 m.name.clone(),
                 m.entries.to_string(),
                 human_bytes(m.stored_bytes),
+                human_bytes(m.charged_bytes),
                 m.expired.to_string(),
+                m.budget_evictions.to_string(),
                 m.zones.join(", "),
             ]
         })
         .collect();
     table(
-        &["MEMOIZER", "ENTRIES", "BYTES", "EXPIRED", "ZONES"],
+        &[
+            "MEMOIZER", "ENTRIES", "BYTES", "CHARGED", "EXPIRED", "EVICTED", "ZONES",
+        ],
         &rows,
-        &[1, 2, 3],
+        &[1, 2, 3, 4, 5],
     );
     println!();
     let rows: Vec<Vec<String>> = info

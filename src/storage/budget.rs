@@ -1,0 +1,247 @@
+//! The file's byte budget (`CacheBuilder::max_bytes`): what an entry is charged, the
+//! admission and eviction policy, and the eviction rounds the writer runs inside its
+//! batches.
+//!
+//! The policy is TinyLFU admission over a second-chance order. Every persistent lookup
+//! of a cache with a budget counts its key in a count-min sketch held in memory (four
+//! 4-bit counters, halved every `10 x width` counts, so old popularity fades): that is
+//! how recency and frequency of hits are recorded without a write per hit. When the
+//! entries' charge passes the live target, an eviction round looks at the first rows
+//! of the on-disk eviction order ([`super::tables::EVICT_ORDER`]) and compares each with
+//! the entry just stored (the candidate): a row less popular than the candidate is
+//! evicted; a more popular one is moved to the end of the order (its second chance, one
+//! write per eviction rather than per hit); if none of them is less popular, the
+//! candidate itself goes (it is not admitted). A one-pass scan of cold keys therefore
+//! passes through without pushing out what is popular.
+//!
+//! Evictions go through [`ops::evict`], which removes entries with the removal code of
+//! invalidations (`ops::remove_refs`), so every index stays exact.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use redb::WriteTransaction;
+
+use super::ops;
+use crate::key::KeyHash;
+
+/// Counts (entries of the sketch) per row of the sketch: four rows.
+const DEPTH: usize = 4;
+
+/// The bytes the file is charged for an entry of `len` bytes: what redb spends on it.
+/// A small row shares a leaf page (its 16-byte key, its bytes, redb's offsets), and
+/// leaves of rows landing at random places end about two thirds full; its index rows
+/// (eviction, dependency, expiry) add about 100 bytes. A value of half a page or more
+/// gets a page of its own, of a power-of-two size.
+pub(crate) fn charge(len: usize) -> u64 {
+    let raw = len as u64 + 16 + 8;
+    if raw >= 2048 {
+        raw.next_power_of_two().max(4096)
+    } else {
+        (raw + 100) * 3 / 2
+    }
+}
+
+/// The byte budget of a cache file and its policy's state.
+pub(crate) struct Budget {
+    max_bytes: u64,
+    sketch: Sketch,
+}
+
+impl Budget {
+    pub(crate) fn new(max_bytes: u64) -> Budget {
+        // About one sketch column per 256 budget bytes: a few times the entries the
+        // budget holds for small values, plenty for large ones.
+        let width = (max_bytes / 256)
+            .clamp(1 << 10, 1 << 22)
+            .next_power_of_two() as usize;
+        Budget {
+            max_bytes,
+            sketch: Sketch::new(width),
+        }
+    }
+
+    /// The budget for the whole file.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The charge the live entries are kept under: 9/16 of the budget. The file is
+    /// allowed 5/4 of it ([`Budget::file_bound`]), and redb grows a file (of less than a
+    /// 4 GiB region) by doubling it: the live pages, what redb adds (branch pages, the
+    /// registry) and the pages freed by the last batches must fit in 5/8 of the budget
+    /// for a doubled file to stay within the bound.
+    pub(crate) fn live_target(&self) -> u64 {
+        self.max_bytes / 16 * 9
+    }
+
+    /// The file length past which it is compacted: 5/4 of the budget.
+    pub(crate) fn file_bound(&self) -> u64 {
+        self.max_bytes / 4 * 5
+    }
+
+    /// Bytes stored in one batch between eviction rounds, so a burst never runs far
+    /// past the budget before its batch commits.
+    fn slack(&self) -> u64 {
+        (self.max_bytes / 32).max(64 << 10)
+    }
+
+    /// Counts a lookup of `hash` in memoizer `memo_id`.
+    pub(crate) fn record(&self, memo_id: u64, hash: &KeyHash) {
+        self.sketch.record(mix(memo_id, hash));
+    }
+
+    /// How popular `hash` of memoizer `memo_id` has been lately (0..=15).
+    pub(crate) fn frequency(&self, memo_id: u64, hash: &KeyHash) -> u8 {
+        self.sketch.estimate(mix(memo_id, hash))
+    }
+}
+
+/// The sketch's hash of a key: the row hash is uniform already.
+fn mix(memo_id: u64, hash: &KeyHash) -> u64 {
+    let mut lo = [0u8; 8];
+    lo.copy_from_slice(&hash[..8]);
+    let mut hi = [0u8; 8];
+    hi.copy_from_slice(&hash[8..]);
+    (u64::from_le_bytes(lo) ^ u64::from_le_bytes(hi).rotate_left(29))
+        ^ memo_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// A count-min sketch of saturating 4-bit counts (one byte each), lossy under races by
+/// design: counts are relaxed loads and stores, never read-modify-write loops.
+struct Sketch {
+    counts: Box<[AtomicU8]>,
+    mask: usize,
+    /// Counts since the last halving, sampled (one in 16 counts adds 16).
+    counted: AtomicU64,
+    /// Counts between halvings.
+    period: u64,
+}
+
+impl Sketch {
+    fn new(width: usize) -> Sketch {
+        Sketch {
+            counts: (0..width * DEPTH).map(|_| AtomicU8::new(0)).collect(),
+            // 64-byte blocks of four rows of 16 counts.
+            mask: (width * DEPTH / 64).max(1) - 1,
+            counted: AtomicU64::new(0),
+            period: width as u64 * 10,
+        }
+    }
+
+    /// Where row `row`'s count of `h` is: the four counts of a key lie in one 64-byte
+    /// block (one cache line, so a hit on a large sketch misses the cache once), 16
+    /// counts per row, each row picking by other bits of the hash.
+    fn slot(&self, h: u64, row: usize) -> usize {
+        let block = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask;
+        block * 64 + row * 16 + ((h >> (row * 4)) & 15) as usize
+    }
+
+    fn record(&self, h: u64) {
+        for row in 0..DEPTH {
+            let cell = &self.counts[self.slot(h, row)];
+            let n = cell.load(Ordering::Relaxed);
+            if n < 15 {
+                cell.store(n + 1, Ordering::Relaxed);
+            }
+        }
+        // Sampling keeps this shared counter off most hits.
+        if h & 15 == 0 && self.counted.fetch_add(16, Ordering::Relaxed) + 16 >= self.period {
+            self.counted.store(0, Ordering::Relaxed);
+            for cell in self.counts.iter() {
+                cell.store(cell.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn estimate(&self, h: u64) -> u8 {
+        (0..DEPTH)
+            .map(|row| self.counts[self.slot(h, row)].load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// The eviction rounds of one batch: after every [`Budget::slack`] bytes of puts and at
+/// the end of the batch, entries are evicted until the live charge is under target.
+pub(crate) struct Rounds<'b> {
+    budget: Option<&'b Budget>,
+    /// Puts since the last round: the candidates for admission.
+    candidates: Vec<(u64, KeyHash)>,
+    since: u64,
+    /// Live entries evicted so far: (memoizer id, row hash).
+    pub(crate) evicted: Vec<(u64, KeyHash)>,
+}
+
+impl<'b> Rounds<'b> {
+    pub(crate) fn new(budget: Option<&'b Budget>) -> Self {
+        Rounds {
+            budget,
+            candidates: Vec::new(),
+            since: 0,
+            evicted: Vec::new(),
+        }
+    }
+
+    /// Notes a put of `len` bytes; true when a round is due (close the open entries
+    /// table, then call [`Rounds::run`]).
+    pub(crate) fn put(&mut self, memo_id: u64, hash: &KeyHash, len: usize) -> bool {
+        let Some(budget) = self.budget else {
+            return false;
+        };
+        self.candidates.push((memo_id, *hash));
+        self.since += len as u64;
+        self.since >= budget.slack()
+    }
+
+    /// Evicts until the live charge is under target.
+    pub(crate) fn run(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        let frequency = |memo_id: u64, hash: &KeyHash| budget.frequency(memo_id, hash);
+        let (max, target) = (budget.max_bytes, budget.live_target());
+        let gone = ops::evict(txn, max, target, &self.candidates, &frequency)?;
+        self.evicted.extend(gone);
+        self.candidates.clear();
+        self.since = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_grow_with_the_entry_and_pages_round_up() {
+        assert!(charge(100) > 124);
+        assert!(charge(100) < charge(200));
+        assert_eq!(charge(50 << 10), 64 << 10);
+        assert_eq!(charge(3000), 4096);
+    }
+
+    #[test]
+    fn the_sketch_tells_popular_keys_from_cold_ones() {
+        let sketch = Sketch::new(1 << 10);
+        for i in 0..200u64 {
+            sketch.record(7);
+            sketch.record(i.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        }
+        assert_eq!(sketch.estimate(7), 15);
+        assert!(sketch.estimate(0x1234_5678_9abc_def1) <= 2);
+    }
+
+    #[test]
+    fn counts_fade_by_halving() {
+        let sketch = Sketch::new(1 << 10);
+        for _ in 0..15 {
+            sketch.record(16 * 7);
+        }
+        assert_eq!(sketch.estimate(16 * 7), 15);
+        // Keys that are multiples of 16 feed the sampled counter.
+        for i in 0..(sketch.period / 16 + 1) {
+            sketch.record(16 * (1000 + i));
+        }
+        assert!(sketch.estimate(16 * 7) < 15);
+    }
+}
