@@ -654,6 +654,10 @@ pub(crate) enum Looked<R> {
 }
 
 /// The outcome of one pass of the miss protocol ([`Tiers::step`]).
+// `Lead` is large with the `redis` feature (the server lease beside the shared-mode lock);
+// a step is matched at once by its caller, and boxing the lead would cost an allocation
+// per miss.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Step<'a, R> {
     /// A hit: fresh, or due for a refresh that another caller is making.
     Served(R),
