@@ -437,13 +437,20 @@ pub(crate) struct Puts<'t> {
     txn: &'t WriteTransaction,
     /// The open entries table, whose it is and its generation.
     open: Option<(u64, u64, EntriesTableMut<'t>)>,
+    /// The index tables, kept open across the batch's puts (opening the eviction
+    /// tables for every put was most of a store's cost in the file).
+    indexes: Indexes<'t>,
 }
 
 type EntriesTableMut<'t> = redb::Table<'t, &'static [u8; 16], &'static [u8]>;
 
 impl<'t> Puts<'t> {
     pub(crate) fn new(txn: &'t WriteTransaction) -> Self {
-        Puts { txn, open: None }
+        Puts {
+            txn,
+            open: None,
+            indexes: Indexes::new(txn),
+        }
     }
 
     /// Stores one entry.
@@ -460,15 +467,17 @@ impl<'t> Puts<'t> {
             }
         };
         let old = table.insert(hash, bytes)?.map(|g| g.value().to_vec());
+        let at = (memo_id, generation);
         if let Some(old) = old {
-            index_rows(self.txn, (memo_id, generation), hash, &old, false)?;
+            self.indexes.update(at, hash, &old, false, None)?;
         }
-        index_rows(self.txn, (memo_id, generation), hash, bytes, true)
+        self.indexes.update(at, hash, bytes, true, None)
     }
 
-    /// Closes the open table, if any.
+    /// Closes the open tables, if any, so other work in the transaction may open them.
     pub(crate) fn close(&mut self) {
         self.open = None;
+        self.indexes = Indexes::new(self.txn);
     }
 }
 
