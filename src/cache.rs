@@ -280,8 +280,8 @@ impl CacheBuilder {
     /// [`max_hits`](crate::MemoizerBuilder::max_hits) are refused
     /// ([`Error::NotShareable`]). A `Cache` opened before `fork()` must not be used in the
     /// child ([`Error::Forked`]): open it after. Beside the cache file it keeps
-    /// `<file>-shm` (the commit counter every process maps) and `<file>-flights/` (lock
-    /// files). See ARCHITECTURE.md, "Shared mode".
+    /// `<file>-shm` (the commit counter and the single-flight table every process maps)
+    /// and `<file>-flights/` (a lock file per process, proving it alive). See ARCHITECTURE.md, "Shared mode".
     pub fn shared(mut self, shared: bool) -> Self {
         self.sharing.on = shared;
         self

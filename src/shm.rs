@@ -11,9 +11,14 @@
 //! `stat` per hit would cost a system call (0.3-1 us), itself more than the 1.5x budget
 //! of issue 14 allows.
 //!
-//! The file holds only counters that move up; zeros are a valid start, so a file created
-//! by `set_len` needs no initialisation and processes opening it at once need no lock.
-//! The file is never shrunk (a peer's mapping of a truncated page would fault).
+//! After the counters' page comes the single-flight table ([`Board::flights`], its
+//! protocol in `storage::flights`): words that name which process computes which key.
+//!
+//! Zeros are a valid start for every word (counters start at zero, a zero flight word is
+//! a free one), so a file created or grown by `set_len` needs no initialisation and
+//! processes opening it at once need no lock. The file is never shrunk (a peer's mapping
+//! of a truncated page would fault); a file made by an older version, one page long,
+//! is grown on open.
 
 #![allow(unsafe_code)]
 
@@ -23,8 +28,13 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Bytes mapped: one page, of which the slots below use the first cache line.
-const LEN: usize = 4096;
+/// The counters' page, of which the slots below use the first cache line.
+const PAGE: usize = 4096;
+/// Words of the single-flight table, after the counters' page (512 KiB: pages a process
+/// never touches cost nothing, the file is sparse).
+pub(crate) const FLIGHT_WORDS: usize = 1 << 16;
+/// Bytes mapped.
+const LEN: usize = PAGE + FLIGHT_WORDS * 8;
 /// Counters on the board.
 const SLOTS: usize = 8;
 /// Slot of the commit counter.
@@ -87,7 +97,8 @@ impl Board {
         if addr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        // Page-aligned, so aligned for `AtomicU64`; `SLOTS * 8 <= LEN` bytes are in range.
+        // Page-aligned, so aligned for `AtomicU64`; `SLOTS * 8 <= PAGE` and the flight
+        // table's words end at `LEN`, so every word handed out is in range.
         let slots = NonNull::new(addr.cast::<AtomicU64>())
             .ok_or_else(|| std::io::Error::other("mmap returned a null mapping"))?;
         Ok(Board { slots, _file: file })
@@ -106,6 +117,26 @@ impl Board {
         // SAFETY: `i < SLOTS`, so the word lies inside the live mapping (see `map`),
         // which outlives `&self`; every process only accesses it atomically.
         unsafe { &*self.slots.as_ptr().add(i) }
+    }
+
+    /// The single-flight table: [`FLIGHT_WORDS`] words, each only ever accessed
+    /// atomically, by every process of the cache.
+    pub(crate) fn flights(&self) -> &[AtomicU64] {
+        // SAFETY: `PAGE` is a multiple of 8, so the table starts aligned for `AtomicU64`,
+        // and its `FLIGHT_WORDS` words end at `LEN`, inside the live mapping (see `map`),
+        // which outlives `&self`. `AtomicU64` has no invalid bit patterns, and every
+        // process accesses these words only atomically, so shared references to them are
+        // sound even while other processes write them.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.slots
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(PAGE)
+                    .cast::<AtomicU64>(),
+                FLIGHT_WORDS,
+            )
+        }
     }
 
     /// Commits made to the cache file by every process since the board was created.
@@ -221,5 +252,20 @@ mod tests {
             std::fs::metadata(board_path(&path)).unwrap().len(),
             LEN as u64
         );
+    }
+
+    #[test]
+    fn a_one_page_board_of_an_older_version_grows_and_keeps_its_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.memo");
+        let mut page = vec![0u8; PAGE];
+        page[..8].copy_from_slice(&5u64.to_ne_bytes());
+        std::fs::write(board_path(&path), page).unwrap();
+        let a = Board::open(&path).unwrap();
+        assert_eq!(a.commits(), 5);
+        let b = Board::open(&path).unwrap();
+        a.flights()[FLIGHT_WORDS - 1].store(9, Ordering::SeqCst);
+        assert_eq!(b.flights()[FLIGHT_WORDS - 1].load(Ordering::SeqCst), 9);
+        assert_eq!(b.flights()[0].load(Ordering::SeqCst), 0);
     }
 }

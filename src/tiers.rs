@@ -41,7 +41,7 @@ use crate::key::{DepRow, EncodedKey, KeyHash, KeyHasher};
 use crate::memory::{Bound, MemEntry, Sharded};
 use crate::shared::Shared;
 use crate::stats::Counters;
-use crate::storage::multi::{Computing, StripeLock};
+use crate::storage::flights::{Computing, FlightWord};
 use crate::storage::ops::{Removal, Removed};
 use crate::storage::writer::{Ticket, Wait, now};
 use crate::storage::{SnapSlot, StoredBytes};
@@ -686,7 +686,7 @@ pub(crate) struct Lead<'a> {
 #[derive(Default)]
 pub(crate) struct Across {
     since: u64,
-    lock: Option<StripeLock>,
+    lock: Option<FlightWord>,
     /// Marks the computing thread while the lead lasts.
     _computing: Option<Computing>,
 }
@@ -778,7 +778,7 @@ impl Tiers {
         ek: &EncodedKey,
         look: &impl Fn(bool) -> Looked<R>,
     ) -> Result<Across, R> {
-        let (Some(multi), Some(_)) = (self.shared.storage.multi(), &self.persistent) else {
+        let (Some(multi), Some(p)) = (self.shared.storage.multi(), &self.persistent) else {
             return Ok(Across::default());
         };
         let path = self.shared.storage.path().unwrap_or(Path::new(""));
@@ -786,7 +786,7 @@ impl Tiers {
             self.report(e);
             return Ok(Across::default());
         }
-        let lock = multi.lead(&ek.hash, || match look(false) {
+        let lock = multi.lead(p.id, &ek.hash, || match look(false) {
             Looked::Hit(v) => Some(v),
             _ => None,
         })?;

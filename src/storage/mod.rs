@@ -24,6 +24,7 @@ pub(crate) mod budget;
 // Always compiled (in-memory caches use it, unarmed); public only with `fault-injection`.
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub(crate) mod faults;
+pub(crate) mod flights;
 pub(crate) mod multi;
 pub(crate) mod open;
 pub(crate) mod ops;

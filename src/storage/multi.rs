@@ -12,17 +12,16 @@
 //!   computation began after ([`Multi::hold`]); the writer's put transaction, which sees
 //!   every commit before it (redb takes the file's write lock in `begin_write`), drops
 //!   the value if a logged row since then covers it ([`Refusals`]).
-//! - **Single-flight across processes**: striped lock files (`<file>-flights/NN`),
-//!   locked with `flock` through `std::fs::File::try_lock`, so the kernel releases a
-//!   dead holder's lock at once. The holder keeps its lock until its value committed
-//!   ([`Multi::settled`]), so a waiter that gets the lock finds the value.
+//! - **Single-flight across processes** (`super::flights`): a word per key in flight in
+//!   the board's flight table, and a kernel lock per process, so a dead holder is known
+//!   dead at once. The holder keeps its flight until its value committed
+//!   ([`Multi::settled`]), so a waiter that takes it over finds the value.
 //! - **fork()**: the process id at open; a child (which shares its parent's open file
 //!   descriptions, and with them redb's locks) is refused (`Error::Forked`).
 
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableMultimapTable, ReadableTable, WriteTransaction};
 
 use super::PendingKey;
+use super::flights::{FlightTable, FlightWord};
 use super::tables::{INVALIDATIONS, LOG_KEEP, ZONE_MEMBERS};
 use crate::entry;
 use crate::error::{Error, Result};
@@ -38,12 +38,7 @@ use crate::shm::Peers;
 
 type R<T> = std::result::Result<T, redb::Error>;
 
-/// How many lock files stripe the single-flight locks.
-const STRIPES: usize = 256;
-/// Longest a caller waits for another process's computation of its key before it
-/// computes itself (uncoordinated, never wrong): a bound, not a lease.
-const FLIGHT_WAIT: Duration = Duration::from_secs(30);
-/// First and longest pause between two looks of a waiting caller.
+/// First and longest pause between two tries of an open waiting for its turn.
 const POLL_FIRST: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(20);
 
@@ -264,48 +259,11 @@ pub(crate) fn log(txn: &WriteTransaction, log: Option<u64>, what: Logged) -> R<(
 }
 
 /// A stored value waiting for its commit: the log sequence its computation began after,
-/// and the single-flight lock its process holds until then.
+/// and the flight its process holds until then.
 struct Held {
     seq: u64,
     since: u64,
-    _lock: Option<StripeLock>,
-}
-
-/// A stripe of the single-flight locks, held by this process (its `flock` with it, if
-/// taken); given back when dropped.
-pub(crate) struct StripeLock {
-    _file: Option<File>,
-    stripe: usize,
-    busy: Arc<Mutex<HashSet<usize>>>,
-}
-
-impl Drop for StripeLock {
-    fn drop(&mut self) {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        busy.remove(&self.stripe);
-    }
-}
-
-thread_local! {
-    /// How many computations of shared persistent memoizers this thread is inside.
-    static NESTED: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Marks this thread as computing for a shared memoizer until dropped (see
-/// [`Multi::lead`]: nested computations do not wait for stripes).
-pub(crate) struct Computing(());
-
-impl Computing {
-    pub(crate) fn enter() -> Computing {
-        NESTED.with(|n| n.set(n.get() + 1));
-        Computing(())
-    }
-}
-
-impl Drop for Computing {
-    fn drop(&mut self) {
-        NESTED.with(|n| n.set(n.get().saturating_sub(1)));
-    }
+    _flight: Option<FlightWord>,
 }
 
 /// The shared-mode state of one cache's storage.
@@ -317,11 +275,9 @@ pub(crate) struct Multi {
     pid: u32,
     /// The last log sequence applied to this process's memory tiers.
     applied: AtomicU64,
-    /// Where the single-flight lock files live.
-    flights: PathBuf,
+    /// Single-flight across processes.
+    flights: FlightTable,
     held: Mutex<HashMap<PendingKey, Held>>,
-    /// Stripes a lock of this process holds (or is being taken for).
-    busy: Arc<Mutex<HashSet<usize>>>,
     /// How long the writer gathers puts into one (durable) commit.
     pub commit_interval: Duration,
 }
@@ -341,8 +297,6 @@ impl Multi {
         applied: u64,
         commit_interval: Duration,
     ) -> Multi {
-        let mut flights = path.as_os_str().to_owned();
-        flights.push("-flights");
         // Random per open (std's hasher keys are), so no two opens share one.
         let token = {
             use std::hash::{BuildHasher, Hasher};
@@ -351,13 +305,12 @@ impl Multi {
             h.finish()
         };
         Multi {
+            flights: FlightTable::new(path, peers.clone()),
             peers,
             token,
             pid: std::process::id(),
             applied: AtomicU64::new(applied),
-            flights: PathBuf::from(flights),
             held: Mutex::new(HashMap::new()),
-            busy: Arc::default(),
             commit_interval,
         }
     }
@@ -394,15 +347,15 @@ impl Multi {
     }
 
     /// Records a store queued for the writer: `seq` its write sequence, `since` the log
-    /// sequence its computation began after, `lock` its single-flight lock (released
-    /// when the store has committed or failed).
-    pub(crate) fn hold(&self, key: PendingKey, seq: u64, since: u64, lock: Option<StripeLock>) {
+    /// sequence its computation began after, `flight` its flight (given back when the
+    /// store has committed or failed).
+    pub(crate) fn hold(&self, key: PendingKey, seq: u64, since: u64, flight: Option<FlightWord>) {
         self.lock_held().insert(
             key,
             Held {
                 seq,
                 since,
-                _lock: lock,
+                _flight: flight,
             },
         );
     }
@@ -426,90 +379,16 @@ impl Multi {
             .map_or(0, |h| h.since)
     }
 
-    /// Takes the single-flight lock of `hash` across processes, or waits - looking with
-    /// `look` between tries - until the holder's value is there (`Err(found)`). Returns
-    /// `Ok(None)` (compute without the lock) if the lock file cannot be used or the wait
-    /// passed [`FLIGHT_WAIT`].
-    ///
-    /// Waits never form a cycle through this process: a stripe already held here (by a
-    /// computation or a store awaiting its commit) is not waited for - the key is then
-    /// computed without the lock - and a computation running inside another one of this
-    /// thread (a nested memoized call) only tries the lock once.
+    /// Takes the flight of key `hash` of the memoizer with table id `memo` across
+    /// processes, or waits until the process leading it landed its value (`Err`): see
+    /// [`FlightTable::lead`].
     pub(crate) fn lead<T>(
         &self,
+        memo: u64,
         hash: &KeyHash,
-        mut look: impl FnMut() -> Option<T>,
-    ) -> std::result::Result<Option<StripeLock>, T> {
-        let stripe = usize::from(hash[15]) % STRIPES;
-        if !self.lock_busy().insert(stripe) {
-            return Ok(None);
-        }
-        // From here on the stripe is this process's until the guard drops.
-        let guard = |file| StripeLock {
-            _file: file,
-            stripe,
-            busy: self.busy.clone(),
-        };
-        let Ok(file) = self.stripe_file(stripe) else {
-            drop(guard(None));
-            return Ok(None);
-        };
-        let nested = NESTED.with(Cell::get) > 0;
-        let start = Instant::now();
-        let mut pause = POLL_FIRST;
-        loop {
-            match file.try_lock() {
-                Ok(()) => {
-                    let lock = guard(Some(file));
-                    // The holder may have landed its value just before letting go.
-                    return match look() {
-                        Some(found) => Err(found),
-                        None => Ok(Some(lock)),
-                    };
-                }
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(_)) => {
-                    drop(guard(None));
-                    return Ok(None);
-                }
-            }
-            if let Some(found) = look() {
-                drop(guard(None));
-                return Err(found);
-            }
-            if nested || start.elapsed() >= FLIGHT_WAIT {
-                drop(guard(None));
-                return Ok(None);
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(POLL_MAX);
-        }
-    }
-
-    fn lock_busy(&self) -> std::sync::MutexGuard<'_, HashSet<usize>> {
-        self.busy.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A fresh handle (its own open file description, so its `flock` excludes every
-    /// other handle) on stripe file `stripe`.
-    fn stripe_file(&self, stripe: usize) -> std::io::Result<File> {
-        let path = self.flights.join(format!("{stripe:02x}"));
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-        };
-        match open() {
-            Ok(file) => Ok(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.flights)?;
-                open()
-            }
-            Err(e) => Err(e),
-        }
+        look: impl FnMut() -> Option<T>,
+    ) -> std::result::Result<Option<FlightWord>, T> {
+        self.flights.lead(memo, hash, look)
     }
 }
 
