@@ -271,17 +271,19 @@ impl CacheBuilder {
     /// the commit's fsyncs); an invalidation in any process returns only once no process
     /// serves what it removed, and a computation that began before it, in any process,
     /// stores nothing after it; N processes missing one key at once compute it once (the
-    /// others wait; a waiter takes over at once if the computing process dies).
+    /// others wait; a waiter takes over at once if the computing process dies); a
+    /// persistent memoizer's [`max_hits`](crate::MemoizerBuilder::max_hits) budget is
+    /// spent by all processes together.
     ///
     /// Costs: every commit is durable (two fsyncs, which all processes share), so puts
     /// are batched by time; a persistent hit stays as cheap as in the default mode while
     /// no other process commits. Needs a Unix system; not available for
-    /// [`in_memory`](Self::in_memory) caches, and memoizers with
-    /// [`max_hits`](crate::MemoizerBuilder::max_hits) are refused
-    /// ([`Error::NotShareable`]). A `Cache` opened before `fork()` must not be used in the
-    /// child ([`Error::Forked`]): open it after. Beside the cache file it keeps
-    /// `<file>-shm` (the commit counter and the single-flight table every process maps)
-    /// and `<file>-flights/` (a lock file per process, proving it alive). See ARCHITECTURE.md, "Shared mode".
+    /// [`in_memory`](Self::in_memory) caches ([`Error::NotShareable`]). A `Cache` opened
+    /// before `fork()` must not be used in the child ([`Error::Forked`]): open it after.
+    /// Beside the cache file it keeps `<file>-shm` (the commit counter, the
+    /// single-flight table and the `max_hits` counts every process maps) and
+    /// `<file>-flights/` (a lock file per process, proving it alive). See
+    /// ARCHITECTURE.md, "Shared mode".
     pub fn shared(mut self, shared: bool) -> Self {
         self.sharing.on = shared;
         self

@@ -16,6 +16,14 @@ pub(crate) type KeyHash = [u8; 16];
 pub(crate) type DepRow = [u8; 24];
 
 /// Builds a [`DepRow`].
+/// The two 64-bit halves of a key hash (little-endian): for tables that place a key by
+/// one half and tag it with the other.
+pub(crate) fn halves(hash: &KeyHash) -> (u64, u64) {
+    let (lo, hi) = hash.split_at(8);
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+    (word(lo), word(hi))
+}
+
 pub(crate) fn dep_row(zone_id: u64, dep_hash: KeyHash) -> DepRow {
     let mut row = [0u8; 24];
     row[..8].copy_from_slice(&zone_id.to_be_bytes());

@@ -600,7 +600,11 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
 
     /// Serve a stored value at most `n` times; the call after the `n`th hit recomputes.
     /// Exact under concurrency. Counts live in memory: after a restart each stored value
-    /// may be served up to `n` more times. Default: unlimited.
+    /// may be served up to `n` more times. In a [shared](crate::CacheBuilder::shared)
+    /// cache a persistent (or tiered) memoizer's counts live in the shared-memory board
+    /// instead: every process spends one budget, and a restart keeps it; a value whose
+    /// count is lost (the board is bounded) is recomputed, never served anew. Counts stop
+    /// at 2^24 - 1 there. Default: unlimited.
     pub fn max_hits(mut self, n: u32) -> Self {
         self.max_hits = Some(n);
         self
@@ -697,13 +701,6 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         );
         let keyed = zones.iter().any(|z| z.key.is_some());
         let on_disk = matches!(store, Store::Persistent | Store::Tiered(_));
-        if on_disk && self.max_hits.is_some() && shared.storage.multi().is_some() {
-            return Err(Error::NotShareable {
-                reason: "max_hits on a persistent memoizer of a shared cache (its budget \
-                         would be counted per process); use Store::Memory for it, or a cache \
-                         of its own",
-            });
-        }
         // In a connected cache the server takes the file's place.
         #[cfg(feature = "redis")]
         let remote = match &shared.remote {

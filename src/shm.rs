@@ -11,8 +11,10 @@
 //! `stat` per hit would cost a system call (0.3-1 us), itself more than the 1.5x budget
 //! of issue 14 allows.
 //!
-//! After the counters' page comes the single-flight table ([`Board::flights`], its
-//! protocol in `storage::flights`): words that name which process computes which key.
+//! After the counters' page come the single-flight table ([`Board::flights`], its
+//! protocol in `storage::flights`: words that name which process computes which key)
+//! and the `max_hits` table ([`Board::counts`], its protocol in `hit_counts`: how often
+//! each stored value has been served, by every process together).
 //!
 //! Zeros are a valid start for every word (counters start at zero, a zero flight word is
 //! a free one), so a file created or grown by `set_len` needs no initialisation and
@@ -33,8 +35,10 @@ const PAGE: usize = 4096;
 /// Words of the single-flight table, after the counters' page (512 KiB: pages a process
 /// never touches cost nothing, the file is sparse).
 pub(crate) const FLIGHT_WORDS: usize = 1 << 16;
+/// Words of the `max_hits` table, after the flight table (1 MiB, sparse as well).
+pub(crate) const COUNT_WORDS: usize = 1 << 17;
 /// Bytes mapped.
-const LEN: usize = PAGE + FLIGHT_WORDS * 8;
+const LEN: usize = PAGE + (FLIGHT_WORDS + COUNT_WORDS) * 8;
 /// Counters on the board.
 const SLOTS: usize = 8;
 /// Slot of the commit counter.
@@ -119,22 +123,33 @@ impl Board {
         unsafe { &*self.slots.as_ptr().add(i) }
     }
 
-    /// The single-flight table: [`FLIGHT_WORDS`] words, each only ever accessed
-    /// atomically, by every process of the cache.
+    /// The single-flight table: [`FLIGHT_WORDS`] words.
     pub(crate) fn flights(&self) -> &[AtomicU64] {
-        // SAFETY: `PAGE` is a multiple of 8, so the table starts aligned for `AtomicU64`,
-        // and its `FLIGHT_WORDS` words end at `LEN`, inside the live mapping (see `map`),
-        // which outlives `&self`. `AtomicU64` has no invalid bit patterns, and every
-        // process accesses these words only atomically, so shared references to them are
-        // sound even while other processes write them.
+        self.words(PAGE, FLIGHT_WORDS)
+    }
+
+    /// The `max_hits` table: [`COUNT_WORDS`] words.
+    pub(crate) fn counts(&self) -> &[AtomicU64] {
+        self.words(PAGE + FLIGHT_WORDS * 8, COUNT_WORDS)
+    }
+
+    /// `len` words from byte `offset` of the mapping, each only ever accessed
+    /// atomically, by every process of the cache.
+    fn words(&self, offset: usize, len: usize) -> &[AtomicU64] {
+        assert!(offset.is_multiple_of(8) && offset + len * 8 <= LEN);
+        // SAFETY: `offset` is a multiple of 8 from a page-aligned start, so the words
+        // are aligned for `AtomicU64`, and they end inside the live mapping (asserted;
+        // see `map`), which outlives `&self`. `AtomicU64` has no invalid bit patterns,
+        // and every process accesses these words only atomically, so shared references
+        // to them are sound even while other processes write them.
         unsafe {
             std::slice::from_raw_parts(
                 self.slots
                     .as_ptr()
                     .cast::<u8>()
-                    .add(PAGE)
+                    .add(offset)
                     .cast::<AtomicU64>(),
-                FLIGHT_WORDS,
+                len,
             )
         }
     }
@@ -267,5 +282,12 @@ mod tests {
         a.flights()[FLIGHT_WORDS - 1].store(9, Ordering::SeqCst);
         assert_eq!(b.flights()[FLIGHT_WORDS - 1].load(Ordering::SeqCst), 9);
         assert_eq!(b.flights()[0].load(Ordering::SeqCst), 0);
+        a.counts()[COUNT_WORDS - 1].store(4, Ordering::SeqCst);
+        assert_eq!(b.counts()[COUNT_WORDS - 1].load(Ordering::SeqCst), 4);
+        assert_eq!(
+            b.counts()[0].load(Ordering::SeqCst),
+            0,
+            "the tables do not overlap"
+        );
     }
 }

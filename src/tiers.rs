@@ -136,7 +136,16 @@ impl Tiers {
         remote: RemoteSlot,
         shared: Arc<Shared>,
     ) -> Self {
+        // A shared cache's persistent values are served by every process: one budget.
+        let served = match (shared.storage.multi(), &persistent) {
+            (Some(multi), Some(p)) => HitCounts::Board {
+                peers: multi.peers.clone(),
+                memo: p.id,
+            },
+            _ => HitCounts::default(),
+        };
         Tiers {
+            served,
             policy,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             memory: memory.map(Sharded::bounded),
@@ -144,7 +153,6 @@ impl Tiers {
             remote,
             epoch: AtomicU64::new(0),
             flights: Flights::default(),
-            served: HitCounts::default(),
             stats: Counters::default(),
             shared,
         }

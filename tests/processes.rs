@@ -4,7 +4,8 @@
 //! never served again by another once it returned - memory tiers included - and that a
 //! computation that began before it in another process stores nothing after it; that
 //! processes missing one key at once compute it once, and that a waiter takes over when
-//! the computing process is killed; that a shared and an exclusive open of one file get
+//! the computing process is killed; that a `max_hits` budget is spent by all processes
+//! together (no value served more than N times in all, ceil(C/(N+1)) computations); that a shared and an exclusive open of one file get
 //! `Error::ModeMismatch` naming the file; and that a shared `Cache` used in a child after
 //! `fork()` reports `Error::Forked` instead of touching its parent's locks.
 //!
@@ -34,13 +35,19 @@ fn open_shared(path: &Path) -> Cache {
 }
 
 /// The memoizers every process builds: `tiered` (a memory tier in front of the file,
-/// zone `z` keyed by `key % 10`) and `slow`, persistent.
+/// zone `z` keyed by `key % 10`), `slow`, persistent, and `limited` and
+/// `limited_tiered`, with `max_hits(HITS)`.
 struct Memos {
     cache: Cache,
     zone: Zone,
     tiered: Memoizer<u64, u64>,
     slow: Memoizer<u64, u64>,
+    limited: Memoizer<u64, u64>,
+    limited_tiered: Memoizer<u64, u64>,
 }
+
+/// The `max_hits` of `limited`.
+const HITS: u32 = 4;
 
 fn memos(path: &Path) -> Memos {
     let cache = open_shared(path);
@@ -56,11 +63,25 @@ fn memos(path: &Path) -> Memos {
         .store(Store::Persistent)
         .build()
         .unwrap();
+    let limited = cache
+        .memoizer::<u64, u64>("limited")
+        .store(Store::Persistent)
+        .max_hits(HITS)
+        .build()
+        .unwrap();
+    let limited_tiered = cache
+        .memoizer::<u64, u64>("limited_tiered")
+        .store(Store::Tiered(100))
+        .max_hits(HITS)
+        .build()
+        .unwrap();
     Memos {
         cache,
         zone,
         tiered,
         slow,
+        limited,
+        limited_tiered,
     }
 }
 
@@ -129,6 +150,32 @@ fn worker_role() {
                     v
                 });
                 got.to_string()
+            }
+            ["limited", which, k, calls, gate] => {
+                // Each computation returns a value no other one does (pid, count).
+                let memo = if *which == "tiered" {
+                    &m.limited_tiered
+                } else {
+                    &m.limited
+                };
+                let k: u64 = k.parse().unwrap();
+                let mut made = 0u64;
+                wait_for_file(Path::new(gate));
+                let got: Vec<String> = (0..calls.parse::<u32>().unwrap())
+                    .map(|_| {
+                        // Paced, so the processes' calls interleave and each sees the
+                        // others' values committed.
+                        std::thread::sleep(Duration::from_millis(2));
+                        let mut computed = false;
+                        let v = memo.get_or_compute(&k, |_| {
+                            computed = true;
+                            made += 1;
+                            u64::from(std::process::id()) << 32 | made
+                        });
+                        format!("{v}:{}", u8::from(computed))
+                    })
+                    .collect();
+                got.join(",")
             }
             ["dep", d] => m
                 .zone
@@ -363,6 +410,57 @@ fn processes_missing_one_key_at_once_compute_it_once() {
     for w in workers {
         w.quit();
     }
+}
+
+/// Four processes calling one `max_hits(HITS)` key of `which` at once, `CALLS` times
+/// each: no value is served more than `HITS` times by them all, and the calls make
+/// ceil(C / (HITS + 1)) computations (the budget's first call computes).
+fn max_hits_is_spent_by_all_processes_together(which: &str) {
+    const CALLS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let gate = dir.path().join("gate");
+    let mut workers = Worker::spawn_all(&path, 4);
+    for w in &mut workers {
+        w.send(&format!("limited {which} 3 {CALLS} {}", gate.display()));
+    }
+    std::fs::write(&gate, "").unwrap();
+    let mut served = std::collections::HashMap::<u64, usize>::new();
+    let mut computed = 0;
+    for w in &mut workers {
+        for call in w.answer().split(',') {
+            let (v, c) = call.split_once(':').unwrap();
+            let v: u64 = v.parse().unwrap();
+            if c == "1" {
+                computed += 1;
+                served.entry(v).or_default();
+            } else {
+                *served.entry(v).or_default() += 1;
+            }
+        }
+    }
+    for (v, n) in &served {
+        assert!(
+            *n <= HITS as usize,
+            "value {v:x} served {n} times, max_hits {HITS}"
+        );
+    }
+    let calls = 4 * CALLS;
+    assert_eq!(computed, served.len(), "every value was computed once");
+    assert_eq!(computed, calls.div_ceil(HITS as usize + 1), "{served:?}");
+    for w in workers {
+        w.quit();
+    }
+}
+
+#[test]
+fn max_hits_is_exact_across_processes_on_a_persistent_memoizer() {
+    max_hits_is_spent_by_all_processes_together("persistent");
+}
+
+#[test]
+fn max_hits_is_exact_across_processes_on_a_tiered_memoizer() {
+    max_hits_is_spent_by_all_processes_together("tiered");
 }
 
 #[test]

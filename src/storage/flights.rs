@@ -110,16 +110,12 @@ impl Drop for FlightWord {
 
 /// The flight-table tag and bucket of `hash` in the memoizer whose table id is `memo`.
 fn place(memo: u64, hash: &KeyHash) -> (u64, usize) {
-    let half = |i: usize| {
-        let mut b = [0; 8];
-        b.copy_from_slice(&hash[i..i + 8]);
-        u64::from_le_bytes(b)
-    };
+    let (lo, hi) = crate::key::halves(hash);
     // The key hash is already uniform; the table id is mixed in so that one key of two
     // memoizers makes two flights.
-    let tag = (half(0) ^ memo.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & TAG_MASK;
+    let tag = (lo ^ memo.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & TAG_MASK;
     let buckets = crate::shm::FLIGHT_WORDS / WAYS;
-    let bucket = ((half(8) ^ memo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) % buckets as u64) as usize;
+    let bucket = ((hi ^ memo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) % buckets as u64) as usize;
     (tag, bucket * WAYS)
 }
 
@@ -184,10 +180,11 @@ impl FlightTable {
 
     /// Takes the flight of `hash` in the memoizer with table id `memo`, or waits -
     /// looking with `look` between pauses - until another process's value is there
-    /// (`Err(found)`). Returns `Ok(None)` (compute without a flight) if the key is in
-    /// flight in this process already (a nested call, or the same key hash in another
-    /// memoizer), the bucket is full, no owner id was claimed, or the wait passed
-    /// [`FLIGHT_WAIT`].
+    /// (`Err(found)`). A flight of this process is waited for as well: past the local
+    /// single-flight, it is a store awaiting its commit, which the writer gives back
+    /// (computing beside it would make a second value, and spend a `max_hits` budget
+    /// twice). Returns `Ok(None)` (compute without a flight) if the bucket is full, no
+    /// owner id was claimed, or the wait passed [`FLIGHT_WAIT`].
     ///
     /// Waits never form a cycle through this process: a computation running inside
     /// another one of this thread (a nested memoized call) only looks once.
@@ -213,8 +210,9 @@ impl FlightTable {
                 .map(|(i, w)| (i, w.load(SeqCst)))
                 .find(|&(_, v)| v != 0 && v & TAG_MASK == tag);
             let taken = match held {
-                Some((_, v)) if owner_of(v) == me => return Ok(None),
-                Some((i, v)) if !self.alive(owner_of(v)) => ways[i]
+                // This process's own flight of the key (a store awaiting its commit: the
+                // writer gives it back) is waited for like another's.
+                Some((i, v)) if owner_of(v) != me && !self.alive(owner_of(v)) => ways[i]
                     .compare_exchange(v, mine, SeqCst, SeqCst)
                     .is_ok()
                     .then_some(i),
@@ -278,8 +276,12 @@ mod tests {
         assert_ne!(a.owner.as_ref().unwrap().id, b.owner.as_ref().unwrap().id);
         let key = [7; 16];
         let flight = a.lead(1, &key, || None::<()>).unwrap().unwrap();
-        // The same key in this process again: computed alone, never waited for.
+        // The same key in this process again (its store awaiting the commit): waited for
+        // too, but a nested call only looks once.
+        assert_eq!(a.lead(1, &key, || Some("pending")).err(), Some("pending"));
+        let nested = Computing::enter();
         assert!(a.lead(1, &key, || None::<()>).unwrap().is_none());
+        drop(nested);
         // Another owner waits, and serves what it finds meanwhile.
         let mut looks = 0;
         assert_eq!(
