@@ -172,5 +172,7 @@ pub use rkyv as __rkyv;
 #[cfg(feature = "fault-injection")]
 #[doc(hidden)]
 pub mod __faults {
-    pub use crate::storage::faults::{FaultKind, FaultyBackend};
+    pub use crate::storage::faults::{
+        FaultKind, FaultyBackend, skip_board_bumps, stall_write_transactions,
+    };
 }

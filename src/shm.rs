@@ -190,6 +190,9 @@ pub(crate) struct Peers {
     catch_up: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
+/// A `seen` no board count reaches: the next read catches up.
+const LOOK_AGAIN: u64 = u64::MAX;
+
 /// Most catch-ups one read makes in a row before it goes on (its check then fails and
 /// it looks again): peers committing without pause cannot hold a reader here.
 const CATCH_UPS: usize = 3;
@@ -225,6 +228,7 @@ impl Peers {
     #[cold]
     fn catch_up_to_board(&self) -> u64 {
         let _turn = self.catching_up.lock().unwrap_or_else(|e| e.into_inner());
+        let mut caught = 0;
         for _ in 0..CATCH_UPS {
             // Read before catching up, so the catch-up covers every commit it counts.
             let now = self.board.commits();
@@ -235,8 +239,16 @@ impl Peers {
                 catch_up();
             }
             self.seen.store(now, Ordering::Release);
+            caught = now;
         }
-        self.seen.load(Ordering::Acquire)
+        // What this call caught up with (`seen` may have been set to `LOOK_AGAIN` since).
+        caught
+    }
+
+    /// Makes the next read catch up even if the board has not moved (see
+    /// `storage::writer`'s `LOOK_AGAIN`: a commit whose process died before its bump).
+    pub(crate) fn look_again(&self) {
+        self.seen.store(LOOK_AGAIN, Ordering::Release);
     }
 
     /// The board's commit count now (for a read's check).

@@ -6,7 +6,9 @@
 //! processes missing one key at once compute it once, and that a waiter takes over when
 //! the computing process is killed; that a `max_hits` budget is spent by all processes
 //! together (no value served more than N times in all, ceil(C/(N+1)) computations); that a shared and an exclusive open of one file get
-//! `Error::ModeMismatch` naming the file; and that a shared `Cache` used in a child after
+//! `Error::ModeMismatch` naming the file; that a process killed inside a write
+//! transaction (a store's, an invalidation's) blocks the others only until it dies, and
+//! leaves nothing of it behind nor loses what committed before; and that a shared `Cache` used in a child after
 //! `fork()` reports `Error::Forked` instead of touching its parent's locks.
 //!
 //! Every wait on a worker is bounded (a worker that does not answer fails the test).
@@ -186,6 +188,15 @@ fn worker_role() {
                 m.cache.flush().unwrap();
                 "flushed".into()
             }
+            ["stall", marker] => {
+                fresco_memoize::__faults::stall_write_transactions(marker);
+                "armed".into()
+            }
+            ["unannounced"] => {
+                fresco_memoize::__faults::skip_board_bumps();
+                "armed".into()
+            }
+            ["check"] => format!("{}", m.cache.check_integrity().unwrap().is_ok()),
             ["quit"] => break,
             _ => panic!("unknown command {line}"),
         };
@@ -483,6 +494,96 @@ fn a_waiter_takes_over_when_the_computing_process_is_killed() {
     assert_eq!(waiter.answer(), "81");
     assert_eq!(lines(&marks).len(), 2);
     waiter.quit();
+}
+
+/// A commit the board does not count (its process died after the commit, before the
+/// bump: simulated by skipping the bumps) still reaches the other processes within
+/// their writer's `LOOK_AGAIN` interval (100 ms), not only at the next commit anyone
+/// makes: here an invalidation, which must reach B's memory tier.
+#[test]
+fn a_commit_left_unannounced_on_the_board_is_seen_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let (mut a, mut b) = (Worker::spawn(&path), Worker::spawn(&path));
+    assert_eq!(b.get(1, 11), (11, true));
+    assert_eq!(b.ask("flush"), "flushed");
+    // In B's memory tier now.
+    assert_eq!(b.get(1, 0), (11, false));
+    assert_eq!(a.ask("unannounced"), "armed");
+    assert_eq!(a.ask("dep 1"), "1");
+    // Ten intervals, so that a loaded machine still wakes B's writer in time.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.get(1, 99), (99, true), "B never saw A's invalidation");
+    a.quit();
+    b.quit();
+}
+
+/// A process killed inside the write transaction of a store: the other process, blocked
+/// behind the file's write lock meanwhile, goes on once it died (every answer comes
+/// within `ANSWER`); the dead transaction's value is not there, the values committed
+/// before it are, and the file is whole.
+#[test]
+fn a_process_killed_inside_a_store_transaction_blocks_the_others_only_until_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let marker = dir.path().join("inside");
+    let (mut a, mut b) = (Worker::spawn(&path), Worker::spawn(&path));
+    assert_eq!(a.get(1, 11), (11, true));
+    assert_eq!(a.ask("flush"), "flushed");
+    assert_eq!(a.ask(&format!("stall {}", marker.display())), "armed");
+    assert_eq!(a.get(2, 22), (22, true));
+    // A's writer is inside the transaction storing key 2, and stays there.
+    wait_for_file(&marker);
+    b.send("get 3 33");
+    b.send("flush");
+    assert_eq!(b.answer(), "33 1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        b.answers.try_recv().is_err(),
+        "B committed inside A's transaction"
+    );
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert_eq!(b.answer(), "flushed");
+    assert_eq!(b.get(2, 99), (99, true), "the dead transaction's value");
+    assert_eq!(b.get(1, 0), (11, false), "a value committed before it");
+    assert_eq!(b.ask("check"), "true");
+    b.quit();
+}
+
+/// A process killed inside the transaction of an invalidation: the invalidation never
+/// returned, so the entries it covers are all still served (no process sees it half
+/// done), the other process's own invalidation then goes through, and the file is whole.
+#[test]
+fn a_process_killed_inside_an_invalidation_leaves_it_undone_and_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let marker = dir.path().join("inside");
+    let (mut a, mut b) = (Worker::spawn(&path), Worker::spawn(&path));
+    for k in [10, 20, 30] {
+        assert_eq!(a.get(k, k + 1), (k + 1, true));
+    }
+    assert_eq!(a.ask("flush"), "flushed");
+    assert_eq!(b.get(10, 0), (11, false));
+    assert_eq!(a.ask(&format!("stall {}", marker.display())), "armed");
+    // Zone `z` keys by `k % 10`: dependency 0 covers all three.
+    a.send("dep 0");
+    wait_for_file(&marker);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    for k in [10, 20, 30] {
+        assert_eq!(
+            b.get(k, 0),
+            (k + 1, false),
+            "key {k}: a half-done invalidation"
+        );
+    }
+    assert_eq!(b.ask("dep 0"), "3");
+    for k in [10, 20, 30] {
+        assert_eq!(b.get(k, 7), (7, true));
+    }
+    assert_eq!(b.ask("check"), "true");
+    b.quit();
 }
 
 #[test]

@@ -267,3 +267,46 @@ impl StorageBackend for FaultyBackend {
         self.shared.inner.query_lock_range(start, end)
     }
 }
+
+/// Where [`stall_write_transactions`] was armed: its marker file.
+#[cfg(feature = "fault-injection")]
+static STALL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every write transaction of this process's writers stop just before its
+/// commit - forever, after creating the file `marker` - so that a test can kill the
+/// process while it is inside a write transaction (holding the file's write lock).
+#[cfg(feature = "fault-injection")]
+pub fn stall_write_transactions(marker: impl AsRef<Path>) {
+    let _ = STALL.set(marker.as_ref().to_path_buf());
+}
+
+/// Called by the writer inside each write transaction, just before it commits.
+#[inline]
+pub(crate) fn before_commit() {
+    #[cfg(feature = "fault-injection")]
+    if let Some(marker) = STALL.get() {
+        let _ = std::fs::write(marker, b"");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+/// Whether [`skip_board_bumps`] was called.
+#[cfg(feature = "fault-injection")]
+static SKIP_BUMPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process's commits to a shared cache go unannounced on the board, as if
+/// the process died after each commit and before its bump.
+#[cfg(feature = "fault-injection")]
+pub fn skip_board_bumps() {
+    SKIP_BUMPS.store(true, Ordering::SeqCst);
+}
+
+#[inline]
+pub(crate) fn board_bumps_skipped() -> bool {
+    #[cfg(feature = "fault-injection")]
+    return SKIP_BUMPS.load(Ordering::Relaxed);
+    #[cfg(not(feature = "fault-injection"))]
+    false
+}

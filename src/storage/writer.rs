@@ -32,6 +32,12 @@ use super::{PendingKey, Storage, budget, guarded, multi, ops};
 use crate::error::{Error, Result};
 use crate::key::KeyHash;
 
+/// How often an idle writer of a shared cache makes its process's next read catch up
+/// with the file even though the board did not move: a process killed between a commit
+/// and its bump of the board leaves a commit the board does not count (issue 14's
+/// visibility bound holds then too, at this interval).
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
 /// How long the writer waits for more writes before making the ones it has durable.
 const IDLE_DURABLE: Duration = Duration::from_millis(50);
 
@@ -344,6 +350,15 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                 }
                 Err(RecvTimeoutError::Disconnected) => Some(Job::Shutdown),
             }
+        } else if let Some(multi) = storage.multi() {
+            match rx.recv_timeout(LOOK_AGAIN) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    multi.peers.look_again();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => Some(Job::Shutdown),
+            }
         } else {
             Some(rx.recv().unwrap_or(Job::Shutdown))
         };
@@ -470,6 +485,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         }
         drop(puts);
         rounds.run(&txn)?;
+        super::faults::before_commit();
         txn.commit()?;
         Ok(())
     });
