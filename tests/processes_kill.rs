@@ -5,8 +5,9 @@
 //! 30 times (`FRESCO_PROCESS_KILLS=300` for a longer run). Guards that the survivors
 //! keep going (each answers within a bound after the last kill), that no process is
 //! ever served a wrong value or a value computed before an invalidation it saw return,
-//! that a value made durable under a dependency nobody invalidates is never lost, and
-//! that the file's indexes stay exact.
+//! that a value made durable under a dependency nobody invalidates is never lost, that
+//! no value of a `max_hits(LIMIT)` memoizer is served more than `LIMIT` times by all
+//! the processes together, and that the file's indexes stay exact.
 //!
 //! Values are `(key, ns)`: `ns` is when the computation began (the machine's clock,
 //! shared by the processes). An invalidation of dependency `d` is recorded before it
@@ -44,7 +45,11 @@ struct Memos {
     zone: Zone,
     persistent: Memoizer<u64, Value>,
     tiered: Memoizer<u64, Value>,
+    limited: Memoizer<u64, Value>,
 }
+
+/// The `max_hits` of `limited`.
+const LIMIT: u32 = 3;
 
 fn memos(path: &Path) -> Memos {
     let cache = Cache::builder()
@@ -63,11 +68,18 @@ fn memos(path: &Path) -> Memos {
     };
     let persistent = build("persistent", Store::Persistent);
     let tiered = build("tiered", Store::Tiered(32));
+    let limited = cache
+        .memoizer::<u64, Value>("limited")
+        .store(Store::Tiered(32))
+        .max_hits(LIMIT)
+        .build()
+        .unwrap();
     Memos {
         cache,
         zone,
         persistent,
         tiered,
+        limited,
     }
 }
 
@@ -120,6 +132,21 @@ fn churn_role() {
                 m.cache.flush().unwrap();
                 for (k, ns) in unflushed.drain(..) {
                     append(&journal, &format!("d {k} {ns}"));
+                }
+            }
+            2 | 3 => {
+                // Few keys, so that the processes share their budgets; every serve is
+                // journaled (one a kill cuts short is missing: the check can only
+                // undercount).
+                let k = dice.roll(4);
+                let mut computed = false;
+                let v = m.limited.get_or_compute(&k, |&k| {
+                    computed = true;
+                    (k, now_ns())
+                });
+                assert_eq!(v.0, k, "a wrong value");
+                if !computed {
+                    append(&journal, &format!("h {} {}", v.0, v.1));
                 }
             }
             roll => {
@@ -245,7 +272,8 @@ fn sigkill_of_any_process_never_blocks_the_others_nor_serves_a_wrong_value() {
     verify(dir.path(), &path);
 }
 
-/// After the run: the file's indexes are exact, every value is right and younger than
+/// After the run: no max_hits value was served more than LIMIT times in all, the
+/// file's indexes are exact, every value is right and younger than
 /// every invalidation of its dependency that returned, and every durable value of a
 /// dependency nobody invalidated is still there.
 fn verify(dir: &Path, path: &Path) {
@@ -255,6 +283,7 @@ fn verify(dir: &Path, path: &Path) {
     let journal = std::fs::read_to_string(dir.join("journal")).unwrap_or_default();
     let mut returned = [0u64; DEPS as usize];
     let mut durable: Vec<Value> = Vec::new();
+    let mut served = std::collections::HashMap::<Value, u32>::new();
     for line in journal.lines() {
         let words: Vec<&str> = line.split(' ').collect();
         // A kill can cut the last line of the journal short.
@@ -266,10 +295,21 @@ fn verify(dir: &Path, path: &Path) {
             continue;
         };
         match *kind {
+            "h" => *served.entry((a, b)).or_default() += 1,
             "t" => returned[a as usize] = returned[a as usize].max(b),
             "d" => durable.push((a, b)),
             _ => {}
         }
+    }
+    assert!(
+        !served.is_empty(),
+        "no max_hits value was served: the check saw nothing"
+    );
+    for (v, n) in &served {
+        assert!(
+            *n <= LIMIT,
+            "{v:?} served {n} times by all processes, max_hits {LIMIT}"
+        );
     }
     for (k, _) in durable.iter().filter(|(k, _)| k % DEPS >= INVALIDATED) {
         let mut lost = false;
