@@ -194,9 +194,20 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, redb::Error>) -> Result<T
 }
 
 /// Whether a redb error means the file (or redb's view of it) is damaged. Panics inside
-/// redb arrive here as `Corrupted` too (see [`guarded`]).
+/// redb arrive here as `Corrupted` too (see [`guarded`]). So do the table-type errors:
+/// every table of a cache file has the types this crate gives it, so a table recorded
+/// with other types, or as the other kind, is a damaged table directory
+/// (`tests/damaged_table_types.rs`).
 pub(crate) fn is_corruption(e: &redb::Error) -> bool {
-    matches!(e, redb::Error::Corrupted(_) | redb::Error::LockPoisoned(_))
+    matches!(
+        e,
+        redb::Error::Corrupted(_)
+            | redb::Error::LockPoisoned(_)
+            | redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TableIsNotMultimap(_)
+            | redb::Error::TypeDefinitionChanged { .. }
+    )
 }
 
 /// Readers ask for a reopen of a closed database at most this often.

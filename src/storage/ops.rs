@@ -9,10 +9,10 @@ use redb::{
 use super::budget;
 use super::tables::{
     DEPS, ENTRIES_PREFIX, EVICT, EVICT_ORDER, EVICTIONS_PREFIX, EXPIRY, EntriesDef, GENERATIONS,
-    GRAVE_PREFIX, GRAVES, KEY_FORMAT_VERSION, KEY_MAX_BYTES, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE,
-    MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, SIZES, ZONE_MEMBERS, ZONES, entries_name,
-    entry_ref, evictions_key, expiry_end, expiry_key, grave_key, grave_name, order_key,
-    split_entry_ref, split_expiry_key, split_grave_key, split_order_key,
+    GRAVE_PREFIX, GRAVES, INVALIDATIONS, KEY_FORMAT_VERSION, KEY_MAX_BYTES, KEY_NEXT_MEMOIZER,
+    KEY_NEXT_ZONE, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, SIZES, ZONE_MEMBERS, ZONES,
+    entries_name, entry_ref, evictions_key, expiry_end, expiry_key, grave_key, grave_name,
+    order_key, split_entry_ref, split_expiry_key, split_grave_key, split_order_key,
 };
 use crate::entry::{self, FORMAT_VERSION};
 use crate::key::DepRow;
@@ -44,6 +44,7 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
                 return Ok(Some(InitOutcome::Newer(version as u32)));
             }
             if version == FORMAT_VERSION as u64 {
+                check_directory(&read)?;
                 return Ok(Some(InitOutcome::Ready));
             }
             if version > 0 {
@@ -67,6 +68,41 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
         Err(e) => return Err(e.into()),
     }
     Ok(None)
+}
+
+/// Opens every table of the file with the types this crate gives it: a table recorded
+/// with other types (a damaged table directory) fails the open as damage now, instead of
+/// failing every later use of that table. Reads the directory only, no table's rows.
+fn check_directory(read: &ReadTransaction) -> R<()> {
+    // A table not there yet is fine: it is created when first written.
+    fn present<T>(opened: Result<T, redb::TableError>) -> R<()> {
+        match opened {
+            Ok(_) | Err(redb::TableError::TableDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    present(read.open_table(META))?;
+    present(read.open_table(MEMOIZERS))?;
+    present(read.open_table(MEMOIZER_NAMES))?;
+    present(read.open_table(ZONES))?;
+    present(read.open_table(EXPIRY))?;
+    present(read.open_table(GENERATIONS))?;
+    present(read.open_table(GRAVES))?;
+    present(read.open_table(INVALIDATIONS))?;
+    present(read.open_table(EVICT))?;
+    present(read.open_table(EVICT_ORDER))?;
+    present(read.open_table(SIZES))?;
+    present(read.open_multimap_table(ZONE_MEMBERS))?;
+    present(read.open_multimap_table(DEPS))?;
+    let names: Vec<String> = read
+        .list_tables()?
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(ENTRIES_PREFIX) || n.starts_with(GRAVE_PREFIX))
+        .collect();
+    for name in names {
+        present(read.open_table(EntriesDef::new(&name)))?;
+    }
+    Ok(())
 }
 
 /// Creates our tables in a fresh file, or checks an existing file is ours and not newer.
