@@ -499,6 +499,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     refresh_after: Option<Duration>,
     max_hits: Option<u32>,
     max_memory_bytes: Option<usize>,
+    max_bytes: Option<u64>,
     version: String,
     verify: bool,
     hasher: KeyHasher,
@@ -536,6 +537,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             refresh_after: None,
             max_hits: None,
             max_memory_bytes: None,
+            max_bytes: None,
             version: String::new(),
             verify: true,
             hasher: xxh3_key_hash,
@@ -633,6 +635,54 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         self
     }
 
+    /// A byte budget for this memoizer's entries in the cache file - of
+    /// [`Store::Persistent`], or the file tier of [`Store::Tiered`] - or `None` for none
+    /// (default). Its entries are charged what redb spends on them
+    /// ([`Stats::bytes`]); once the charge passes `max_bytes`, this memoizer's own
+    /// entries (and nothing of any other memoizer) are evicted with their index rows,
+    /// inside the background writer's batches, through this memoizer's run of the
+    /// file's eviction index - never a scan - until the charge is back under
+    /// `max_bytes` when the batch commits. The policy is the file budget's
+    /// ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)): TinyLFU admission
+    /// over a second-chance order, with lookups counted in memory (in the file budget's
+    /// sketch if the file has one). The charges and the eviction order are in the file:
+    /// a budget applies to the entries earlier runs stored too, and a smaller budget
+    /// given at a later build evicts down to it before `build` returns (one durable
+    /// commit, only when over it). Evictions show in [`Stats::budget_evictions`] and
+    /// [`Cache::inspect`](crate::Cache::inspect).
+    ///
+    /// Both budgets may be set: each holds. Building a memoizer without a file tier
+    /// ([`Store::Memory`], [`Store::Lru`], or any store of a cache connected to a
+    /// server) with a budget fails with [`Error::Unsupported`]; bound those with
+    /// [`max_memory_bytes`](Self::max_memory_bytes). When one process builds a memoizer
+    /// twice, the first build's budget stays.
+    ///
+    /// ```
+    /// # use fresco_memoize::{Cache, Store};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = Cache::open(dir.path().join("app.memo"))?;
+    /// let thumbs = cache
+    ///     .memoizer::<u32, Vec<u8>>("thumbs")
+    ///     .store(Store::Persistent)
+    ///     .max_bytes(Some(1 << 20))
+    ///     .build()?;
+    /// for i in 0..100 {
+    ///     thumbs.get_or_compute(&i, |_| vec![7; 50 << 10]);
+    /// }
+    /// cache.flush()?;
+    /// let stats = thumbs.stats();
+    /// assert!(stats.bytes.unwrap() <= 1 << 20);
+    /// assert!(stats.budget_evictions > 0);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    ///
+    /// [`Stats::bytes`]: crate::Stats::bytes
+    /// [`Stats::budget_evictions`]: crate::Stats::budget_evictions
+    pub fn max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
     /// Maps the arguments to the key actually stored (the original's `keyfunc`). Arguments
     /// with equal keys share one entry.
     ///
@@ -704,6 +754,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                          of its own",
             });
         }
+        if self.max_bytes.is_some() && !on_disk {
+            return Err(Error::Unsupported {
+                reason: "MemoizerBuilder::max_bytes on a store without a file tier (Memory or \
+                         Lru); bound it with max_memory_bytes",
+            });
+        }
         // In a connected cache the server takes the file's place.
         #[cfg(feature = "redis")]
         let remote = match &shared.remote {
@@ -759,6 +815,14 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                 policy, memory, persistent, remote, shared,
             )))
         })?;
+        if let Some(max_bytes) = self.max_bytes {
+            let Some(p) = &core.persistent else {
+                return Err(Error::Unsupported {
+                    reason: "MemoizerBuilder::max_bytes in a cache connected to a server",
+                });
+            };
+            own_budget(&cache, p, max_bytes)?;
+        }
         for z in &zones {
             z.zone.attach(&core);
         }
@@ -767,6 +831,22 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         let deps = zone::dep_fns(&self.name, zones);
         Ok(Memoizer::from_parts(core, cache, self.encode, deps))
     }
+}
+
+/// Gives a persistent memoizer its own byte budget. Entries stored by earlier runs
+/// count: if they are charged more than the budget, an empty writer job makes a batch
+/// whose eviction round brings them under it before this returns.
+fn own_budget(cache: &CacheInner, p: &Persistent, max_bytes: u64) -> Result<()> {
+    let shared = &cache.shared;
+    shared.storage.set_memo_budget(&p.slot, max_bytes);
+    let id = p.id;
+    let charged = shared
+        .storage
+        .read(|txn| Ok(ops::read_sizes(txn)?.get(&id).copied().unwrap_or(0)))?;
+    if charged > max_bytes {
+        shared.writer.run(|_txn| Ok(()))?;
+    }
+    Ok(())
 }
 
 /// Registers a persistent memoizer in the file (with its zone memberships) and gives it

@@ -397,3 +397,214 @@ fn a_byte_bound_holds_the_memory_tiers_to_their_weight() {
     }
     assert_sound(&cache);
 }
+
+// A memoizer's own budget (`MemoizerBuilder::max_bytes`).
+
+const OWN: u64 = 1 << 20;
+
+fn own(cache: &Cache, name: &str, max_bytes: Option<u64>) -> Memoizer<u64, Vec<u8>> {
+    cache
+        .memoizer::<u64, Vec<u8>>(name)
+        .store(Store::Persistent)
+        .max_bytes(max_bytes)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_memoizer_budget_evicts_its_own_entries_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    // No file budget: only the memoizer's own bounds anything.
+    let cache = Cache::open(dir.path().join("c.memo")).unwrap();
+    let bounded = own(&cache, "bounded", Some(OWN));
+    let free = own(&cache, "free", None);
+    for round in 0..5u64 {
+        for k in round * 20..(round + 1) * 20 {
+            // Never a wrong value, evicted or not.
+            assert_eq!(bounded.get_or_compute(&k, |k| blob(*k)), blob(k));
+            if k < 30 {
+                free.get_or_compute(&k, |k| blob(*k));
+            }
+        }
+        cache.flush().unwrap();
+        assert_sound(&cache);
+        let stats = bounded.stats();
+        assert!(
+            stats.bytes.unwrap() <= OWN,
+            "round {round}: {:?} charged",
+            stats.bytes
+        );
+    }
+    let stats = bounded.stats();
+    // A 50 KiB value is charged 64 KiB: 16 fit.
+    assert!(stats.entries.unwrap() >= 12, "{:?}", stats.entries);
+    assert!(stats.entries.unwrap() <= 16, "{:?}", stats.entries);
+    assert_eq!(stats.budget_evictions, 100 - stats.entries.unwrap());
+    // The other memoizer kept every entry, and more bytes than the bounded one's budget.
+    let stats = free.stats();
+    assert_eq!((stats.entries, stats.budget_evictions), (Some(30), 0));
+    assert!(stats.bytes.unwrap() > OWN);
+    for k in 0..30 {
+        assert_eq!(free.get_or_compute(&k, |_| panic!("lost {k}")), blob(k));
+    }
+    // Whatever the bounded memoizer still serves is right; the rest is recomputed.
+    for k in 0..100 {
+        assert_eq!(bounded.get_or_compute(&k, |k| blob(*k)), blob(k));
+    }
+    cache.flush().unwrap();
+    assert!(bounded.stats().bytes.unwrap() <= OWN);
+    assert_sound(&cache);
+}
+
+#[test]
+fn a_memoizer_budget_holds_across_restarts_and_a_smaller_one_evicts_at_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.memo");
+    let evicted = {
+        let cache = Cache::open(&path).unwrap();
+        let m = own(&cache, "bounded", Some(OWN));
+        for k in 0..60 {
+            m.get_or_compute(&k, |k| blob(*k));
+        }
+        cache.flush().unwrap();
+        assert_sound(&cache);
+        m.stats().budget_evictions
+    };
+    assert!(evicted >= 40, "{evicted}");
+    let info = Cache::inspect_file(&path).unwrap();
+    let bounded = &info.memoizers[0];
+    assert_eq!(bounded.budget_evictions, evicted);
+    assert_eq!(bounded.max_bytes, Some(OWN));
+    assert!(bounded.charged_bytes <= OWN);
+    // The next run goes on from the stored charge and order, under the same budget.
+    {
+        let cache = Cache::open(&path).unwrap();
+        let m = own(&cache, "bounded", Some(OWN));
+        assert_eq!(m.stats().bytes, Some(bounded.charged_bytes));
+        for k in 60..120 {
+            assert_eq!(m.get_or_compute(&k, |k| blob(*k)), blob(k));
+        }
+        cache.flush().unwrap();
+        assert!(m.stats().bytes.unwrap() <= OWN);
+        assert_sound(&cache);
+    }
+    let info = Cache::inspect_file(&path).unwrap();
+    assert!(info.memoizers[0].budget_evictions >= evicted + 44);
+    // A smaller budget at a later build holds when `build` returns, before any write.
+    let cache = Cache::open(&path).unwrap();
+    let m = own(&cache, "bounded", Some(OWN / 4));
+    let stats = m.stats();
+    assert!(stats.bytes.unwrap() <= OWN / 4, "{:?}", stats.bytes);
+    assert!(stats.budget_evictions >= 8, "{}", stats.budget_evictions);
+    assert_sound(&cache);
+    drop(m);
+    drop(cache);
+    let info = Cache::inspect_file(&path).unwrap();
+    assert_eq!(info.memoizers[0].max_bytes, Some(OWN / 4));
+    // The file's own budget was never set.
+    assert_eq!(info.max_bytes, None);
+}
+
+#[test]
+fn a_memoizer_budget_keeps_a_popular_entry_through_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    // No file budget: the memoizer counts its lookups in a sketch of its own.
+    let cache = Cache::open(dir.path().join("c.memo")).unwrap();
+    let m = own(&cache, "bounded", Some(OWN));
+    let hot = 1_000_000u64;
+    let computed = AtomicU64::new(0);
+    let get = |k: u64| {
+        m.get_or_compute(&k, |k| {
+            if *k == hot {
+                computed.fetch_add(1, Ordering::Relaxed);
+            }
+            blob(*k)
+        })
+    };
+    for _ in 0..10 {
+        get(hot);
+    }
+    // Three budgets' worth of cold keys, the hot key asked now and then.
+    for k in 0..48 {
+        get(k);
+        if k % 4 == 0 {
+            cache.flush().unwrap();
+            get(hot);
+        }
+    }
+    cache.flush().unwrap();
+    assert_eq!(
+        computed.load(Ordering::Relaxed),
+        1,
+        "the hot entry was evicted"
+    );
+    assert!(m.stats().budget_evictions >= 30);
+    assert_sound(&cache);
+}
+
+#[test]
+fn the_file_budget_and_a_memoizer_budget_hold_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = bounded(&dir.path().join("c.memo"));
+    let small = own(&cache, "small", Some(OWN / 2));
+    let large = own(&cache, "large", None);
+    let folders = cache.zone("folders").unwrap();
+    let zoned = cache
+        .memoizer::<(u64, u64), Vec<u8>>("zoned")
+        .store(Store::Tiered(4))
+        .zone_key(&folders, |&(folder, _): &(u64, u64)| folder)
+        .max_bytes(Some(OWN / 2))
+        .build()
+        .unwrap();
+    for round in 0..6u64 {
+        for k in round * 20..(round + 1) * 20 {
+            assert_eq!(small.get_or_compute(&k, |k| blob(*k)), blob(k));
+            assert_eq!(large.get_or_compute(&k, |k| blob(*k)), blob(k));
+            assert_eq!(
+                zoned.get_or_compute(&(k % 3, k), |&(_, k)| blob(k)),
+                blob(k)
+            );
+        }
+        settle(&cache);
+        assert_sound(&cache);
+        assert!(small.stats().bytes.unwrap() <= OWN / 2);
+        assert!(zoned.stats().bytes.unwrap() <= OWN / 2);
+        let total = cache.check_integrity().unwrap().bytes;
+        assert!(total <= BUDGET, "round {round}: {total} charged");
+        // A zone invalidation after evictions removes what is left, exactly.
+        folders.invalidate(&(round % 3)).unwrap();
+        assert_sound(&cache);
+    }
+    assert!(small.stats().budget_evictions > 0);
+    assert!(large.stats().budget_evictions > 0);
+    assert!(zoned.stats().budget_evictions > 0);
+}
+
+#[test]
+fn a_memoizer_budget_needs_a_file_tier() {
+    let cache = Cache::in_memory().unwrap();
+    for store in [Store::Memory, Store::Lru(10)] {
+        let built = cache
+            .memoizer::<u64, u64>("m")
+            .store(store)
+            .max_bytes(Some(OWN))
+            .build();
+        assert!(
+            matches!(built, Err(fresco_memoize::Error::Unsupported { .. })),
+            "{store:?}"
+        );
+    }
+    // An in-memory cache's persistent store is a redb database too: a budget holds.
+    let m = cache
+        .memoizer::<u64, Vec<u8>>("p")
+        .store(Store::Persistent)
+        .max_bytes(Some(OWN))
+        .build()
+        .unwrap();
+    for k in 0..40 {
+        m.get_or_compute(&k, |k| blob(*k));
+    }
+    cache.flush().unwrap();
+    assert!(m.stats().bytes.unwrap() <= OWN);
+    assert_sound(&cache);
+}

@@ -14,14 +14,21 @@
 //! candidate itself goes (it is not admitted). A one-pass scan of cold keys therefore
 //! passes through without pushing out what is popular.
 //!
+//! A memoizer may also have a budget of its own (`MemoizerBuilder::max_bytes`,
+//! [`MemoBudget`]): the same rounds then keep its charge under that budget, choosing
+//! among its own entries only, through its own run of the eviction order. Its lookups
+//! are counted in the file's sketch if the file has a budget, else in a sketch of its
+//! own.
+//!
 //! Evictions go through [`ops::evict`], which removes entries with the removal code of
 //! invalidations (`ops::remove_refs`), so every index stays exact.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use redb::WriteTransaction;
 
-use super::ops;
+use super::{SnapSlot, Storage, ops};
 use crate::key::KeyHash;
 
 /// Counts (entries of the sketch) per row of the sketch: four rows.
@@ -47,16 +54,25 @@ pub(crate) struct Budget {
     sketch: Sketch,
 }
 
+/// The sketch for a budget of `max_bytes`: about one column per 256 budget bytes, a few
+/// times the entries the budget holds for small values, plenty for large ones.
+fn sketch_for(max_bytes: u64) -> Sketch {
+    let width = (max_bytes / 256)
+        .clamp(1 << 10, 1 << 22)
+        .next_power_of_two() as usize;
+    Sketch::new(width)
+}
+
+/// Bytes stored between eviction rounds for a budget of `max_bytes`.
+fn slack_for(max_bytes: u64) -> u64 {
+    (max_bytes / 32).max(64 << 10)
+}
+
 impl Budget {
     pub(crate) fn new(max_bytes: u64) -> Budget {
-        // About one sketch column per 256 budget bytes: a few times the entries the
-        // budget holds for small values, plenty for large ones.
-        let width = (max_bytes / 256)
-            .clamp(1 << 10, 1 << 22)
-            .next_power_of_two() as usize;
         Budget {
             max_bytes,
-            sketch: Sketch::new(width),
+            sketch: sketch_for(max_bytes),
         }
     }
 
@@ -82,7 +98,7 @@ impl Budget {
     /// Bytes stored in one batch between eviction rounds, so a burst never runs far
     /// past the budget before its batch commits.
     fn slack(&self) -> u64 {
-        (self.max_bytes / 32).max(64 << 10)
+        slack_for(self.max_bytes)
     }
 
     /// Counts a lookup of `hash` in memoizer `memo_id`.
@@ -93,6 +109,45 @@ impl Budget {
     /// How popular `hash` of memoizer `memo_id` has been lately (0..=15).
     pub(crate) fn frequency(&self, memo_id: u64, hash: &KeyHash) -> u8 {
         self.sketch.estimate(mix(memo_id, hash))
+    }
+}
+
+/// A memoizer's own byte budget (`MemoizerBuilder::max_bytes`): its entries' charge is
+/// kept under `max_bytes` (the charge itself, not a share of a file length: the file's
+/// own growth is the file budget's business).
+pub(crate) struct MemoBudget {
+    max_bytes: u64,
+    /// Where its lookups are counted when the file has no budget (whose sketch they go
+    /// to otherwise).
+    sketch: Option<Sketch>,
+}
+
+impl MemoBudget {
+    /// A budget of `max_bytes`; `own_sketch` when the file has no budget (and so no
+    /// sketch) of its own.
+    pub(crate) fn new(max_bytes: u64, own_sketch: bool) -> MemoBudget {
+        MemoBudget {
+            max_bytes,
+            sketch: own_sketch.then(|| sketch_for(max_bytes)),
+        }
+    }
+
+    /// The bound on the memoizer's charge.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Counts a lookup of `hash` in memoizer `memo_id` (if this budget has a sketch).
+    pub(crate) fn record(&self, memo_id: u64, hash: &KeyHash) {
+        if let Some(sketch) = &self.sketch {
+            sketch.record(mix(memo_id, hash));
+        }
+    }
+
+    fn frequency(&self, memo_id: u64, hash: &KeyHash) -> u8 {
+        self.sketch
+            .as_ref()
+            .map_or(0, |sketch| sketch.estimate(mix(memo_id, hash)))
     }
 }
 
@@ -161,10 +216,30 @@ impl Sketch {
     }
 }
 
-/// The eviction rounds of one batch: after every [`Budget::slack`] bytes of puts and at
-/// the end of the batch, entries are evicted until the live charge is under target.
+/// A live memoizer with a budget of its own, as one batch's rounds see it.
+struct MemoRound {
+    memo_id: u64,
+    slot: Arc<SnapSlot>,
+    /// Its bytes stored since its last round.
+    since: u64,
+}
+
+impl MemoRound {
+    fn budget(&self) -> &MemoBudget {
+        self.slot
+            .budget()
+            .expect("only slots with a budget take part in rounds")
+    }
+}
+
+/// The eviction rounds of one batch: after every [`Budget::slack`] bytes of puts (of the
+/// file, or of a memoizer with a budget of its own) and at the end of the batch, entries
+/// are evicted until each memoizer with a budget is under it and the file's live charge
+/// is under target.
 pub(crate) struct Rounds<'b> {
     budget: Option<&'b Budget>,
+    /// Live memoizers with budgets of their own.
+    memos: Vec<MemoRound>,
     /// Puts since the last round: the candidates for admission.
     candidates: Vec<(u64, KeyHash)>,
     since: u64,
@@ -173,9 +248,19 @@ pub(crate) struct Rounds<'b> {
 }
 
 impl<'b> Rounds<'b> {
-    pub(crate) fn new(budget: Option<&'b Budget>) -> Self {
+    pub(crate) fn new(storage: &'b Storage) -> Self {
+        let memos = storage
+            .budgeted_slots()
+            .into_iter()
+            .map(|slot| MemoRound {
+                memo_id: slot.memo_id,
+                slot,
+                since: 0,
+            })
+            .collect();
         Rounds {
-            budget,
+            budget: storage.budget(),
+            memos,
             candidates: Vec::new(),
             since: 0,
             evicted: Vec::new(),
@@ -185,23 +270,50 @@ impl<'b> Rounds<'b> {
     /// Notes a put of `len` bytes; true when a round is due (close the open entries
     /// table, then call [`Rounds::run`]).
     pub(crate) fn put(&mut self, memo_id: u64, hash: &KeyHash, len: usize) -> bool {
-        let Some(budget) = self.budget else {
+        let memo = self.memos.iter_mut().find(|m| m.memo_id == memo_id);
+        if self.budget.is_none() && memo.is_none() {
             return false;
-        };
+        }
         self.candidates.push((memo_id, *hash));
-        self.since += len as u64;
-        self.since >= budget.slack()
+        let mut due = false;
+        if let Some(memo) = memo {
+            memo.since += len as u64;
+            due |= memo.since >= slack_for(memo.budget().max_bytes);
+        }
+        if let Some(budget) = self.budget {
+            self.since += len as u64;
+            due |= self.since >= budget.slack();
+        }
+        due
     }
 
-    /// Evicts until the live charge is under target.
+    /// Evicts until every memoizer with a budget of its own is under it, then until the
+    /// file's live charge is under target.
     pub(crate) fn run(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
-        let Some(budget) = self.budget else {
-            return Ok(());
-        };
-        let frequency = |memo_id: u64, hash: &KeyHash| budget.frequency(memo_id, hash);
-        let (max, target) = (budget.max_bytes, budget.live_target());
-        let gone = ops::evict(txn, max, target, &self.candidates, &frequency)?;
-        self.evicted.extend(gone);
+        let file = self.budget;
+        for memo in &mut self.memos {
+            let own = memo.budget();
+            let frequency = |memo_id: u64, hash: &KeyHash| match file {
+                Some(budget) => budget.frequency(memo_id, hash),
+                None => own.frequency(memo_id, hash),
+            };
+            let candidates: Vec<(u64, KeyHash)> = self
+                .candidates
+                .iter()
+                .filter(|(id, _)| *id == memo.memo_id)
+                .copied()
+                .collect();
+            let bound = (own.max_bytes, own.max_bytes);
+            let gone = ops::evict(txn, Some(memo.memo_id), bound, &candidates, &frequency)?;
+            self.evicted.extend(gone);
+            memo.since = 0;
+        }
+        if let Some(budget) = file {
+            let frequency = |memo_id: u64, hash: &KeyHash| budget.frequency(memo_id, hash);
+            let bound = (budget.max_bytes, budget.live_target());
+            let gone = ops::evict(txn, None, bound, &self.candidates, &frequency)?;
+            self.evicted.extend(gone);
+        }
         self.candidates.clear();
         self.since = 0;
         Ok(())
