@@ -13,7 +13,7 @@ use crate::flight::Caller;
 use crate::hit::ArchivedHit;
 use crate::inner::{CacheInner, check_name};
 use crate::key::{DepRow, EncodedKey, KeyBytes, KeyHasher, xxh3_key_hash};
-use crate::memory::Bound;
+use crate::memory::{Bound, Weigher};
 use crate::stats::{Counters, Stats};
 use crate::storage::ops;
 use crate::tiers::{Looked, Persistent, Policy, Read, Remove, Step, Tiers, Verdict};
@@ -499,6 +499,7 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     refresh_after: Option<Duration>,
     max_hits: Option<u32>,
     max_memory_bytes: Option<usize>,
+    weigher: Option<Weigher>,
     max_bytes: Option<u64>,
     version: String,
     verify: bool,
@@ -537,6 +538,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             refresh_after: None,
             max_hits: None,
             max_memory_bytes: None,
+            weigher: None,
             max_bytes: None,
             version: String::new(),
             verify: true,
@@ -611,7 +613,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// Bounds the bytes the in-memory store holds - of [`Store::Lru`], of the memory
     /// tier of [`Store::Tiered`], or of [`Store::Memory`], which then evicts like an
     /// LRU - besides its entry count. Each entry weighs its encoded size in memory: its
-    /// 56-byte header, key bytes, dependency rows and archived value (one buffer). The
+    /// 56-byte header, key bytes, dependency rows and archived value (one buffer), or
+    /// what a [`weigher`](Self::weigher) says. The
     /// least recently used entries go first; an entry heavier than the bound (split
     /// evenly over the store's shards, one per 4 MiB) is not kept in memory (a tiered
     /// store still has it in the file). Default: no byte bound.
@@ -632,6 +635,53 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// ```
     pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
         self.max_memory_bytes = Some(bytes);
+        self
+    }
+
+    /// How much an entry weighs against [`max_memory_bytes`](Self::max_memory_bytes),
+    /// instead of its encoded size (like moka's `weigher`). The function is given the
+    /// archived value - what the memory tier holds, read in place, never deserialized -
+    /// each time an entry enters the in-memory store: a computed value, or (in
+    /// [`Store::Tiered`]) a value read from the file. The weight is kept with the entry
+    /// until it leaves. Whole entries are evicted, least recently used first, until the
+    /// weights of those held fit the bound; an entry heavier than the bound (or than
+    /// `u32::MAX`) is not kept in memory. Without a byte bound, or in a store without a
+    /// memory tier ([`Store::Persistent`]), the weigher has no effect.
+    ///
+    /// It runs under the lock of the store's shard, on misses and promotions only (hits
+    /// do not run it): keep it cheap, like reading a length. Should it panic, the
+    /// encoded size counts instead.
+    ///
+    /// ```
+    /// # use fresco_memoize::{Cache, Store};
+    /// let cache = Cache::in_memory()?;
+    /// let thumbs = cache
+    ///     .memoizer::<u32, Vec<u8>>("thumbs")
+    ///     .store(Store::Lru(10_000))
+    ///     .max_memory_bytes(1_000)
+    ///     // An entry weighs its pixels' count, nothing else.
+    ///     .weigher(|pixels: &rkyv::vec::ArchivedVec<u8>| pixels.len() as u64)
+    ///     .build()?;
+    /// for i in 0..10 {
+    ///     thumbs.get_or_compute(&i, |_| vec![0; 300]);
+    /// }
+    /// // Three of 300 fit in 1 000.
+    /// assert_eq!(thumbs.stats().entries, Some(3));
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn weigher(
+        mut self,
+        weigher: impl Fn(&V::Archived) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let align = archive_align::<V::Archived>();
+        self.weigher = Some(Arc::new(move |archive: &[u8]| {
+            let weigh = || {
+                with_aligned(archive, align, |bytes| {
+                    V::__access(bytes).ok().map(&weigher)
+                })
+            };
+            crate::panics::catch_quietly(weigh).ok().flatten()
+        }));
         self
     }
 
@@ -794,6 +844,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         let memory = entries.map(|entries| Bound {
             entries,
             bytes: self.max_memory_bytes,
+            weigher: self.weigher.clone(),
         });
         let indexed = self.expires.is_some() || keyed;
         let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();

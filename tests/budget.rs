@@ -608,3 +608,121 @@ fn a_memoizer_budget_needs_a_file_tier() {
     assert!(m.stats().bytes.unwrap() <= OWN);
     assert_sound(&cache);
 }
+
+// A weigher for the memory tiers (`MemoizerBuilder::weigher`).
+
+/// Values of 100 to 500 bytes, by key.
+fn sized(k: u64) -> Vec<u8> {
+    vec![k as u8; 100 * (k as usize % 5 + 1)]
+}
+
+fn by_len(v: &rkyv::vec::ArchivedVec<u8>) -> u64 {
+    v.len() as u64
+}
+
+/// The keys an exact LRU of `bound` weight holds after `keys` were stored in order,
+/// each weighing its value's length.
+fn lru_suffix(keys: std::ops::Range<u64>, bound: u64) -> Vec<u64> {
+    let (mut held, mut weight) = (Vec::new(), 0);
+    for k in keys.rev() {
+        weight += sized(k).len() as u64;
+        if weight > bound {
+            break;
+        }
+        held.push(k);
+    }
+    held
+}
+
+#[test]
+fn a_weigher_holds_an_lru_to_its_weights_evicting_the_least_recent() {
+    let cache = Cache::in_memory().unwrap();
+    let bound = 1_000u64;
+    let lru = cache
+        .memoizer::<u64, Vec<u8>>("lru")
+        .store(Store::Lru(1_000))
+        .max_memory_bytes(bound as usize)
+        .weigher(by_len)
+        .build()
+        .unwrap();
+    for k in 0..40 {
+        assert_eq!(lru.get_or_compute(&k, |k| sized(*k)), sized(k));
+        assert_sound(&cache);
+    }
+    // Exactly the most recent that fit by weight are held (a bound this small is one
+    // exact LRU); the encoded sizes (56 bytes more each) would have held fewer.
+    let held = lru_suffix(0..40, bound);
+    assert_eq!(lru.stats().entries, Some(held.len() as u64));
+    assert_eq!(lru.stats().evictions, 40 - held.len() as u64);
+    for k in 0..40 {
+        let hit = lru.get_archived(&k).unwrap();
+        assert_eq!(hit.is_some(), held.contains(&k), "key {k}");
+        if let Some(hit) = hit {
+            assert_eq!(hit.as_slice(), sized(k).as_slice());
+        }
+    }
+    // A value heavier than the bound is returned, not kept, and evicts nothing.
+    let before = lru.stats().entries;
+    assert_eq!(
+        lru.get_or_compute(&1_000, |_| vec![1; 1_500]),
+        vec![1; 1_500]
+    );
+    assert_eq!(lru.stats().entries, before);
+    assert_sound(&cache);
+}
+
+#[test]
+fn a_weigher_holds_a_tiered_memory_tier_also_for_values_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.memo");
+    let bound = 1_000u64;
+    let tiered = |cache: &Cache| {
+        cache
+            .memoizer::<u64, Vec<u8>>("tiered")
+            .store(Store::Tiered(1_000))
+            .max_memory_bytes(bound as usize)
+            .weigher(by_len)
+            .build()
+            .unwrap()
+    };
+    {
+        let cache = Cache::open(&path).unwrap();
+        let m = tiered(&cache);
+        for k in 0..40 {
+            m.get_or_compute(&k, |k| sized(*k));
+        }
+        assert!(m.stats().evictions >= 40 - lru_suffix(0..40, bound).len() as u64);
+        assert_sound(&cache);
+    }
+    // A new run: every value comes from the file, and each promoted copy is weighed.
+    let cache = Cache::open(&path).unwrap();
+    let m = tiered(&cache);
+    for k in 0..40 {
+        assert_eq!(m.get_or_compute(&k, |_| panic!("lost {k}")), sized(k));
+        assert_sound(&cache);
+    }
+    let stats = m.stats();
+    assert_eq!(stats.hits, 40);
+    assert_eq!(stats.evictions, 40 - lru_suffix(0..40, bound).len() as u64);
+}
+
+#[test]
+fn a_panicking_weigher_counts_the_encoded_size_and_breaks_nothing() {
+    let cache = Cache::in_memory().unwrap();
+    let lru = cache
+        .memoizer::<u64, Vec<u8>>("lru")
+        .store(Store::Lru(1_000))
+        .max_memory_bytes(2_000)
+        .weigher(|v: &rkyv::vec::ArchivedVec<u8>| {
+            assert!(v.len() != 300, "a weigher that fails on 300-byte values");
+            v.len() as u64
+        })
+        .build()
+        .unwrap();
+    for k in 0..40 {
+        assert_eq!(lru.get_or_compute(&k, |k| sized(*k)), sized(k));
+        assert_sound(&cache);
+    }
+    assert!(lru.stats().entries.unwrap() >= 4);
+    assert_eq!(lru.stats().errors, 0);
+}
