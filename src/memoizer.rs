@@ -823,6 +823,11 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         };
         #[cfg(not(feature = "redis"))]
         let remote: crate::tiers::RemoteSlot = None;
+        if self.max_bytes.is_some() && remote.is_some() {
+            return Err(Error::Unsupported {
+                reason: "MemoizerBuilder::max_bytes in a cache connected to a server",
+            });
+        }
         let policy = Policy {
             name: self.name.clone(),
             fingerprint,
@@ -866,13 +871,11 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                 policy, memory, persistent, remote, shared,
             )))
         })?;
-        if let Some(max_bytes) = self.max_bytes {
-            let Some(p) = &core.persistent else {
-                return Err(Error::Unsupported {
-                    reason: "MemoizerBuilder::max_bytes in a cache connected to a server",
-                });
-            };
-            own_budget(&cache, p, max_bytes)?;
+        if let (Some(max_bytes), Some(p)) = (self.max_bytes, &core.persistent)
+            && let Err(e) = own_budget(&cache, p, max_bytes)
+        {
+            // The budget is set: the next batch's round evicts, should this one fail.
+            core.report(e);
         }
         for z in &zones {
             z.zone.attach(&core);
