@@ -24,12 +24,14 @@
 //! invalidations (`ops::remove_refs`), so every index stays exact.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+use crossbeam_utils::CachePadded;
 use redb::WriteTransaction;
 
 use super::{SnapSlot, Storage, ops};
 use crate::key::KeyHash;
+use crate::stats::{stripe_count, thread_stripe};
 
 /// Counts (entries of the sketch) per row of the sketch: four rows.
 const DEPTH: usize = 4;
@@ -106,9 +108,15 @@ impl Budget {
         self.sketch.record(mix(memo_id, hash));
     }
 
-    /// How popular `hash` of memoizer `memo_id` has been lately (0..=15).
+    /// How popular `hash` of memoizer `memo_id` has been lately (0..=15), as counted
+    /// at the last [`settle`](Self::settle).
     pub(crate) fn frequency(&self, memo_id: u64, hash: &KeyHash) -> u8 {
         self.sketch.estimate(mix(memo_id, hash))
+    }
+
+    /// Counts the lookups still buffered.
+    fn settle(&self) {
+        self.sketch.settle();
     }
 }
 
@@ -149,6 +157,13 @@ impl MemoBudget {
             .as_ref()
             .map_or(0, |sketch| sketch.estimate(mix(memo_id, hash)))
     }
+
+    /// Counts the lookups still buffered.
+    fn settle(&self) {
+        if let Some(sketch) = &self.sketch {
+            sketch.settle();
+        }
+    }
 }
 
 /// The sketch's hash of a key: the row hash is uniform already.
@@ -161,8 +176,25 @@ fn mix(memo_id: u64, hash: &KeyHash) -> u64 {
         ^ memo_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// Lookups a thread stripe buffers before counting them in the sketch.
+const BUFFERED: usize = 32;
+
+/// One thread stripe's lookups not counted yet.
+#[derive(Default)]
+struct Pending {
+    len: AtomicUsize,
+    hashes: [AtomicU64; BUFFERED],
+}
+
 /// A count-min sketch of saturating 4-bit counts (one byte each), lossy under races by
 /// design: counts are relaxed loads and stores, never read-modify-write loops.
+///
+/// A lookup is not counted at once: it goes to its thread stripe's buffer, and a full
+/// buffer is counted in one go. A sketch of a large budget does not fit the CPU's
+/// caches, and counting one lookup missed them once, on every hit (+13 % on a
+/// persistent hit); the 32 counts of a buffer are independent, so their misses overlap.
+/// The writer counts every buffer ([`Sketch::settle`]) before an eviction round reads
+/// the counts.
 struct Sketch {
     counts: Box<[AtomicU8]>,
     mask: usize,
@@ -170,6 +202,8 @@ struct Sketch {
     counted: AtomicU64,
     /// Counts between halvings.
     period: u64,
+    /// Lookups not counted yet, per thread stripe.
+    pending: Box<[CachePadded<Pending>]>,
 }
 
 impl Sketch {
@@ -180,18 +214,48 @@ impl Sketch {
             mask: (width * DEPTH / 64).max(1) - 1,
             counted: AtomicU64::new(0),
             period: width as u64 * 10,
+            pending: (0..stripe_count())
+                .map(|_| CachePadded::default())
+                .collect(),
         }
     }
 
     /// Where row `row`'s count of `h` is: the four counts of a key lie in one 64-byte
-    /// block (one cache line, so a hit on a large sketch misses the cache once), 16
-    /// counts per row, each row picking by other bits of the hash.
+    /// block (one cache line), 16 counts per row, each row picking by other bits of the
+    /// hash.
     fn slot(&self, h: u64, row: usize) -> usize {
         let block = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask;
         block * 64 + row * 16 + ((h >> (row * 4)) & 15) as usize
     }
 
+    /// Notes a lookup of `h`: buffered, counted with its stripe's next 31 (or at the
+    /// writer's next [`Sketch::settle`]). Two threads sharing a stripe may lose one
+    /// another's lookups, by design.
     fn record(&self, h: u64) {
+        let pending = &self.pending[thread_stripe(self.pending.len())];
+        let i = pending.len.load(Ordering::Relaxed).min(BUFFERED - 1);
+        pending.hashes[i].store(h, Ordering::Relaxed);
+        if i + 1 < BUFFERED {
+            pending.len.store(i + 1, Ordering::Relaxed);
+            return;
+        }
+        pending.len.store(0, Ordering::Relaxed);
+        for buffered in &pending.hashes {
+            self.count(buffered.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Counts every buffered lookup (before the counts are read for an eviction round).
+    fn settle(&self) {
+        for pending in self.pending.iter() {
+            let n = pending.len.swap(0, Ordering::Relaxed).min(BUFFERED);
+            for buffered in &pending.hashes[..n] {
+                self.count(buffered.load(Ordering::Relaxed));
+            }
+        }
+    }
+
+    fn count(&self, h: u64) {
         for row in 0..DEPTH {
             let cell = &self.counts[self.slot(h, row)];
             let n = cell.load(Ordering::Relaxed);
@@ -199,7 +263,7 @@ impl Sketch {
                 cell.store(n + 1, Ordering::Relaxed);
             }
         }
-        // Sampling keeps this shared counter off most hits.
+        // Sampling keeps this shared counter off most counts.
         if h & 15 == 0 && self.counted.fetch_add(16, Ordering::Relaxed) + 16 >= self.period {
             self.counted.store(0, Ordering::Relaxed);
             for cell in self.counts.iter() {
@@ -291,8 +355,12 @@ impl<'b> Rounds<'b> {
     /// file's live charge is under target.
     pub(crate) fn run(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
         let file = self.budget;
+        if let Some(budget) = file {
+            budget.settle();
+        }
         for memo in &mut self.memos {
             let own = memo.budget();
+            own.settle();
             let frequency = |memo_id: u64, hash: &KeyHash| match file {
                 Some(budget) => budget.frequency(memo_id, hash),
                 None => own.frequency(memo_id, hash),
@@ -339,6 +407,7 @@ mod tests {
             sketch.record(7);
             sketch.record(i.wrapping_mul(0x2545_f491_4f6c_dd1d));
         }
+        sketch.settle();
         assert_eq!(sketch.estimate(7), 15);
         assert!(sketch.estimate(0x1234_5678_9abc_def1) <= 2);
     }
@@ -349,11 +418,33 @@ mod tests {
         for _ in 0..15 {
             sketch.record(16 * 7);
         }
+        sketch.settle();
         assert_eq!(sketch.estimate(16 * 7), 15);
         // Keys that are multiples of 16 feed the sampled counter.
         for i in 0..(sketch.period / 16 + 1) {
             sketch.record(16 * (1000 + i));
         }
+        sketch.settle();
         assert!(sketch.estimate(16 * 7) < 15);
+    }
+
+    #[test]
+    fn lookups_are_counted_when_a_buffer_fills_or_settles() {
+        let sketch = Sketch::new(1 << 10);
+        for _ in 0..BUFFERED - 1 {
+            sketch.record(9);
+        }
+        // Buffered, not counted yet.
+        assert_eq!(sketch.estimate(9), 0);
+        sketch.record(9);
+        // The 32nd filled the buffer: all counted (saturating at 15).
+        assert_eq!(sketch.estimate(9), 15);
+        sketch.record(11);
+        assert_eq!(sketch.estimate(11), 0);
+        sketch.settle();
+        assert_eq!(sketch.estimate(11), 1);
+        // Settled once: not counted twice.
+        sketch.settle();
+        assert_eq!(sketch.estimate(11), 1);
     }
 }
