@@ -195,6 +195,58 @@ fn charges_and_the_eviction_order_survive_a_restart() {
     assert_sound(&cache);
 }
 
+/// A file filled without a budget keeps no eviction rows (a put writes two rows fewer);
+/// given a budget at a later open, every entry - live ones and those in a grave of an
+/// `invalidate_all` not yet reclaimed - gets its rows with the first batch, and the
+/// budget holds from then on.
+#[test]
+fn a_file_filled_without_a_budget_is_indexed_once_one_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.memo");
+    {
+        // No sweeper: the grave stays until the next open.
+        let cache = Cache::builder().sweep_interval(None).open(&path).unwrap();
+        let m = blobs(&cache);
+        let gone = cache
+            .memoizer::<u64, Vec<u8>>("gone")
+            .store(Store::Persistent)
+            .build()
+            .unwrap();
+        for k in 0..120 {
+            m.get_or_compute(&k, |k| blob(*k));
+            gone.get_or_compute(&k, |k| blob(*k));
+        }
+        gone.invalidate_all().unwrap();
+        settle(&cache);
+        assert_sound(&cache);
+        let charged = cache.check_integrity().unwrap().bytes;
+        assert!(
+            charged > 2 * BUDGET,
+            "filled past the later budget: {charged}"
+        );
+    }
+    let cache = bounded(&path);
+    let m = blobs(&cache);
+    // The first batch indexes the file; its round evicts under the budget.
+    m.get_or_compute(&1000, |k| blob(*k));
+    settle(&cache);
+    assert_sound(&cache);
+    let stats = m.stats();
+    assert!(stats.bytes.unwrap() <= BUDGET, "{:?} charged", stats.bytes);
+    assert!(stats.budget_evictions > 0);
+    for k in 2000..2200 {
+        m.get_or_compute(&k, |k| blob(*k));
+    }
+    settle(&cache);
+    assert_sound(&cache);
+    assert!(m.stats().bytes.unwrap() <= BUDGET);
+    // What the budget holds is the newest entries (about 36 of 64 KiB charges).
+    let kept = (2000..2200)
+        .filter(|k| m.get_archived(k).unwrap().is_some_and(|v| *v == blob(*k)))
+        .count();
+    assert!(kept >= 25, "only {kept} of the newest entries kept");
+}
+
 #[test]
 fn a_popular_entry_outlives_a_scan_of_cold_keys() {
     let dir = tempfile::tempdir().unwrap();

@@ -355,6 +355,12 @@ impl<'b> Rounds<'b> {
     /// file's live charge is under target.
     pub(crate) fn run(&mut self, txn: &WriteTransaction) -> Result<(), redb::Error> {
         let file = self.budget;
+        if file.is_none() && self.memos.is_empty() {
+            return Ok(());
+        }
+        // The first round a file sees under a budget (a fresh file included) gives its
+        // entries their eviction rows; the puts before it in this batch are among them.
+        ops::index_for_eviction(txn)?;
         if let Some(budget) = file {
             budget.settle();
         }

@@ -9,11 +9,11 @@ use redb::{
 use super::budget;
 use super::tables::{
     DEPS, ENTRIES_PREFIX, EVICT, EVICT_ORDER, EVICTIONS_PREFIX, EXPIRY, EntriesDef, GENERATIONS,
-    GRAVE_PREFIX, GRAVES, KEY_FORMAT_VERSION, KEY_MAX_BYTES, KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE,
-    MEMO_MAX_BYTES_PREFIX, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, SIZES,
-    ZONE_MEMBERS, ZONES, entries_name, entry_ref, evictions_key, expiry_end, expiry_key, grave_key,
-    grave_name, memo_max_bytes_key, order_bounds, order_key, order_memo, split_entry_ref,
-    split_expiry_key, split_grave_key, split_order_key,
+    GRAVE_PREFIX, GRAVES, KEY_EVICT_INDEX, KEY_FORMAT_VERSION, KEY_MAX_BYTES, KEY_NEXT_MEMOIZER,
+    KEY_NEXT_ZONE, MEMO_MAX_BYTES_PREFIX, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX,
+    SIZES, ZONE_MEMBERS, ZONES, entries_name, entry_ref, evictions_key, expiry_end, expiry_key,
+    grave_key, grave_name, memo_max_bytes_key, order_bounds, order_key, order_memo,
+    split_entry_ref, split_expiry_key, split_grave_key, split_order_key,
 };
 use crate::entry::{self, FORMAT_VERSION};
 use crate::key::DepRow;
@@ -281,15 +281,20 @@ struct EvictTables<'t> {
     sizes: redb::Table<'t, u64, u64>,
     /// The next tick to give, once found ([`EvictTables::next_tick`]).
     next: Option<u64>,
+    /// Whether the file keeps eviction rows ([`KEY_EVICT_INDEX`]); charges are kept
+    /// either way.
+    indexed: bool,
 }
 
 impl<'t> EvictTables<'t> {
     fn open(txn: &'t WriteTransaction) -> R<Self> {
+        let indexed = txn.open_table(META)?.get(KEY_EVICT_INDEX)?.is_some();
         Ok(EvictTables {
             evict: txn.open_table(EVICT)?,
             order: txn.open_table(EVICT_ORDER)?,
             sizes: txn.open_table(SIZES)?,
             next: None,
+            indexed,
         })
     }
 
@@ -325,7 +330,9 @@ impl<'t> EvictTables<'t> {
 
     /// Adds (`add = true`) or removes entry `target`'s eviction rows and its charge.
     fn update(&mut self, target: &[u8; 32], memo_id: u64, charge: u64, add: bool) -> R<()> {
-        let old_tick = if add {
+        let old_tick = if !self.indexed {
+            None
+        } else if add {
             let tick = self.next_tick()?;
             self.order.insert(&order_key(tick, target), ())?;
             self.evict.insert(target, tick)?.map(|t| t.value())
@@ -417,7 +424,8 @@ impl<'t> Indexes<'t> {
         skip: Option<&DepRow>,
     ) -> R<()> {
         let target = entry_ref(memo_id, generation, hash);
-        // Every entry, even one that no longer parses, is in the eviction index.
+        // Every entry, even one that no longer parses, is charged, and has its eviction
+        // rows in a file that keeps them.
         if self.evict.is_none() {
             self.evict = Some(EvictTables::open(self.txn)?);
         }
@@ -457,6 +465,48 @@ impl<'t> Indexes<'t> {
         }
         Ok(())
     }
+}
+
+/// Makes the file keep eviction rows ([`KEY_EVICT_INDEX`]) if it does not yet: every
+/// entry, live or in a grave, gets its rows, in table order. Done once per file, when it
+/// or one of its memoizers is first given a byte budget (the one pass over the entries
+/// that a budget costs; evictions never scan). Returns whether it indexed.
+pub(crate) fn index_for_eviction(txn: &WriteTransaction) -> R<bool> {
+    if txn.open_table(META)?.get(KEY_EVICT_INDEX)?.is_some() {
+        return Ok(false);
+    }
+    // Rows an unindexed file may hold (written by an earlier build, never kept up):
+    // start afresh.
+    txn.delete_table(EVICT)?;
+    txn.delete_table(EVICT_ORDER)?;
+    let mut tables: Vec<(u64, u64, String)> = Vec::new();
+    for name in txn.list_tables()? {
+        if let Some(Ok(id)) = name.name().strip_prefix(ENTRIES_PREFIX).map(str::parse) {
+            tables.push((id, generation(txn, id)?, name.name().to_string()));
+        }
+    }
+    for item in txn.open_table(GRAVES)?.iter()? {
+        let (id, generation) = split_grave_key(item?.0.value());
+        tables.push((id, generation, grave_name(id, generation)));
+    }
+    let mut evict = txn.open_table(EVICT)?;
+    let mut order = txn.open_table(EVICT_ORDER)?;
+    let mut tick = 0;
+    for (id, generation, name) in tables {
+        let entries = match txn.open_table(EntriesDef::new(&name)) {
+            Ok(entries) => entries,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for item in entries.iter()? {
+            let target = entry_ref(id, generation, item?.0.value());
+            order.insert(&order_key(tick, &target), ())?;
+            evict.insert(&target, tick)?;
+            tick += 1;
+        }
+    }
+    txn.open_table(META)?.insert(KEY_EVICT_INDEX, 1)?;
+    Ok(true)
 }
 
 /// Adds (`add = true`) or removes the index rows of one live entry.

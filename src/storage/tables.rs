@@ -44,9 +44,9 @@ pub(crate) const INVALIDATIONS: TableDefinition<u64, &[u8]> =
 /// How many rows of [`INVALIDATIONS`] are kept; a process further behind purges all.
 pub(crate) const LOG_KEEP: u64 = 4096;
 
-/// Eviction index of a cache with a byte budget (kept for every cache, so a budget can
-/// be set on any later open): entry ref (as in [`DEPS`]) -> its eviction tick, the
-/// position of its row in [`EVICT_ORDER`].
+/// Eviction index of a cache with a byte budget (kept from the first time the file or
+/// one of its memoizers was given one, [`KEY_EVICT_INDEX`]): entry ref (as in [`DEPS`])
+/// -> its eviction tick, the position of its row in [`EVICT_ORDER`].
 pub(crate) const EVICT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("fresco/evict");
 
 /// Eviction order, one run of rows per memoizer: memoizer id (BE) ++ tick (BE) ++ row
@@ -151,6 +151,11 @@ pub(crate) const KEY_NEXT_MEMOIZER: &str = "next_memoizer_id";
 pub(crate) const KEY_NEXT_ZONE: &str = "next_zone_id";
 /// The byte budget in force at the last eviction.
 pub(crate) const KEY_MAX_BYTES: &str = "max_bytes";
+/// Present once every entry has its rows in [`EVICT`] and [`EVICT_ORDER`]: set (by
+/// `ops::index_for_eviction`) when the file or one of its memoizers is first given a
+/// byte budget, and kept from then on. A file without it keeps no eviction rows, so a
+/// put writes two rows fewer; [`SIZES`] is kept either way.
+pub(crate) const KEY_EVICT_INDEX: &str = "evict_index";
 /// Prefix of the [`META`] keys holding each memoizer's own byte budget in force at its
 /// last eviction for it.
 pub(crate) const MEMO_MAX_BYTES_PREFIX: &str = "max_bytes/";
