@@ -33,7 +33,7 @@ use crate::aligned::ARCHIVE_ALIGN;
 use crate::key::DepRow;
 
 /// Version of the whole on-disk format (tables and entry layout). Bump it on any change.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 5;
 
 const MAGIC: &[u8; 4] = b"FMZ1";
 pub(crate) const HEADER_LEN: usize = 56;

@@ -167,6 +167,13 @@ pub enum Error {
         /// What was asked, and what to do instead.
         reason: &'static str,
     },
+    /// A memoizer was configured with something its store does not offer (for example
+    /// [`MemoizerBuilder::max_bytes`](crate::MemoizerBuilder::max_bytes) on a store
+    /// without a file tier).
+    Unsupported {
+        /// What was asked, and what to do instead.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -306,6 +313,7 @@ impl fmt::Display for Error {
             Error::NotShareable { reason } => {
                 write!(f, "not available in a shared cache: {reason}")
             }
+            Error::Unsupported { reason } => write!(f, "not supported: {reason}"),
         }
     }
 }

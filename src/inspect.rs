@@ -96,8 +96,13 @@ pub struct MemoizerInfo {
     /// against the byte budget ([`CacheBuilder::max_bytes`]): what redb spends on them,
     /// estimated.
     pub charged_bytes: u64,
-    /// Its entries evicted for the byte budget, over the file's life.
+    /// Its entries evicted for the byte budget, over the file's life: the file's
+    /// ([`CacheBuilder::max_bytes`]) and its own
+    /// ([`MemoizerBuilder::max_bytes`](crate::MemoizerBuilder::max_bytes)).
     pub budget_evictions: u64,
+    /// Its own byte budget ([`MemoizerBuilder::max_bytes`](crate::MemoizerBuilder::max_bytes))
+    /// in force when its entries were last evicted for it; `None` if none ever was.
+    pub max_bytes: Option<u64>,
     /// Names of the zones it belongs to.
     pub zones: Vec<String>,
 }
@@ -515,7 +520,7 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
     }
 
     let sizes = ops::read_sizes(&txn)?;
-    let (max_bytes, evictions) = ops::read_evictions(&txn)?;
+    let evictions = ops::read_evictions(&txn)?;
     let mut memoizers = Vec::new();
     for item in txn.open_table(MEMOIZERS)?.iter()? {
         let (name, record) = item?;
@@ -535,7 +540,8 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
             stored_bytes,
             expired: expired.get(&record.id).copied().unwrap_or(0),
             charged_bytes: sizes.get(&record.id).copied().unwrap_or(0),
-            budget_evictions: evictions.get(&record.id).copied().unwrap_or(0),
+            budget_evictions: evictions.counts.get(&record.id).copied().unwrap_or(0),
+            max_bytes: evictions.memo_max_bytes.get(&record.id).copied(),
             zones: zones_of
                 .remove(&record.id)
                 .map(|z| z.into_iter().collect())
@@ -547,7 +553,7 @@ fn read_info(db: &impl ReadableDatabase, now_ms: u64) -> R<CacheInfo> {
         file_bytes: None,
         format_version,
         now_ms,
-        max_bytes,
+        max_bytes: evictions.max_bytes,
         memoizers,
         zones,
     })

@@ -10,8 +10,8 @@ use crate::inner::CacheInner;
 use crate::key::filed_under;
 use crate::storage::tables::{
     DEPS, ENTRIES_PREFIX, EVICT, EVICT_ORDER, EXPIRY, EntriesDef, GRAVE_PREFIX, GRAVES,
-    MEMOIZER_NAMES, MEMOIZERS, MemoRecord, SIZES, ZONE_MEMBERS, entries_name, entry_ref,
-    expiry_key, grave_name, split_grave_key, split_order_key,
+    KEY_EVICT_INDEX, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, SIZES, ZONE_MEMBERS,
+    entries_name, entry_ref, expiry_key, grave_name, split_grave_key, split_order_key,
 };
 use crate::storage::{Storage, budget, guarded, ops};
 
@@ -239,12 +239,40 @@ fn scan(db: &redb::Database) -> Result<IntegrityReport, redb::Error> {
     Ok(report)
 }
 
-/// The eviction index holds exactly one row per entry, in the order under the tick it
-/// names, and each memoizer's charge is the sum of its entries' charges.
+/// In a file that keeps eviction rows (`KEY_EVICT_INDEX`), the eviction index holds
+/// exactly one row per entry, in the order under the tick it names; in every file, each
+/// memoizer's charge is the sum of its entries' charges.
 fn check_eviction(
     txn: &redb::ReadTransaction,
     expected: &BTreeSet<[u8; 32]>,
     sizes: &BTreeMap<u64, u64>,
+    report: &mut IntegrityReport,
+) -> Result<(), redb::Error> {
+    let indexed = match txn.open_table(META) {
+        Ok(meta) => meta.get(KEY_EVICT_INDEX)?.is_some(),
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if indexed {
+        check_eviction_rows(txn, expected, report)?;
+    }
+    let mut recorded = BTreeMap::new();
+    for item in txn.open_table(SIZES)?.iter()? {
+        let (id, bytes) = item?;
+        recorded.insert(id.value(), bytes.value());
+        report.bytes += bytes.value();
+    }
+    if &recorded != sizes {
+        report.problems.push(format!(
+            "recorded charges {recorded:?} are not the entries' charges {sizes:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_eviction_rows(
+    txn: &redb::ReadTransaction,
+    expected: &BTreeSet<[u8; 32]>,
     report: &mut IntegrityReport,
 ) -> Result<(), redb::Error> {
     let mut ticks = BTreeMap::new();
@@ -284,17 +312,6 @@ fn check_eviction(
                 &target[..24]
             ));
         }
-    }
-    let mut recorded = BTreeMap::new();
-    for item in txn.open_table(SIZES)?.iter()? {
-        let (id, bytes) = item?;
-        recorded.insert(id.value(), bytes.value());
-        report.bytes += bytes.value();
-    }
-    if &recorded != sizes {
-        report.problems.push(format!(
-            "recorded charges {recorded:?} are not the entries' charges {sizes:?}"
-        ));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::flight::Caller;
 use crate::hit::ArchivedHit;
 use crate::inner::{CacheInner, check_name};
 use crate::key::{DepRow, EncodedKey, KeyBytes, KeyHasher, xxh3_key_hash};
-use crate::memory::Bound;
+use crate::memory::{Bound, Weigher};
 use crate::stats::{Counters, Stats};
 use crate::storage::ops;
 use crate::tiers::{Looked, Persistent, Policy, Read, Remove, Step, Tiers, Verdict};
@@ -499,6 +499,8 @@ pub struct MemoizerBuilder<K: ?Sized, V> {
     refresh_after: Option<Duration>,
     max_hits: Option<u32>,
     max_memory_bytes: Option<usize>,
+    weigher: Option<Weigher>,
+    max_bytes: Option<u64>,
     version: String,
     verify: bool,
     hasher: KeyHasher,
@@ -536,6 +538,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
             refresh_after: None,
             max_hits: None,
             max_memory_bytes: None,
+            weigher: None,
+            max_bytes: None,
             version: String::new(),
             verify: true,
             hasher: xxh3_key_hash,
@@ -613,7 +617,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// Bounds the bytes the in-memory store holds - of [`Store::Lru`], of the memory
     /// tier of [`Store::Tiered`], or of [`Store::Memory`], which then evicts like an
     /// LRU - besides its entry count. Each entry weighs its encoded size in memory: its
-    /// 56-byte header, key bytes, dependency rows and archived value (one buffer). The
+    /// 56-byte header, key bytes, dependency rows and archived value (one buffer), or
+    /// what a [`weigher`](Self::weigher) says. The
     /// least recently used entries go first; an entry heavier than the bound (split
     /// evenly over the store's shards, one per 4 MiB) is not kept in memory (a tiered
     /// store still has it in the file). Default: no byte bound.
@@ -634,6 +639,101 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// ```
     pub fn max_memory_bytes(mut self, bytes: usize) -> Self {
         self.max_memory_bytes = Some(bytes);
+        self
+    }
+
+    /// How much an entry weighs against [`max_memory_bytes`](Self::max_memory_bytes),
+    /// instead of its encoded size (like moka's `weigher`). The function is given the
+    /// archived value - what the memory tier holds, read in place, never deserialized -
+    /// each time an entry enters the in-memory store: a computed value, or (in
+    /// [`Store::Tiered`]) a value read from the file. The weight is kept with the entry
+    /// until it leaves. Whole entries are evicted, least recently used first, until the
+    /// weights of those held fit the bound; an entry heavier than the bound (or than
+    /// `u32::MAX`) is not kept in memory. Without a byte bound, or in a store without a
+    /// memory tier ([`Store::Persistent`]), the weigher has no effect.
+    ///
+    /// It runs under the lock of the store's shard, on misses and promotions only (hits
+    /// do not run it): keep it cheap, like reading a length. Should it panic, the
+    /// encoded size counts instead.
+    ///
+    /// ```
+    /// # use fresco_memoize::{Cache, Store};
+    /// let cache = Cache::in_memory()?;
+    /// let thumbs = cache
+    ///     .memoizer::<u32, Vec<u8>>("thumbs")
+    ///     .store(Store::Lru(10_000))
+    ///     .max_memory_bytes(1_000)
+    ///     // An entry weighs its pixels' count, nothing else.
+    ///     .weigher(|pixels: &rkyv::vec::ArchivedVec<u8>| pixels.len() as u64)
+    ///     .build()?;
+    /// for i in 0..10 {
+    ///     thumbs.get_or_compute(&i, |_| vec![0; 300]);
+    /// }
+    /// // Three of 300 fit in 1 000.
+    /// assert_eq!(thumbs.stats().entries, Some(3));
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    pub fn weigher(
+        mut self,
+        weigher: impl Fn(&V::Archived) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let align = archive_align::<V::Archived>();
+        self.weigher = Some(Arc::new(move |archive: &[u8]| {
+            let weigh = || {
+                with_aligned(archive, align, |bytes| {
+                    V::__access(bytes).ok().map(&weigher)
+                })
+            };
+            crate::panics::catch_quietly(weigh).ok().flatten()
+        }));
+        self
+    }
+
+    /// A byte budget for this memoizer's entries in the cache file - of
+    /// [`Store::Persistent`], or the file tier of [`Store::Tiered`] - or `None` for none
+    /// (default). Its entries are charged what redb spends on them
+    /// ([`Stats::bytes`]); once the charge passes `max_bytes`, this memoizer's own
+    /// entries (and nothing of any other memoizer) are evicted with their index rows,
+    /// inside the background writer's batches, through this memoizer's run of the
+    /// file's eviction index - never a scan - until the charge is back under
+    /// `max_bytes` when the batch commits. The policy is the file budget's
+    /// ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)): TinyLFU admission
+    /// over a second-chance order, with lookups counted in memory (in the file budget's
+    /// sketch if the file has one). The charges and the eviction order are in the file:
+    /// a budget applies to the entries earlier runs stored too, and a smaller budget
+    /// given at a later build evicts down to it before `build` returns (one durable
+    /// commit, only when over it). Evictions show in [`Stats::budget_evictions`] and
+    /// [`Cache::inspect`](crate::Cache::inspect).
+    ///
+    /// Both budgets may be set: each holds. Building a memoizer without a file tier
+    /// ([`Store::Memory`], [`Store::Lru`], or any store of a cache connected to a
+    /// server) with a budget fails with [`Error::Unsupported`]; bound those with
+    /// [`max_memory_bytes`](Self::max_memory_bytes). When one process builds a memoizer
+    /// twice, the first build's budget stays.
+    ///
+    /// ```
+    /// # use fresco_memoize::{Cache, Store};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cache = Cache::open(dir.path().join("app.memo"))?;
+    /// let thumbs = cache
+    ///     .memoizer::<u32, Vec<u8>>("thumbs")
+    ///     .store(Store::Persistent)
+    ///     .max_bytes(Some(1 << 20))
+    ///     .build()?;
+    /// for i in 0..100 {
+    ///     thumbs.get_or_compute(&i, |_| vec![7; 50 << 10]);
+    /// }
+    /// cache.flush()?;
+    /// let stats = thumbs.stats();
+    /// assert!(stats.bytes.unwrap() <= 1 << 20);
+    /// assert!(stats.budget_evictions > 0);
+    /// # Ok::<(), fresco_memoize::Error>(())
+    /// ```
+    ///
+    /// [`Stats::bytes`]: crate::Stats::bytes
+    /// [`Stats::budget_evictions`]: crate::Stats::budget_evictions
+    pub fn max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.max_bytes = max_bytes;
         self
     }
 
@@ -701,6 +801,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         );
         let keyed = zones.iter().any(|z| z.key.is_some());
         let on_disk = matches!(store, Store::Persistent | Store::Tiered(_));
+        if self.max_bytes.is_some() && !on_disk {
+            return Err(Error::Unsupported {
+                reason: "MemoizerBuilder::max_bytes on a store without a file tier (Memory or \
+                         Lru); bound it with max_memory_bytes",
+            });
+        }
         // In a connected cache the server takes the file's place.
         #[cfg(feature = "redis")]
         let remote = match &shared.remote {
@@ -714,6 +820,11 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         };
         #[cfg(not(feature = "redis"))]
         let remote: crate::tiers::RemoteSlot = None;
+        if self.max_bytes.is_some() && remote.is_some() {
+            return Err(Error::Unsupported {
+                reason: "MemoizerBuilder::max_bytes in a cache connected to a server",
+            });
+        }
         let policy = Policy {
             name: self.name.clone(),
             fingerprint,
@@ -735,6 +846,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         let memory = entries.map(|entries| Bound {
             entries,
             bytes: self.max_memory_bytes,
+            weigher: self.weigher.clone(),
         });
         let indexed = self.expires.is_some() || keyed;
         let zone_ids: Vec<u64> = zones.iter().map(|z| z.zone.id).collect();
@@ -756,6 +868,12 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
                 policy, memory, persistent, remote, shared,
             )))
         })?;
+        if let (Some(max_bytes), Some(p)) = (self.max_bytes, &core.persistent)
+            && let Err(e) = own_budget(&cache, p, max_bytes)
+        {
+            // The budget is set: the next batch's round evicts, should this one fail.
+            core.report(e);
+        }
         for z in &zones {
             z.zone.attach(&core);
         }
@@ -764,6 +882,22 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
         let deps = zone::dep_fns(&self.name, zones);
         Ok(Memoizer::from_parts(core, cache, self.encode, deps))
     }
+}
+
+/// Gives a persistent memoizer its own byte budget. Entries stored by earlier runs
+/// count: if they are charged more than the budget, an empty writer job makes a batch
+/// whose eviction round brings them under it before this returns.
+fn own_budget(cache: &CacheInner, p: &Persistent, max_bytes: u64) -> Result<()> {
+    let shared = &cache.shared;
+    shared.storage.set_memo_budget(&p.slot, max_bytes);
+    let id = p.id;
+    let charged = shared
+        .storage
+        .read(|txn| Ok(ops::read_sizes(txn)?.get(&id).copied().unwrap_or(0)))?;
+    if charged > max_bytes {
+        shared.writer.run(|_txn| Ok(()))?;
+    }
+    Ok(())
 }
 
 /// Registers a persistent memoizer in the file (with its zone memberships) and gives it

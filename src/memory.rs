@@ -114,6 +114,9 @@ struct Node {
 struct Slot {
     node: Ix,
     entry: MemEntry,
+    /// What the entry weighs against the byte bound ([`MemStore::weigh`]), fixed when it
+    /// was inserted.
+    weight: u32,
 }
 
 /// A [`MemStore`] split by key hash into shards, each behind its own lock on its own
@@ -140,12 +143,27 @@ pub(crate) const MIN_PER_SHARD: usize = 256;
 const MIN_BYTES_PER_SHARD: usize = 4 << 20;
 
 /// What a bounded store holds at most: entries, bytes (each entry weighs its encoded
-/// size), or both; `None` for no bound of that kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// size, or what `weigher` says), or both; `None` for no bound of that kind.
+#[derive(Clone, Default)]
 pub(crate) struct Bound {
     pub(crate) entries: Option<usize>,
     pub(crate) bytes: Option<usize>,
+    pub(crate) weigher: Option<Weigher>,
 }
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("entries", &self.entries)
+            .field("bytes", &self.bytes)
+            .field("weigher", &self.weigher.is_some())
+            .finish()
+    }
+}
+
+/// A user's weight of an entry (`MemoizerBuilder::weigher`), given its archive bytes;
+/// `None` falls back to the entry's encoded size.
+pub(crate) type Weigher = Arc<dyn Fn(&[u8]) -> Option<u64> + Send + Sync>;
 
 impl Sharded {
     /// `capacity: None` is unbounded.
@@ -153,7 +171,7 @@ impl Sharded {
     pub(crate) fn new(capacity: Option<usize>) -> Self {
         Sharded::bounded(Bound {
             entries: capacity,
-            bytes: None,
+            ..Bound::default()
         })
     }
 
@@ -177,6 +195,7 @@ impl Sharded {
             MemStore::bounded(Bound {
                 entries: bound.entries.map(|cap| share(cap, i)),
                 bytes: bound.bytes.map(|b| share(b, i)),
+                weigher: bound.weigher.clone(),
             })
         });
         Sharded { shards }
@@ -232,9 +251,10 @@ type DepIndex = HashMap<DepRow, HashSet<KeyHash, PrehashedBuild>, PrehashedBuild
 /// through a slab, so a hit moves its node to the front in O(1).
 pub(crate) struct MemStore {
     capacity: Option<usize>,
-    /// The byte bound, and the bytes of the entries held (their encoded sizes).
+    /// The byte bound, and the weight of the entries held ([`MemStore::weigh`]).
     max_bytes: Option<usize>,
     bytes: usize,
+    weigher: Option<Weigher>,
     index: HashMapByKey<Slot>,
     nodes: Vec<Node>,
     /// The key of each node (read only to evict).
@@ -251,7 +271,7 @@ impl MemStore {
     pub(crate) fn new(capacity: Option<usize>) -> Self {
         MemStore::bounded(Bound {
             entries: capacity,
-            bytes: None,
+            ..Bound::default()
         })
     }
 
@@ -261,6 +281,7 @@ impl MemStore {
             capacity: bound.entries.map(|c| c.max(1)),
             max_bytes: bound.bytes,
             bytes: 0,
+            weigher: bound.weigher,
             index: HashMapByKey::default(),
             nodes: Vec::new(),
             hashes: Vec::new(),
@@ -358,10 +379,32 @@ impl MemStore {
         Some(found)
     }
 
+    /// What `entry` weighs against the byte bound: the weigher's answer, else its
+    /// encoded size (header, key, dependency rows, archive); past `u32::MAX`, `None`.
+    fn weigh(&self, entry: &MemEntry) -> Option<u32> {
+        let weight = match &self.weigher {
+            // Without a byte bound a weight means nothing: the weigher is not asked.
+            Some(weigher) if self.max_bytes.is_some() => weigher(entry.payload()),
+            _ => None,
+        };
+        let weight = weight.unwrap_or(entry.bytes().len() as u64);
+        u32::try_from(weight).ok()
+    }
+
     /// Inserts or replaces; returns the entries evicted to make room (not the replaced one).
-    /// An entry heavier than the byte bound is not kept (and replaces nothing).
+    /// An entry heavier than the byte bound is not kept (and replaces nothing); so is
+    /// one weighing more than `u32::MAX` in a store with a byte bound.
     pub(crate) fn insert(&mut self, hash: KeyHash, entry: MemEntry) -> Vec<(KeyHash, MemEntry)> {
-        let weight = entry.bytes().len();
+        // Weighed before anything changes: should a weigher panic, the store is intact.
+        let weight = match self.weigh(&entry) {
+            Some(weight) => weight,
+            None if self.max_bytes.is_none() => u32::MAX,
+            None => {
+                self.remove(&hash);
+                return Vec::new();
+            }
+        };
+        let (weight32, weight) = (weight, weight as usize);
         if self.max_bytes.is_some_and(|max| weight > max) {
             self.remove(&hash);
             return Vec::new();
@@ -399,17 +442,28 @@ impl MemStore {
         };
         self.index_deps(hash, &entry);
         self.bytes += weight;
-        self.index.insert(hash, Slot { node: i, entry });
+        self.index.insert(
+            hash,
+            Slot {
+                node: i,
+                entry,
+                weight: weight32,
+            },
+        );
         self.push_front(i);
         evicted
     }
 
     pub(crate) fn remove(&mut self, hash: &KeyHash) -> Option<MemEntry> {
-        let Slot { node, entry } = self.index.remove(hash)?;
+        let Slot {
+            node,
+            entry,
+            weight,
+        } = self.index.remove(hash)?;
         self.unlink(node);
         self.free.push(node);
         self.unindex_deps(hash, &entry);
-        self.bytes -= entry.bytes().len();
+        self.bytes -= weight as usize;
         Some(entry)
     }
 
@@ -419,6 +473,7 @@ impl MemStore {
         *self = MemStore::bounded(Bound {
             entries: self.capacity,
             bytes: self.max_bytes,
+            weigher: self.weigher.take(),
         });
         n
     }
@@ -482,7 +537,7 @@ impl MemStore {
         {
             return Err(format!("{seen} entries exceed capacity {cap}"));
         }
-        let weighed: usize = self.index.values().map(|s| s.entry.bytes().len()).sum();
+        let weighed: usize = self.index.values().map(|s| s.weight as usize).sum();
         if weighed != self.bytes {
             return Err(format!(
                 "entries of {weighed} bytes counted as {}",
@@ -606,15 +661,37 @@ mod tests {
     fn dependency_index_stays_exact_against_a_model() {
         let counts = [None, Some(1), Some(5), Some(16)].map(|entries| Bound {
             entries,
-            bytes: None,
+            ..Bound::default()
         });
         // Byte bounds of a few entries (they weigh 60-200 bytes), alone and with a count.
-        let weights = [(None, Some(400)), (Some(8), Some(700)), (None, Some(150))]
-            .map(|(entries, bytes)| Bound { entries, bytes });
-        for (n, bound) in counts.into_iter().chain(weights).enumerate() {
+        let weights =
+            [(None, Some(400)), (Some(8), Some(700)), (None, Some(150))].map(|(entries, bytes)| {
+                Bound {
+                    entries,
+                    bytes,
+                    ..Bound::default()
+                }
+            });
+        // Weighers: by the archive (7 bytes here) x 20; no answer (the encoded size
+        // counts); a weight past u32::MAX (never kept).
+        let by_archive: Weigher = Arc::new(|archive: &[u8]| Some(archive.len() as u64 * 20));
+        let fallback: Weigher = Arc::new(|_: &[u8]| None);
+        let huge: Weigher = Arc::new(|_: &[u8]| Some(u64::MAX));
+        let weighed = [
+            (None, Some(400), by_archive),
+            (Some(8), Some(700), fallback),
+            (None, Some(usize::MAX), huge),
+        ]
+        .map(|(entries, bytes, weigher)| Bound {
+            entries,
+            bytes,
+            weigher: Some(weigher),
+        });
+        let bounds = counts.into_iter().chain(weights).chain(weighed);
+        for (n, bound) in bounds.enumerate() {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ n as u64);
-            let mut store = MemStore::bounded(bound);
-            let capacity = bound;
+            let mut store = MemStore::bounded(bound.clone());
+            let capacity = bound.clone();
             // hash byte -> (deps, expires_at_ms) of the entry the store should hold, if
             // it has not been evicted (the model does not track LRU order).
             let mut model: HashMap<u8, (Vec<DepRow>, u64)> = HashMap::new();
@@ -630,7 +707,14 @@ mod tests {
                         unique.dedup();
                         let expires = 1 + rng.below(400);
                         let entry = with_deps(step, expires, &unique);
-                        let heavy = bound.bytes.is_some_and(|b| entry.bytes().len() > b);
+                        let weight = bound
+                            .weigher
+                            .as_ref()
+                            .and_then(|w| w(entry.payload()))
+                            .unwrap_or(entry.bytes().len() as u64);
+                        let heavy = bound
+                            .bytes
+                            .is_some_and(|b| weight > b as u64 || weight > u64::from(u32::MAX));
                         let evicted = store.insert(hash, entry);
                         for (h, _) in evicted {
                             assert!(model.remove(&h[0]).is_some(), "evicted an absent entry");

@@ -112,8 +112,10 @@ pub struct Stats {
     /// Entries dropped by the LRU bound (of [`Store::Lru`](crate::Store::Lru) or the
     /// memory tier of [`Store::Tiered`](crate::Store::Tiered)).
     pub evictions: u64,
-    /// Entries evicted from the file for its byte budget
-    /// ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes)). Entries removed
+    /// Entries of this memoizer evicted from the file, since it was built, for the
+    /// file's byte budget ([`CacheBuilder::max_bytes`](crate::CacheBuilder::max_bytes))
+    /// or its own ([`MemoizerBuilder::max_bytes`](crate::MemoizerBuilder::max_bytes)).
+    /// Entries removed
     /// for other reasons are counted in [`expirations`](Self::expirations) and
     /// [`invalidations`](Self::invalidations).
     pub budget_evictions: u64,
@@ -131,7 +133,7 @@ pub struct Stats {
     /// Entries currently stored: for a persistent memoizer read in O(1) from its table,
     /// after the stores queued before the call have committed; otherwise the map size.
     pub entries: Option<u64>,
-    /// Bytes this memoizer's entries in the file are charged against the byte budget
+    /// Bytes this memoizer's entries in the file are charged against the byte budgets
     /// (what redb spends on them, estimated; including cleared entries not reclaimed
     /// yet), read like [`entries`](Self::entries); `None` for a memoizer without a
     /// file table.

@@ -195,6 +195,58 @@ fn charges_and_the_eviction_order_survive_a_restart() {
     assert_sound(&cache);
 }
 
+/// A file filled without a budget keeps no eviction rows (a put writes two rows fewer);
+/// given a budget at a later open, every entry - live ones and those in a grave of an
+/// `invalidate_all` not yet reclaimed - gets its rows with the first batch, and the
+/// budget holds from then on.
+#[test]
+fn a_file_filled_without_a_budget_is_indexed_once_one_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.memo");
+    {
+        // No sweeper: the grave stays until the next open.
+        let cache = Cache::builder().sweep_interval(None).open(&path).unwrap();
+        let m = blobs(&cache);
+        let gone = cache
+            .memoizer::<u64, Vec<u8>>("gone")
+            .store(Store::Persistent)
+            .build()
+            .unwrap();
+        for k in 0..120 {
+            m.get_or_compute(&k, |k| blob(*k));
+            gone.get_or_compute(&k, |k| blob(*k));
+        }
+        gone.invalidate_all().unwrap();
+        settle(&cache);
+        assert_sound(&cache);
+        let charged = cache.check_integrity().unwrap().bytes;
+        assert!(
+            charged > 2 * BUDGET,
+            "filled past the later budget: {charged}"
+        );
+    }
+    let cache = bounded(&path);
+    let m = blobs(&cache);
+    // The first batch indexes the file; its round evicts under the budget.
+    m.get_or_compute(&1000, |k| blob(*k));
+    settle(&cache);
+    assert_sound(&cache);
+    let stats = m.stats();
+    assert!(stats.bytes.unwrap() <= BUDGET, "{:?} charged", stats.bytes);
+    assert!(stats.budget_evictions > 0);
+    for k in 2000..2200 {
+        m.get_or_compute(&k, |k| blob(*k));
+    }
+    settle(&cache);
+    assert_sound(&cache);
+    assert!(m.stats().bytes.unwrap() <= BUDGET);
+    // What the budget holds is the newest entries (about 36 of 64 KiB charges).
+    let kept = (2000..2200)
+        .filter(|k| m.get_archived(k).unwrap().is_some_and(|v| *v == blob(*k)))
+        .count();
+    assert!(kept >= 25, "only {kept} of the newest entries kept");
+}
+
 #[test]
 fn a_popular_entry_outlives_a_scan_of_cold_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -396,4 +448,333 @@ fn a_byte_bound_holds_the_memory_tiers_to_their_weight() {
         assert_eq!(tiered.get_or_compute(&k, |_| panic!("lost {k}")), blob(k));
     }
     assert_sound(&cache);
+}
+
+// A memoizer's own budget (`MemoizerBuilder::max_bytes`).
+
+const OWN: u64 = 1 << 20;
+
+fn own(cache: &Cache, name: &str, max_bytes: Option<u64>) -> Memoizer<u64, Vec<u8>> {
+    cache
+        .memoizer::<u64, Vec<u8>>(name)
+        .store(Store::Persistent)
+        .max_bytes(max_bytes)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_memoizer_budget_evicts_its_own_entries_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    // No file budget: only the memoizer's own bounds anything.
+    let cache = Cache::open(dir.path().join("c.memo")).unwrap();
+    let bounded = own(&cache, "bounded", Some(OWN));
+    let free = own(&cache, "free", None);
+    for round in 0..5u64 {
+        for k in round * 20..(round + 1) * 20 {
+            // Never a wrong value, evicted or not.
+            assert_eq!(bounded.get_or_compute(&k, |k| blob(*k)), blob(k));
+            if k < 30 {
+                free.get_or_compute(&k, |k| blob(*k));
+            }
+        }
+        cache.flush().unwrap();
+        assert_sound(&cache);
+        let stats = bounded.stats();
+        assert!(
+            stats.bytes.unwrap() <= OWN,
+            "round {round}: {:?} charged",
+            stats.bytes
+        );
+    }
+    let stats = bounded.stats();
+    // A 50 KiB value is charged 64 KiB: 16 fit.
+    assert!(stats.entries.unwrap() >= 12, "{:?}", stats.entries);
+    assert!(stats.entries.unwrap() <= 16, "{:?}", stats.entries);
+    assert_eq!(stats.budget_evictions, 100 - stats.entries.unwrap());
+    // The other memoizer kept every entry, and more bytes than the bounded one's budget.
+    let stats = free.stats();
+    assert_eq!((stats.entries, stats.budget_evictions), (Some(30), 0));
+    assert!(stats.bytes.unwrap() > OWN);
+    for k in 0..30 {
+        assert_eq!(free.get_or_compute(&k, |_| panic!("lost {k}")), blob(k));
+    }
+    // Whatever the bounded memoizer still serves is right; the rest is recomputed.
+    for k in 0..100 {
+        assert_eq!(bounded.get_or_compute(&k, |k| blob(*k)), blob(k));
+    }
+    cache.flush().unwrap();
+    assert!(bounded.stats().bytes.unwrap() <= OWN);
+    assert_sound(&cache);
+}
+
+#[test]
+fn a_memoizer_budget_holds_across_restarts_and_a_smaller_one_evicts_at_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.memo");
+    let evicted = {
+        let cache = Cache::open(&path).unwrap();
+        let m = own(&cache, "bounded", Some(OWN));
+        for k in 0..60 {
+            m.get_or_compute(&k, |k| blob(*k));
+        }
+        cache.flush().unwrap();
+        assert_sound(&cache);
+        m.stats().budget_evictions
+    };
+    assert!(evicted >= 40, "{evicted}");
+    let info = Cache::inspect_file(&path).unwrap();
+    let bounded = &info.memoizers[0];
+    assert_eq!(bounded.budget_evictions, evicted);
+    assert_eq!(bounded.max_bytes, Some(OWN));
+    assert!(bounded.charged_bytes <= OWN);
+    // The next run goes on from the stored charge and order, under the same budget.
+    {
+        let cache = Cache::open(&path).unwrap();
+        let m = own(&cache, "bounded", Some(OWN));
+        assert_eq!(m.stats().bytes, Some(bounded.charged_bytes));
+        for k in 60..120 {
+            assert_eq!(m.get_or_compute(&k, |k| blob(*k)), blob(k));
+        }
+        cache.flush().unwrap();
+        assert!(m.stats().bytes.unwrap() <= OWN);
+        assert_sound(&cache);
+    }
+    let info = Cache::inspect_file(&path).unwrap();
+    assert!(info.memoizers[0].budget_evictions >= evicted + 44);
+    // A smaller budget at a later build holds when `build` returns, before any write.
+    let cache = Cache::open(&path).unwrap();
+    let m = own(&cache, "bounded", Some(OWN / 4));
+    let stats = m.stats();
+    assert!(stats.bytes.unwrap() <= OWN / 4, "{:?}", stats.bytes);
+    assert!(stats.budget_evictions >= 8, "{}", stats.budget_evictions);
+    assert_sound(&cache);
+    drop(m);
+    drop(cache);
+    let info = Cache::inspect_file(&path).unwrap();
+    assert_eq!(info.memoizers[0].max_bytes, Some(OWN / 4));
+    // The file's own budget was never set.
+    assert_eq!(info.max_bytes, None);
+}
+
+#[test]
+fn a_memoizer_budget_keeps_a_popular_entry_through_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    // No file budget: the memoizer counts its lookups in a sketch of its own.
+    let cache = Cache::open(dir.path().join("c.memo")).unwrap();
+    let m = own(&cache, "bounded", Some(OWN));
+    let hot = 1_000_000u64;
+    let computed = AtomicU64::new(0);
+    let get = |k: u64| {
+        m.get_or_compute(&k, |k| {
+            if *k == hot {
+                computed.fetch_add(1, Ordering::Relaxed);
+            }
+            blob(*k)
+        })
+    };
+    for _ in 0..10 {
+        get(hot);
+    }
+    // Three budgets' worth of cold keys, the hot key asked now and then.
+    for k in 0..48 {
+        get(k);
+        if k % 4 == 0 {
+            cache.flush().unwrap();
+            get(hot);
+        }
+    }
+    cache.flush().unwrap();
+    assert_eq!(
+        computed.load(Ordering::Relaxed),
+        1,
+        "the hot entry was evicted"
+    );
+    assert!(m.stats().budget_evictions >= 30);
+    assert_sound(&cache);
+}
+
+#[test]
+fn the_file_budget_and_a_memoizer_budget_hold_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = bounded(&dir.path().join("c.memo"));
+    let small = own(&cache, "small", Some(OWN / 2));
+    let large = own(&cache, "large", None);
+    let folders = cache.zone("folders").unwrap();
+    let zoned = cache
+        .memoizer::<(u64, u64), Vec<u8>>("zoned")
+        .store(Store::Tiered(4))
+        .zone_key(&folders, |&(folder, _): &(u64, u64)| folder)
+        .max_bytes(Some(OWN / 2))
+        .build()
+        .unwrap();
+    for round in 0..6u64 {
+        for k in round * 20..(round + 1) * 20 {
+            assert_eq!(small.get_or_compute(&k, |k| blob(*k)), blob(k));
+            assert_eq!(large.get_or_compute(&k, |k| blob(*k)), blob(k));
+            assert_eq!(
+                zoned.get_or_compute(&(k % 3, k), |&(_, k)| blob(k)),
+                blob(k)
+            );
+        }
+        settle(&cache);
+        assert_sound(&cache);
+        assert!(small.stats().bytes.unwrap() <= OWN / 2);
+        assert!(zoned.stats().bytes.unwrap() <= OWN / 2);
+        let total = cache.check_integrity().unwrap().bytes;
+        assert!(total <= BUDGET, "round {round}: {total} charged");
+        // A zone invalidation after evictions removes what is left, exactly.
+        folders.invalidate(&(round % 3)).unwrap();
+        assert_sound(&cache);
+    }
+    assert!(small.stats().budget_evictions > 0);
+    assert!(large.stats().budget_evictions > 0);
+    assert!(zoned.stats().budget_evictions > 0);
+}
+
+#[test]
+fn a_memoizer_budget_needs_a_file_tier() {
+    let cache = Cache::in_memory().unwrap();
+    for store in [Store::Memory, Store::Lru(10)] {
+        let built = cache
+            .memoizer::<u64, u64>("m")
+            .store(store)
+            .max_bytes(Some(OWN))
+            .build();
+        assert!(
+            matches!(built, Err(fresco_memoize::Error::Unsupported { .. })),
+            "{store:?}"
+        );
+    }
+    // An in-memory cache's persistent store is a redb database too: a budget holds.
+    let m = cache
+        .memoizer::<u64, Vec<u8>>("p")
+        .store(Store::Persistent)
+        .max_bytes(Some(OWN))
+        .build()
+        .unwrap();
+    for k in 0..40 {
+        m.get_or_compute(&k, |k| blob(*k));
+    }
+    cache.flush().unwrap();
+    assert!(m.stats().bytes.unwrap() <= OWN);
+    assert_sound(&cache);
+}
+
+// A weigher for the memory tiers (`MemoizerBuilder::weigher`).
+
+/// Values of 100 to 500 bytes, by key.
+fn sized(k: u64) -> Vec<u8> {
+    vec![k as u8; 100 * (k as usize % 5 + 1)]
+}
+
+fn by_len(v: &rkyv::vec::ArchivedVec<u8>) -> u64 {
+    v.len() as u64
+}
+
+/// The keys an exact LRU of `bound` weight holds after `keys` were stored in order,
+/// each weighing its value's length.
+fn lru_suffix(keys: std::ops::Range<u64>, bound: u64) -> Vec<u64> {
+    let (mut held, mut weight) = (Vec::new(), 0);
+    for k in keys.rev() {
+        weight += sized(k).len() as u64;
+        if weight > bound {
+            break;
+        }
+        held.push(k);
+    }
+    held
+}
+
+#[test]
+fn a_weigher_holds_an_lru_to_its_weights_evicting_the_least_recent() {
+    let cache = Cache::in_memory().unwrap();
+    let bound = 1_000u64;
+    let lru = cache
+        .memoizer::<u64, Vec<u8>>("lru")
+        .store(Store::Lru(1_000))
+        .max_memory_bytes(bound as usize)
+        .weigher(by_len)
+        .build()
+        .unwrap();
+    for k in 0..40 {
+        assert_eq!(lru.get_or_compute(&k, |k| sized(*k)), sized(k));
+        assert_sound(&cache);
+    }
+    // Exactly the most recent that fit by weight are held (a bound this small is one
+    // exact LRU); the encoded sizes (56 bytes more each) would have held fewer.
+    let held = lru_suffix(0..40, bound);
+    assert_eq!(lru.stats().entries, Some(held.len() as u64));
+    assert_eq!(lru.stats().evictions, 40 - held.len() as u64);
+    for k in 0..40 {
+        let hit = lru.get_archived(&k).unwrap();
+        assert_eq!(hit.is_some(), held.contains(&k), "key {k}");
+        if let Some(hit) = hit {
+            assert_eq!(hit.as_slice(), sized(k).as_slice());
+        }
+    }
+    // A value heavier than the bound is returned, not kept, and evicts nothing.
+    let before = lru.stats().entries;
+    assert_eq!(
+        lru.get_or_compute(&1_000, |_| vec![1; 1_500]),
+        vec![1; 1_500]
+    );
+    assert_eq!(lru.stats().entries, before);
+    assert_sound(&cache);
+}
+
+#[test]
+fn a_weigher_holds_a_tiered_memory_tier_also_for_values_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.memo");
+    let bound = 1_000u64;
+    let tiered = |cache: &Cache| {
+        cache
+            .memoizer::<u64, Vec<u8>>("tiered")
+            .store(Store::Tiered(1_000))
+            .max_memory_bytes(bound as usize)
+            .weigher(by_len)
+            .build()
+            .unwrap()
+    };
+    {
+        let cache = Cache::open(&path).unwrap();
+        let m = tiered(&cache);
+        for k in 0..40 {
+            m.get_or_compute(&k, |k| sized(*k));
+        }
+        assert!(m.stats().evictions >= 40 - lru_suffix(0..40, bound).len() as u64);
+        assert_sound(&cache);
+    }
+    // A new run: every value comes from the file, and each promoted copy is weighed.
+    let cache = Cache::open(&path).unwrap();
+    let m = tiered(&cache);
+    for k in 0..40 {
+        assert_eq!(m.get_or_compute(&k, |_| panic!("lost {k}")), sized(k));
+        assert_sound(&cache);
+    }
+    let stats = m.stats();
+    assert_eq!(stats.hits, 40);
+    assert_eq!(stats.evictions, 40 - lru_suffix(0..40, bound).len() as u64);
+}
+
+#[test]
+fn a_panicking_weigher_counts_the_encoded_size_and_breaks_nothing() {
+    let cache = Cache::in_memory().unwrap();
+    let lru = cache
+        .memoizer::<u64, Vec<u8>>("lru")
+        .store(Store::Lru(1_000))
+        .max_memory_bytes(2_000)
+        .weigher(|v: &rkyv::vec::ArchivedVec<u8>| {
+            assert!(v.len() != 300, "a weigher that fails on 300-byte values");
+            v.len() as u64
+        })
+        .build()
+        .unwrap();
+    for k in 0..40 {
+        assert_eq!(lru.get_or_compute(&k, |k| sized(*k)), sized(k));
+        assert_sound(&cache);
+    }
+    assert!(lru.stats().entries.unwrap() >= 4);
+    assert_eq!(lru.stats().errors, 0);
 }

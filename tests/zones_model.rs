@@ -7,6 +7,13 @@
 //! must hold. After every step the invariant checker must
 //! find the file and the in-memory stores sound, every count returned must match the
 //! model, and every hit must return the model's value.
+//!
+//! A second run gives the file and some persistent memoizers small random byte budgets
+//! (`CacheBuilder::max_bytes`, `MemoizerBuilder::max_bytes`): the models of the
+//! persistent memoizers then hold what *may* be stored - an entry may be missing after
+//! an eviction (a miss, recomputed), but a hit must still return the model's value,
+//! never a wrong, stale or invalidated one, counts may only fall short of the model's,
+//! and the invariant checker must still find everything sound after every step.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,6 +44,8 @@ struct Model {
     whole_key: bool,
     ttl_ms: Option<u64>,
     in_publishers: bool,
+    /// A byte budget may evict its entries: `entries` holds what may be stored.
+    evicts: bool,
     entries: HashMap<u64, Entry>,
     /// LRU capacity and recency order (most recent last).
     lru: Option<(usize, Vec<u64>)>,
@@ -109,10 +118,13 @@ fn build(
     store: Store,
     ttl_ms: Option<u64>,
     whole_key: bool,
-    authors: &Zone,
-    publishers: Option<&Zone>,
+    (authors, publishers): (&Zone, Option<&Zone>),
+    max_bytes: Option<u64>,
 ) -> Memoizer<Book, String> {
-    let mut b = cache.memoizer::<Book, String>(name).store(store);
+    let mut b = cache
+        .memoizer::<Book, String>(name)
+        .store(store)
+        .max_bytes(max_bytes);
     if !whole_key {
         b = b.keyfunc(|b: &Book| b.id);
     }
@@ -126,11 +138,45 @@ fn build(
     b.build().unwrap()
 }
 
-fn run(seed: u64, steps: u64) {
+/// Budgets of a run: the file's, and each persistent memoizer's own (by its index in
+/// the specs), from `rng`. A small one holds two or three entries (an entry of this
+/// test is charged about 300 bytes).
+struct Budgets {
+    file: Option<u64>,
+    memoizers: [Option<u64>; 6],
+}
+
+impl Budgets {
+    fn none() -> Self {
+        Budgets {
+            file: None,
+            memoizers: [None; 6],
+        }
+    }
+
+    fn random(rng: &mut Rng) -> Self {
+        let small = |rng: &mut Rng| (rng.below(3) != 0).then(|| 400 + rng.below(800));
+        let memoizers = std::array::from_fn(|_| small(rng));
+        Budgets {
+            file: Some(2_000 + rng.below(3_000)),
+            memoizers,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.file.is_some() || self.memoizers.iter().any(Option::is_some)
+    }
+}
+
+fn run(seed: u64, steps: u64, budgets: Budgets) {
     let clock = ManualClock::new(1_000_000);
     // redb's in-memory backend: the same tables and indexes as a file, without an fsync
     // per invalidation and per integrity check.
-    let cache = Cache::builder().clock(clock.clone()).in_memory().unwrap();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .max_bytes(budgets.file)
+        .in_memory()
+        .unwrap();
     let authors = cache.zone("Authors").unwrap().key(|b: &Book| b.author);
     let publishers = cache.zone("Publishers").unwrap();
     let specs: [(&str, Store, Option<u64>, bool, bool); 6] = [
@@ -143,25 +189,31 @@ fn run(seed: u64, steps: u64) {
     ];
     let mut models: Vec<Model> = specs
         .iter()
-        .map(|&(name, store, ttl, in_publishers, whole_key)| Model {
-            memo: build(
-                &cache,
-                name,
-                store,
-                ttl,
+        .enumerate()
+        .map(|(i, &(name, store, ttl, in_publishers, whole_key))| {
+            let persistent = matches!(store, Store::Persistent | Store::Tiered(_));
+            let own = budgets.memoizers[i].filter(|_| persistent);
+            Model {
+                memo: build(
+                    &cache,
+                    name,
+                    store,
+                    ttl,
+                    whole_key,
+                    (&authors, in_publishers.then_some(&publishers)),
+                    own,
+                ),
+                persistent,
                 whole_key,
-                &authors,
-                in_publishers.then_some(&publishers),
-            ),
-            persistent: matches!(store, Store::Persistent | Store::Tiered(_)),
-            whole_key,
-            ttl_ms: ttl,
-            in_publishers,
-            entries: HashMap::new(),
-            lru: match store {
-                Store::Lru(n) => Some((n, Vec::new())),
-                _ => None,
-            },
+                ttl_ms: ttl,
+                in_publishers,
+                evicts: persistent && (budgets.file.is_some() || own.is_some()),
+                entries: HashMap::new(),
+                lru: match store {
+                    Store::Lru(n) => Some((n, Vec::new())),
+                    _ => None,
+                },
+            }
         })
         .collect();
     let mut rng = Rng(seed);
@@ -185,6 +237,11 @@ fn run(seed: u64, steps: u64) {
                     .cloned();
                 let fresh = format!("{}/{}/{}/{step}", b.id, b.author, b.publisher);
                 let got = model.memo.get_or_compute(&b, |_| fresh.clone());
+                // An evicted entry is a miss, recomputed, like an absent one.
+                if live.is_some() && model.evicts && got == fresh {
+                    coverage.evicted_misses += 1;
+                }
+                let live = live.filter(|_| !(model.evicts && got == fresh));
                 match live {
                     Some(entry) => {
                         assert_eq!(got, entry.value, "step {step}: hit served another value");
@@ -220,8 +277,12 @@ fn run(seed: u64, steps: u64) {
                 for model in &mut models {
                     want += model.retain(|e| e.expires_at.is_none_or(|t| now < t));
                 }
-                assert_eq!(cache.purge_expired().unwrap(), want, "step {step}: purge");
-                coverage.purged += want;
+                let got = cache.purge_expired().unwrap();
+                assert!(got <= want, "step {step}: purge: {got} > {want}");
+                if !budgets.any() {
+                    assert_eq!(got, want, "step {step}: purge");
+                }
+                coverage.purged += got;
                 "purge".into()
             }
             28..=30 => {
@@ -234,21 +295,22 @@ fn run(seed: u64, steps: u64) {
                 };
                 let id = model.key_of(&probe);
                 let want = model.remove(id);
-                assert_eq!(
-                    model.memo.invalidate_key(&probe).unwrap(),
-                    want,
-                    "step {step}: invalidate_key"
-                );
+                let got = model.memo.invalidate_key(&probe).unwrap();
+                if model.evicts {
+                    assert!(
+                        want || !got,
+                        "step {step}: invalidate_key removed an absent entry"
+                    );
+                } else {
+                    assert_eq!(got, want, "step {step}: invalidate_key");
+                }
                 format!("invalidate_key {} {id}", model.memo.name())
             }
             31 => {
                 let model = &mut models[m];
-                let want = model.retain(|_| false);
-                assert_eq!(
-                    model.memo.invalidate_all().unwrap(),
-                    want,
-                    "step {step}: invalidate_all"
-                );
+                let (want, evicts) = (model.retain(|_| false), model.evicts);
+                let got = model.memo.invalidate_all().unwrap();
+                assert_counts(got, want, evicts, &format!("step {step}: invalidate_all"));
                 format!("invalidate_all {}", model.memo.name())
             }
             32..=35 => {
@@ -266,8 +328,13 @@ fn run(seed: u64, steps: u64) {
                 } else {
                     authors.invalidate(&dep).unwrap()
                 };
-                assert_eq!(got, want, "step {step}: author {dep}");
-                coverage.dependents += want;
+                assert_counts(
+                    got,
+                    want,
+                    budgets.any(),
+                    &format!("step {step}: author {dep}"),
+                );
+                coverage.dependents += got;
                 format!("authors.invalidate {dep}")
             }
             36 | 37 => {
@@ -276,10 +343,12 @@ fn run(seed: u64, steps: u64) {
                 for model in models.iter_mut().filter(|m| m.in_publishers) {
                     want += model.retain(|e| e.publisher != dep);
                 }
-                assert_eq!(
-                    publishers.invalidate(&dep).unwrap(),
+                let got = publishers.invalidate(&dep).unwrap();
+                assert_counts(
+                    got,
                     want,
-                    "step {step}: publisher {dep}"
+                    budgets.any(),
+                    &format!("step {step}: publisher {dep}"),
                 );
                 format!("publishers.invalidate {dep}")
             }
@@ -295,7 +364,8 @@ fn run(seed: u64, steps: u64) {
                         .sum::<u64>();
                     (&publishers, want)
                 };
-                assert_eq!(zone.invalidate_all().unwrap(), want, "step {step}");
+                let got = zone.invalidate_all().unwrap();
+                assert_counts(got, want, budgets.any(), &format!("step {step}"));
                 format!("{}.invalidate_all", zone.name())
             }
         };
@@ -310,25 +380,24 @@ fn run(seed: u64, steps: u64) {
             .filter(|m| m.persistent)
             .map(|m| m.entries.len())
             .sum();
-        assert_eq!(
-            report.entries, on_disk as u64,
-            "seed {seed} step {step} ({what})"
-        );
+        let context = format!("seed {seed} step {step} ({what})");
+        assert_counts(report.entries, on_disk as u64, budgets.any(), &context);
         for model in &models {
-            assert_eq!(
-                model.memo.stats().entries,
-                Some(model.entries.len() as u64),
-                "seed {seed} step {step} ({what}): {}",
-                model.memo.name()
-            );
+            let held = model.memo.stats().entries.unwrap();
+            let context = format!("{context}: {}", model.memo.name());
+            assert_counts(held, model.entries.len() as u64, model.evicts, &context);
         }
+    }
+    if budgets.any() {
+        coverage.budget_evictions = models.iter().map(|m| m.memo.stats().budget_evictions).sum();
     }
     assert!(
         coverage.overwrites >= 10
             && coverage.evictions >= 5
             && coverage.purged >= 5
             && coverage.dependents >= 20
-            && coverage.filed_dependents >= 10,
+            && coverage.filed_dependents >= 10
+            && (!budgets.any() || coverage.budget_evictions >= 20 && coverage.evicted_misses >= 1),
         "seed {seed}: too little exercised: {coverage:?}"
     );
     eprintln!("seed {seed:#x}: {coverage:?}");
@@ -344,6 +413,23 @@ struct Coverage {
     dependents: u64,
     /// Entries removed by author from the memoizers that file entries by author.
     filed_dependents: u64,
+    /// Entries evicted for a byte budget (budgeted runs).
+    budget_evictions: u64,
+    /// Misses on entries the model held, which a budget had evicted.
+    evicted_misses: u64,
+}
+
+/// A count the cache returned against the model's: equal, or - where a byte budget may
+/// have evicted entries the model still holds - at most the model's.
+fn assert_counts(got: u64, want: u64, evicts: bool, context: &str) {
+    if evicts {
+        assert!(
+            got <= want,
+            "{context}: {got} where the model allows {want}"
+        );
+    } else {
+        assert_eq!(got, want, "{context}");
+    }
 }
 
 trait NowForTest {
@@ -359,6 +445,14 @@ impl NowForTest for ManualClock {
 #[test]
 fn indexes_stay_exact_under_random_operations() {
     for seed in [0x5EED_0001, 0xDEAD_BEEF_CAFE, 42] {
-        run(seed, 900);
+        run(seed, 900, Budgets::none());
+    }
+}
+
+#[test]
+fn evictions_for_small_random_budgets_never_serve_a_wrong_value() {
+    for seed in [0x00B0_D6E7, 7] {
+        let budgets = Budgets::random(&mut Rng(seed ^ 0x9E37_79B9));
+        run(seed, 700, budgets);
     }
 }

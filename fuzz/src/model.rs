@@ -14,6 +14,12 @@
 //! fault armed the check must run and find nothing - also while cleared tables are
 //! reclaimed, a few entries per step, under faults and reopens.
 //!
+//! Three inputs in four also run under small byte budgets ([`Budgets::of`], chosen by
+//! the input's length so that every input's operations stay what they were): the
+//! file's (`CacheBuilder::max_bytes`), some memoizers' own (`MemoizerBuilder::max_bytes`),
+//! or both. A memoizer a budget may evict from never has to hit (an evicted entry is a
+//! miss), but everything it serves must still be allowed by the model.
+//!
 //! Compiled by the fuzz crate and, by path, by the main crate's `tests/fuzz_corpus.rs`;
 //! it uses nothing but `fresco_memoize` and std.
 
@@ -68,15 +74,53 @@ impl Input<'_> {
     }
 }
 
+/// The byte budgets of one run: the file's, and the own budget of [`OWN_BUDGET`]'s
+/// memoizers. Small: one to a few of this target's entries (charged 300-600 bytes each).
+#[derive(Clone, Copy)]
+struct Budgets {
+    file: Option<u64>,
+    own: Option<u64>,
+}
+
+/// The memoizers given their own budget (plain and zoned).
+const OWN_BUDGET: [usize; 2] = [0, 2];
+
+impl Budgets {
+    /// Chosen by the input's length, which no operation reads.
+    fn of(len: usize) -> Budgets {
+        let size = 600 + (len as u64 * 97) % 1_200;
+        let (file, own) = match len % 4 {
+            0 => (false, false),
+            1 => (true, false),
+            2 => (false, true),
+            _ => (true, true),
+        };
+        Budgets {
+            file: file.then_some(size * 2),
+            own: own.then_some(size),
+        }
+    }
+
+    /// Whether memoizer `m`'s entries in the file may be evicted.
+    fn evicts(&self, m: usize) -> bool {
+        (self.file.is_some() && m != LRU) || (self.own.is_some() && OWN_BUDGET.contains(&m))
+    }
+}
+
 struct Handles {
     cache: Cache,
     zone: Zone,
     memos: Vec<Memoizer<u64, V>>,
 }
 
-fn open(disk: &FaultyBackend, clock: &ManualClock) -> fresco_memoize::Result<Handles> {
+fn open(
+    disk: &FaultyBackend,
+    clock: &ManualClock,
+    budgets: Budgets,
+) -> fresco_memoize::Result<Handles> {
     let cache = Cache::builder()
         .clock(clock.clone())
+        .max_bytes(budgets.file)
         .durable_interval(Duration::from_millis(5))
         .page_cache_bytes(1 << 20)
         .on_error(|_| {})
@@ -85,7 +129,10 @@ fn open(disk: &FaultyBackend, clock: &ManualClock) -> fresco_memoize::Result<Han
         .__open_backend(disk.clone())?;
     let zone = cache.zone("Z")?.key(|k: &u64| k % 4);
     let memos = vec![
-        cache.memoizer::<u64, V>("plain").build()?,
+        cache
+            .memoizer::<u64, V>("plain")
+            .max_bytes(budgets.own)
+            .build()?,
         cache
             .memoizer::<u64, V>("tiered")
             .store(Store::Tiered(3))
@@ -95,6 +142,7 @@ fn open(disk: &FaultyBackend, clock: &ManualClock) -> fresco_memoize::Result<Han
         cache
             .memoizer::<u64, V>("zoned")
             .zone_keys(&zone, |k: &u64| [k % 4, 10 + k % 3])
+            .max_bytes(budgets.own)
             .build()?,
         cache
             .memoizer::<u64, V>("lru")
@@ -114,6 +162,7 @@ struct Model {
     version: HashMap<(usize, u64), u64>,
     next_version: u64,
     faults_armed: bool,
+    budgets: Option<Budgets>,
 }
 
 impl Model {
@@ -162,6 +211,10 @@ impl Model {
         if !self.must_hit.contains(&(m, k)) || m == LRU {
             return false;
         }
+        if self.budgets.is_some_and(|b| b.evicts(m)) {
+            // An evicted entry is a miss.
+            return false;
+        }
         let latest = self
             .allowed
             .get(&(m, k))
@@ -175,8 +228,12 @@ pub fn run(data: &[u8]) {
     let mut input = Input { data };
     let disk = FaultyBackend::in_memory();
     let clock = ManualClock::new(START_MS);
-    let mut h = open(&disk, &clock).expect("a fresh cache opens");
-    let mut model = Model::default();
+    let budgets = Budgets::of(data.len());
+    let mut h = open(&disk, &clock, budgets).expect("a fresh cache opens");
+    let mut model = Model {
+        budgets: Some(budgets),
+        ..Model::default()
+    };
     let trace = std::env::var_os("FRESCO_MODEL_TRACE").is_some();
     for step in 0..64 {
         if input.data.is_empty() {
@@ -330,13 +387,13 @@ pub fn run(data: &[u8]) {
                     // The closing commit may have failed: nothing is certain to be kept.
                     model.must_hit.clear();
                 }
-                h = match open(&disk, &clock) {
+                h = match open(&disk, &clock, budgets) {
                     Ok(h) => h,
                     Err(_) => {
                         assert!(model.faults_armed, "reopen failed with no fault armed");
                         disk.clear();
                         model.faults_armed = false;
-                        open(&disk, &clock).expect("reopen after the fault cleared")
+                        open(&disk, &clock, budgets).expect("reopen after the fault cleared")
                     }
                 };
                 model.must_hit.retain(|&(m, _)| m != LRU);
@@ -352,4 +409,8 @@ pub fn run(data: &[u8]) {
     h.cache.flush().expect("flush at the end");
     let report = h.cache.check_integrity().expect("final integrity check");
     assert!(report.is_ok(), "{report:?}");
+    if trace {
+        let evicted: u64 = h.memos.iter().map(|m| m.stats().budget_evictions).sum();
+        eprintln!("budget evictions since the last open: {evicted}");
+    }
 }

@@ -69,8 +69,11 @@ pub(crate) struct SnapSlot {
     /// Stored values of this memoizer that a failed commit dropped: its share of the
     /// failures the writer reports to the cache, for its `Stats::errors`.
     lost_writes: AtomicU64,
-    /// Entries of this memoizer evicted for the file's byte budget (committed).
+    /// Entries of this memoizer evicted for a byte budget, the file's or its own
+    /// (committed).
     evicted: AtomicU64,
+    /// Its own byte budget (`MemoizerBuilder::max_bytes`), if it has one.
+    budget: OnceLock<budget::MemoBudget>,
 }
 
 impl SnapSlot {
@@ -79,9 +82,14 @@ impl SnapSlot {
         self.lost_writes.load(Ordering::Relaxed)
     }
 
-    /// How many entries of this memoizer the byte budget evicted.
+    /// How many entries of this memoizer the byte budgets evicted.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// This memoizer's own byte budget, if it has one.
+    pub(crate) fn budget(&self) -> Option<&budget::MemoBudget> {
+        self.budget.get()
     }
 
     fn shard(&self) -> &RwLock<Option<Snap>> {
@@ -161,6 +169,8 @@ pub(crate) struct Storage {
     multi: Option<multi::Multi>,
     /// The file's byte budget, if it has one (set once, before the writer starts).
     budget: OnceLock<budget::Budget>,
+    /// How many slots were given budgets of their own (`set_memo_budget`).
+    budgeted: AtomicUsize,
 }
 
 /// A file is compacted only once it is this large ...
@@ -260,6 +270,7 @@ impl Storage {
             reporter,
             multi: None,
             budget: OnceLock::new(),
+            budgeted: AtomicUsize::new(0),
         }
     }
 
@@ -282,6 +293,38 @@ impl Storage {
     /// The file's byte budget, if any.
     pub(crate) fn budget(&self) -> Option<&budget::Budget> {
         self.budget.get()
+    }
+
+    /// Gives `slot`'s memoizer a byte budget of its own (`MemoizerBuilder::max_bytes`),
+    /// enforced by the writer's eviction rounds from its next batch on. The first budget
+    /// given to a slot stays.
+    pub(crate) fn set_memo_budget(&self, slot: &SnapSlot, max_bytes: u64) {
+        let own_sketch = self.budget.get().is_none();
+        if slot
+            .budget
+            .set(budget::MemoBudget::new(max_bytes, own_sketch))
+            .is_ok()
+        {
+            self.budgeted.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The live memoizers' slots that have budgets of their own (for the writer's
+    /// eviction rounds; none, without a lock, while no memoizer was given one).
+    pub(crate) fn budgeted_slots(&self) -> Vec<Arc<SnapSlot>> {
+        if self.budgeted.load(Ordering::SeqCst) == 0 {
+            return Vec::new();
+        }
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Arc<SnapSlot>> = slots
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|slot| slot.budget.get().is_some())
+            .collect();
+        // One round per memoizer: should two slots share an id, the smaller budget.
+        out.sort_by_key(|slot| (slot.memo_id, slot.budget.get().map(|b| b.max_bytes())));
+        out.dedup_by_key(|slot| slot.memo_id);
+        out
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {
@@ -584,6 +627,7 @@ impl Storage {
                 .collect(),
             lost_writes: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            budget: OnceLock::new(),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.retain(|w| w.strong_count() > 0);
@@ -769,6 +813,8 @@ impl Storage {
     pub(crate) fn get(&self, slot: &SnapSlot, hash: &KeyHash) -> Result<Option<StoredBytes>> {
         if let Some(budget) = self.budget.get() {
             budget.record(slot.memo_id, hash);
+        } else if let Some(own) = slot.budget.get() {
+            own.record(slot.memo_id, hash);
         }
         // The overlay before the generation: a row leaves the overlay only after the
         // generation moved past its commit, so a miss here is then seen in the snapshot.

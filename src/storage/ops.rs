@@ -9,10 +9,11 @@ use redb::{
 use super::budget;
 use super::tables::{
     DEPS, ENTRIES_PREFIX, EVICT, EVICT_ORDER, EVICTIONS_PREFIX, EXPIRY, EntriesDef, GENERATIONS,
-    GRAVE_PREFIX, GRAVES, INVALIDATIONS, KEY_FORMAT_VERSION, KEY_MAX_BYTES, KEY_NEXT_MEMOIZER,
-    KEY_NEXT_ZONE, MEMOIZER_NAMES, MEMOIZERS, META, MemoRecord, PREFIX, SIZES, ZONE_MEMBERS, ZONES,
-    entries_name, entry_ref, evictions_key, expiry_end, expiry_key, grave_key, grave_name,
-    order_key, split_entry_ref, split_expiry_key, split_grave_key, split_order_key,
+    GRAVE_PREFIX, GRAVES, INVALIDATIONS, KEY_EVICT_INDEX, KEY_FORMAT_VERSION, KEY_MAX_BYTES,
+    KEY_NEXT_MEMOIZER, KEY_NEXT_ZONE, MEMO_MAX_BYTES_PREFIX, MEMOIZER_NAMES, MEMOIZERS, META,
+    MemoRecord, PREFIX, SIZES, ZONE_MEMBERS, ZONES, entries_name, entry_ref, evictions_key,
+    expiry_end, expiry_key, grave_key, grave_name, memo_max_bytes_key, order_bounds, order_key,
+    order_memo, split_entry_ref, split_expiry_key, split_grave_key, split_order_key,
 };
 use crate::entry::{self, FORMAT_VERSION};
 use crate::key::DepRow;
@@ -314,28 +315,60 @@ struct EvictTables<'t> {
     evict: redb::Table<'t, &'static [u8; 32], u64>,
     order: redb::Table<'t, &'static [u8; 40], ()>,
     sizes: redb::Table<'t, u64, u64>,
+    /// The next tick to give, once found ([`EvictTables::next_tick`]).
+    next: Option<u64>,
+    /// Whether the file keeps eviction rows ([`KEY_EVICT_INDEX`]); charges are kept
+    /// either way.
+    indexed: bool,
 }
 
 impl<'t> EvictTables<'t> {
     fn open(txn: &'t WriteTransaction) -> R<Self> {
+        let indexed = txn.open_table(META)?.get(KEY_EVICT_INDEX)?.is_some();
         Ok(EvictTables {
             evict: txn.open_table(EVICT)?,
             order: txn.open_table(EVICT_ORDER)?,
             sizes: txn.open_table(SIZES)?,
+            next: None,
+            indexed,
         })
     }
 
-    /// The tick past the last row of the order: where a new or spared entry goes.
-    fn next_tick(&self) -> R<u64> {
-        Ok(self
-            .order
-            .last()?
-            .map_or(0, |(k, _)| split_order_key(k.value()).0 + 1))
+    /// A tick past every tick in the order: where a new or spared entry goes. Found
+    /// once per opening by looking at the last row of each memoizer's run (one range
+    /// read per memoizer with entries), then counted up in memory.
+    fn next_tick(&mut self) -> R<u64> {
+        let next = match self.next {
+            Some(next) => next,
+            None => {
+                let mut next = 0;
+                let mut below: Option<[u8; 40]> = None;
+                loop {
+                    let last = match &below {
+                        None => self.order.last()?,
+                        Some(end) => self
+                            .order
+                            .range::<&[u8; 40]>(..end)?
+                            .next_back()
+                            .transpose()?,
+                    };
+                    let Some((k, _)) = last else { break };
+                    let k = *k.value();
+                    next = next.max(split_order_key(&k).0 + 1);
+                    below = Some(order_bounds(order_memo(&k)).0);
+                }
+                next
+            }
+        };
+        self.next = Some(next + 1);
+        Ok(next)
     }
 
     /// Adds (`add = true`) or removes entry `target`'s eviction rows and its charge.
     fn update(&mut self, target: &[u8; 32], memo_id: u64, charge: u64, add: bool) -> R<()> {
-        let old_tick = if add {
+        let old_tick = if !self.indexed {
+            None
+        } else if add {
             let tick = self.next_tick()?;
             self.order.insert(&order_key(tick, target), ())?;
             self.evict.insert(target, tick)?.map(|t| t.value())
@@ -369,6 +402,40 @@ impl<'t> EvictTables<'t> {
         self.evict.insert(target, next)?;
         Ok(())
     }
+
+    /// The first `n` rows of the eviction order of memoizer `scope`, or of the whole
+    /// file (`None`: merged from the first rows of every memoizer's run, by tick), as
+    /// (tick, entry ref), first candidate first.
+    fn head(&self, scope: Option<u64>, n: usize) -> R<Vec<(u64, [u8; 32])>> {
+        let mut head = Vec::with_capacity(n);
+        if let Some(memo_id) = scope {
+            let (first, last) = order_bounds(memo_id);
+            for item in self.order.range::<&[u8; 40]>(&first..=&last)?.take(n) {
+                head.push(split_order_key(item?.0.value()));
+            }
+            return Ok(head);
+        }
+        // Each memoizer's first `n` rows, one memoizer after the other.
+        let mut from = [0u8; 40];
+        loop {
+            let mut memo_id = None;
+            for item in self.order.range::<&[u8; 40]>(&from..)?.take(n) {
+                let (k, _) = item?;
+                let m = order_memo(k.value());
+                if *memo_id.get_or_insert(m) != m {
+                    break;
+                }
+                head.push(split_order_key(k.value()));
+            }
+            match memo_id {
+                Some(m) if m < u64::MAX => from = order_bounds(m + 1).0,
+                _ => break,
+            }
+        }
+        head.sort_unstable();
+        head.truncate(n);
+        Ok(head)
+    }
 }
 
 impl<'t> Indexes<'t> {
@@ -393,7 +460,8 @@ impl<'t> Indexes<'t> {
         skip: Option<&DepRow>,
     ) -> R<()> {
         let target = entry_ref(memo_id, generation, hash);
-        // Every entry, even one that no longer parses, is in the eviction index.
+        // Every entry, even one that no longer parses, is charged, and has its eviction
+        // rows in a file that keeps them.
         if self.evict.is_none() {
             self.evict = Some(EvictTables::open(self.txn)?);
         }
@@ -433,6 +501,48 @@ impl<'t> Indexes<'t> {
         }
         Ok(())
     }
+}
+
+/// Makes the file keep eviction rows ([`KEY_EVICT_INDEX`]) if it does not yet: every
+/// entry, live or in a grave, gets its rows, in table order. Done once per file, when it
+/// or one of its memoizers is first given a byte budget (the one pass over the entries
+/// that a budget costs; evictions never scan). Returns whether it indexed.
+pub(crate) fn index_for_eviction(txn: &WriteTransaction) -> R<bool> {
+    if txn.open_table(META)?.get(KEY_EVICT_INDEX)?.is_some() {
+        return Ok(false);
+    }
+    // Rows an unindexed file may hold (written by an earlier build, never kept up):
+    // start afresh.
+    txn.delete_table(EVICT)?;
+    txn.delete_table(EVICT_ORDER)?;
+    let mut tables: Vec<(u64, u64, String)> = Vec::new();
+    for name in txn.list_tables()? {
+        if let Some(Ok(id)) = name.name().strip_prefix(ENTRIES_PREFIX).map(str::parse) {
+            tables.push((id, generation(txn, id)?, name.name().to_string()));
+        }
+    }
+    for item in txn.open_table(GRAVES)?.iter()? {
+        let (id, generation) = split_grave_key(item?.0.value());
+        tables.push((id, generation, grave_name(id, generation)));
+    }
+    let mut evict = txn.open_table(EVICT)?;
+    let mut order = txn.open_table(EVICT_ORDER)?;
+    let mut tick = 0;
+    for (id, generation, name) in tables {
+        let entries = match txn.open_table(EntriesDef::new(&name)) {
+            Ok(entries) => entries,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for item in entries.iter()? {
+            let target = entry_ref(id, generation, item?.0.value());
+            order.insert(&order_key(tick, &target), ())?;
+            evict.insert(&target, tick)?;
+            tick += 1;
+        }
+    }
+    txn.open_table(META)?.insert(KEY_EVICT_INDEX, 1)?;
+    Ok(true)
 }
 
 /// Adds (`add = true`) or removes the index rows of one live entry.
@@ -959,24 +1069,32 @@ pub(crate) fn memoizer_bytes(txn: &WriteTransaction, memo_id: u64) -> R<u64> {
 /// How many rows at the head of the eviction order one choice of victim looks at.
 const EVICT_LOOK: usize = 8;
 
-/// Evicts entries until the file's entries are charged no more than `target` bytes
-/// (TinyLFU over a second-chance order, see `storage::budget`). Each victim is chosen
-/// against one of `candidates` (the entries just stored, newest first): among the first
-/// rows of the eviction order, the first one less popular than the candidate goes, more
-/// popular ones move to the end of the order, and if none goes the candidate does.
-/// Without candidates left, the first row goes. Victims are removed by
-/// [`remove_refs`], like every removal. Records `max_bytes` and the evictions per
-/// memoizer in [`META`] (for `inspect`). Returns the live entries evicted.
+/// Evicts entries of `scope` - one memoizer's (its own budget,
+/// `MemoizerBuilder::max_bytes`), or the whole file's (`None`) - until they are charged
+/// no more than `target` bytes (TinyLFU over a second-chance order, see
+/// `storage::budget`). Each victim is chosen against one of `candidates` (entries of the
+/// scope just stored, newest first): among the first rows of the scope's eviction
+/// order, the first one less popular than the candidate goes, more popular ones move to
+/// the end of the order, and if none goes the candidate does. Without candidates left,
+/// the first row goes. Victims are removed by [`remove_refs`], like every removal.
+/// Records the budget (`max_bytes`) and the evictions per memoizer in [`META`] (for
+/// `inspect`). Returns the live entries evicted.
 pub(crate) fn evict(
     txn: &WriteTransaction,
-    max_bytes: u64,
-    target: u64,
+    scope: Option<u64>,
+    (max_bytes, target): (u64, u64),
     candidates: &[(u64, KeyHash)],
     frequency: &dyn Fn(u64, &KeyHash) -> u8,
 ) -> R<Vec<(u64, KeyHash)>> {
+    let used = |txn: &WriteTransaction| match scope {
+        None => bytes_used(txn),
+        Some(memo_id) => memoizer_bytes(txn, memo_id),
+    };
     let mut evicted = Vec::new();
     let mut candidates = candidates.iter().rev();
-    while bytes_used(txn)? > target {
+    // The next tick, carried from one opening of the tables to the next.
+    let mut next_tick = None;
+    while used(txn)? > target {
         let candidate = match candidates.next() {
             Some(&(memo_id, hash)) => Some((
                 entry_ref(memo_id, generation(txn, memo_id)?, &hash),
@@ -986,10 +1104,8 @@ pub(crate) fn evict(
         };
         let victim = {
             let mut tables = EvictTables::open(txn)?;
-            let mut head = Vec::with_capacity(EVICT_LOOK);
-            for item in tables.order.iter()?.take(EVICT_LOOK) {
-                head.push(split_order_key(item?.0.value()));
-            }
+            tables.next = next_tick;
+            let head = tables.head(scope, EVICT_LOOK)?;
             let mut victim = None;
             for (tick, target) in &head {
                 let Some((candidate, popularity)) = candidate else {
@@ -1009,6 +1125,7 @@ pub(crate) fn evict(
                     tables.spare(*tick, target)?;
                 }
             }
+            next_tick = tables.next;
             match (victim, candidate) {
                 (Some(victim), _) => victim,
                 (None, Some((candidate, _))) if tables.evict.get(&candidate)?.is_some() => {
@@ -1032,8 +1149,12 @@ pub(crate) fn evict(
     }
     if !evicted.is_empty() {
         let mut meta = txn.open_table(META)?;
-        if meta.get(KEY_MAX_BYTES)?.map(|v| v.value()) != Some(max_bytes) {
-            meta.insert(KEY_MAX_BYTES, max_bytes)?;
+        let budget_key = match scope {
+            None => KEY_MAX_BYTES.to_string(),
+            Some(memo_id) => memo_max_bytes_key(memo_id),
+        };
+        if meta.get(budget_key.as_str())?.map(|v| v.value()) != Some(max_bytes) {
+            meta.insert(budget_key.as_str(), max_bytes)?;
         }
         let mut counts = std::collections::BTreeMap::<u64, u64>::new();
         for (memo_id, _) in &evicted {
@@ -1048,24 +1169,39 @@ pub(crate) fn evict(
     Ok(evicted)
 }
 
-/// The budget recorded by the last eviction, and the evictions of each memoizer so far
-/// (by id), read from a snapshot.
-pub(crate) fn read_evictions(
-    txn: &ReadTransaction,
-) -> R<(Option<u64>, std::collections::BTreeMap<u64, u64>)> {
+/// What the file records of its budgets' evictions (read from a snapshot).
+pub(crate) struct Evictions {
+    /// The file's budget at its last eviction for it.
+    pub(crate) max_bytes: Option<u64>,
+    /// Evictions of each memoizer so far (by id), for either budget.
+    pub(crate) counts: std::collections::BTreeMap<u64, u64>,
+    /// Each memoizer's own budget at its last eviction for it (by id).
+    pub(crate) memo_max_bytes: std::collections::BTreeMap<u64, u64>,
+}
+
+/// The budgets recorded by the last evictions, and the evictions of each memoizer so
+/// far, read from a snapshot.
+pub(crate) fn read_evictions(txn: &ReadTransaction) -> R<Evictions> {
     let meta = txn.open_table(META)?;
     let max_bytes = meta.get(KEY_MAX_BYTES)?.map(|v| v.value());
-    let mut counts = std::collections::BTreeMap::new();
-    for item in meta.range(EVICTIONS_PREFIX..)? {
-        let (key, n) = item?;
-        let Some(id) = key.value().strip_prefix(EVICTIONS_PREFIX) else {
-            break;
-        };
-        if let Ok(id) = id.parse() {
-            counts.insert(id, n.value());
+    let by_id = |prefix: &str| -> R<std::collections::BTreeMap<u64, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in meta.range(prefix..)? {
+            let (key, n) = item?;
+            let Some(id) = key.value().strip_prefix(prefix) else {
+                break;
+            };
+            if let Ok(id) = id.parse() {
+                out.insert(id, n.value());
+            }
         }
-    }
-    Ok((max_bytes, counts))
+        Ok(out)
+    };
+    Ok(Evictions {
+        max_bytes,
+        counts: by_id(EVICTIONS_PREFIX)?,
+        memo_max_bytes: by_id(MEMO_MAX_BYTES_PREFIX)?,
+    })
 }
 
 /// Each memoizer's charge, read from a snapshot.

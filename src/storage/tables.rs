@@ -44,13 +44,17 @@ pub(crate) const INVALIDATIONS: TableDefinition<u64, &[u8]> =
 /// How many rows of [`INVALIDATIONS`] are kept; a process further behind purges all.
 pub(crate) const LOG_KEEP: u64 = 4096;
 
-/// Eviction index of a cache with a byte budget (kept for every cache, so a budget can
-/// be set on any later open): entry ref (as in [`DEPS`]) -> its eviction tick, the
-/// position of its row in [`EVICT_ORDER`].
+/// Eviction index of a cache with a byte budget (kept from the first time the file or
+/// one of its memoizers was given one, [`KEY_EVICT_INDEX`]): entry ref (as in [`DEPS`])
+/// -> its eviction tick, the position of its row in [`EVICT_ORDER`].
 pub(crate) const EVICT: TableDefinition<&[u8; 32], u64> = TableDefinition::new("fresco/evict");
 
-/// Eviction order: tick (BE) ++ entry ref -> (). The first row is the next candidate for
-/// eviction; a put, or an entry given a second chance, gets a tick past the last row.
+/// Eviction order, one run of rows per memoizer: memoizer id (BE) ++ tick (BE) ++ row
+/// hash ++ table generation (BE) -> (). A memoizer's first row is its next candidate for
+/// eviction (a memoizer's own budget, `MemoizerBuilder::max_bytes`); the file's next
+/// candidate is the first row with the lowest tick among the memoizers' first rows.
+/// Ticks count up across the file: a put, or an entry given a second chance, gets one
+/// past every tick in the table.
 pub(crate) const EVICT_ORDER: TableDefinition<&[u8; 40], ()> =
     TableDefinition::new("fresco/evict_order");
 
@@ -61,16 +65,31 @@ pub(crate) const SIZES: TableDefinition<u64, u64> = TableDefinition::new("fresco
 /// An [`EVICT_ORDER`] key.
 pub(crate) fn order_key(tick: u64, entry_ref: &[u8; 32]) -> [u8; 40] {
     let mut k = [0u8; 40];
-    k[..8].copy_from_slice(&tick.to_be_bytes());
-    k[8..].copy_from_slice(entry_ref);
+    k[..8].copy_from_slice(&entry_ref[..8]);
+    k[8..16].copy_from_slice(&tick.to_be_bytes());
+    k[16..].copy_from_slice(&entry_ref[8..]);
     k
 }
 
 /// Splits an [`EVICT_ORDER`] key into (tick, entry ref).
 pub(crate) fn split_order_key(k: &[u8; 40]) -> (u64, [u8; 32]) {
     let mut r = [0u8; 32];
-    r.copy_from_slice(&k[8..]);
-    (word(&k[..8]), r)
+    r[..8].copy_from_slice(&k[..8]);
+    r[8..].copy_from_slice(&k[16..]);
+    (word(&k[8..16]), r)
+}
+
+/// The first and the last possible [`EVICT_ORDER`] key of memoizer `memo_id`.
+pub(crate) fn order_bounds(memo_id: u64) -> ([u8; 40], [u8; 40]) {
+    let (mut first, mut last) = ([0u8; 40], [0xffu8; 40]);
+    first[..8].copy_from_slice(&memo_id.to_be_bytes());
+    last[..8].copy_from_slice(&memo_id.to_be_bytes());
+    (first, last)
+}
+
+/// The memoizer id an [`EVICT_ORDER`] key belongs to.
+pub(crate) fn order_memo(k: &[u8; 40]) -> u64 {
+    word(&k[..8])
 }
 
 /// Prefix of every grave's name.
@@ -132,12 +151,25 @@ pub(crate) const KEY_NEXT_MEMOIZER: &str = "next_memoizer_id";
 pub(crate) const KEY_NEXT_ZONE: &str = "next_zone_id";
 /// The byte budget in force at the last eviction.
 pub(crate) const KEY_MAX_BYTES: &str = "max_bytes";
+/// Present once every entry has its rows in [`EVICT`] and [`EVICT_ORDER`]: set (by
+/// `ops::index_for_eviction`) when the file or one of its memoizers is first given a
+/// byte budget, and kept from then on. A file without it keeps no eviction rows, so a
+/// put writes two rows fewer; [`SIZES`] is kept either way.
+pub(crate) const KEY_EVICT_INDEX: &str = "evict_index";
+/// Prefix of the [`META`] keys holding each memoizer's own byte budget in force at its
+/// last eviction for it.
+pub(crate) const MEMO_MAX_BYTES_PREFIX: &str = "max_bytes/";
 /// Prefix of the [`META`] keys counting each memoizer's evictions for the budget.
 pub(crate) const EVICTIONS_PREFIX: &str = "evicted/";
 
 /// The [`META`] key counting memoizer `id`'s evictions for the byte budget.
 pub(crate) fn evictions_key(id: u64) -> String {
     format!("{EVICTIONS_PREFIX}{id}")
+}
+
+/// The [`META`] key of memoizer `id`'s own byte budget.
+pub(crate) fn memo_max_bytes_key(id: u64) -> String {
+    format!("{MEMO_MAX_BYTES_PREFIX}{id}")
 }
 
 /// Prefix shared by every table this library creates.

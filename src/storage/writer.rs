@@ -445,7 +445,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     let mut settled: Vec<(PendingKey, u64)> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     let open = storage.ensure_open();
-    let mut rounds = budget::Rounds::new(storage.budget());
+    let mut rounds = budget::Rounds::new(storage);
     let mut jobs = batch.into_iter();
     let outcome = guarded(|| {
         let mut txn = storage.db()?.begin_write()?;

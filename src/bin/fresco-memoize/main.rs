@@ -358,6 +358,8 @@ struct MemoizerJson {
     charged_bytes: u64,
     expired: u64,
     budget_evictions: u64,
+    /// Its own byte budget at its last eviction for it.
+    max_bytes: Option<u64>,
     zones: Vec<String>,
 }
 
@@ -390,6 +392,7 @@ impl From<&CacheInfo> for StatsJson {
                     charged_bytes: m.charged_bytes,
                     expired: m.expired,
                     budget_evictions: m.budget_evictions,
+                    max_bytes: m.max_bytes,
                     zones: m.zones.clone(),
                 })
                 .collect(),
