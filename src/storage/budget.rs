@@ -56,12 +56,11 @@ pub(crate) struct Budget {
     sketch: Sketch,
 }
 
-/// The sketch for a budget of `max_bytes`: about one column per 256 budget bytes, a few
-/// times the entries the budget holds for small values, plenty for large ones.
-fn sketch_for(max_bytes: u64) -> Sketch {
-    let width = (max_bytes / 256)
-        .clamp(1 << 10, 1 << 22)
-        .next_power_of_two() as usize;
+/// The sketch for a budget that keeps `live` bytes of entries: about one column per 144
+/// bytes of them (one per 256 bytes of a file budget, of which 9/16 is live), a few
+/// times the entries held for small values, plenty for large ones.
+fn sketch_for(live: u64) -> Sketch {
+    let width = (live / 144).clamp(1 << 10, 1 << 22).next_power_of_two() as usize;
     Sketch::new(width)
 }
 
@@ -74,7 +73,7 @@ impl Budget {
     pub(crate) fn new(max_bytes: u64) -> Budget {
         Budget {
             max_bytes,
-            sketch: sketch_for(max_bytes),
+            sketch: sketch_for(max_bytes / 16 * 9),
         }
     }
 
