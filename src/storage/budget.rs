@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_utils::CachePadded;
 use redb::WriteTransaction;
 
-use super::{SnapSlot, Storage, ops};
+use super::{Storage, ops};
 use crate::key::KeyHash;
 use crate::stats::{stripe_count, thread_stripe};
 
@@ -137,11 +137,6 @@ impl MemoBudget {
             max_bytes,
             sketch: own_sketch.then(|| sketch_for(max_bytes)),
         }
-    }
-
-    /// The bound on the memoizer's charge.
-    pub(crate) fn max_bytes(&self) -> u64 {
-        self.max_bytes
     }
 
     /// Counts a lookup of `hash` in memoizer `memo_id` (if this budget has a sketch).
@@ -292,19 +287,17 @@ impl Sketch {
     }
 }
 
-/// A live memoizer with a budget of its own, as one batch's rounds see it.
+/// A memoizer with a budget of its own, as one batch's rounds see it.
 struct MemoRound {
     memo_id: u64,
-    slot: Arc<SnapSlot>,
+    budget: Arc<MemoBudget>,
     /// Its bytes stored since its last round.
     since: u64,
 }
 
 impl MemoRound {
     fn budget(&self) -> &MemoBudget {
-        self.slot
-            .budget()
-            .expect("only slots with a budget take part in rounds")
+        &self.budget
     }
 }
 
@@ -314,7 +307,7 @@ impl MemoRound {
 /// is under target.
 pub(crate) struct Rounds<'b> {
     budget: Option<&'b Budget>,
-    /// Live memoizers with budgets of their own.
+    /// Memoizers with budgets of their own.
     memos: Vec<MemoRound>,
     /// Puts since the last round: the candidates for admission.
     candidates: Vec<(u64, KeyHash)>,
@@ -326,11 +319,11 @@ pub(crate) struct Rounds<'b> {
 impl<'b> Rounds<'b> {
     pub(crate) fn new(storage: &'b Storage) -> Self {
         let memos = storage
-            .budgeted_slots()
+            .memo_budgets()
             .into_iter()
-            .map(|slot| MemoRound {
-                memo_id: slot.memo_id,
-                slot,
+            .map(|(memo_id, budget)| MemoRound {
+                memo_id,
+                budget,
                 since: 0,
             })
             .collect();
