@@ -1,5 +1,6 @@
 //! Hit ratios of a bounded cache (issue 13): the persistent store under a byte budget
-//! (`CacheBuilder::max_bytes`, TinyLFU admission over a second-chance order) against
+//! (`CacheBuilder::max_bytes`, TinyLFU admission over a second-chance order; and the
+//! same policy as a memoizer's own budget, `MemoizerBuilder::max_bytes`) against
 //! moka (TinyLFU admission, LRU main space) and a plain LRU, each holding the same number
 //! of entries, on Zipf(0.9) traces of 2M requests over 200k keys, with budgets of 1 %
 //! and 10 % of the keys, and the same traces with a one-pass scan of 100k cold keys
@@ -153,25 +154,47 @@ fn moka_ratio(trace: &[u64], capacity: usize) -> f64 {
     hits as f64 / trace.len() as f64
 }
 
+/// Which budget bounds the persistent store.
+#[derive(Clone, Copy)]
+enum Budget {
+    /// The file's (`CacheBuilder::max_bytes`).
+    File,
+    /// The memoizer's own (`MemoizerBuilder::max_bytes`), in a file without one.
+    Memoizer,
+}
+
 /// The persistent store with the byte budget that holds `capacity` entries of the
 /// trace's kind; returns the hit ratio, the budget and the file's largest size.
-fn ours_ratio(trace: &[u64], capacity: usize) -> (f64, u64, u64) {
+fn ours_ratio(trace: &[u64], capacity: usize, budget: Budget) -> (f64, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     // What one entry is charged, measured on a cache without budget.
     let charge = {
         let cache = Cache::open(dir.path().join("probe.memo")).unwrap();
-        let m = memoizer(&cache);
+        let m = memoizer(&cache, None);
         m.get_or_compute(&(KEYS * 64 - 1), |k| value(*k));
         m.stats().bytes.unwrap()
     };
-    // The live entries are kept under 9/16 of the budget (ARCHITECTURE.md, "Byte budget").
-    let max_bytes = (capacity as u64 * charge * 16).div_ceil(9);
     let path = dir.path().join("bounded.memo");
-    let cache = Cache::builder()
-        .max_bytes(Some(max_bytes))
-        .open(&path)
-        .unwrap();
-    let m = memoizer(&cache);
+    let (cache, m, max_bytes) = match budget {
+        Budget::File => {
+            // The live entries are kept under 9/16 of the file's budget (ARCHITECTURE.md,
+            // "Byte budget").
+            let max_bytes = (capacity as u64 * charge * 16).div_ceil(9);
+            let cache = Cache::builder()
+                .max_bytes(Some(max_bytes))
+                .open(&path)
+                .unwrap();
+            let m = memoizer(&cache, None);
+            (cache, m, max_bytes)
+        }
+        Budget::Memoizer => {
+            // A memoizer's own budget bounds its charge itself.
+            let max_bytes = capacity as u64 * charge;
+            let cache = Cache::open(&path).unwrap();
+            let m = memoizer(&cache, Some(max_bytes));
+            (cache, m, max_bytes)
+        }
+    };
     let misses = AtomicU64::new(0);
     let mut largest = 0;
     for (i, &k) in trace.iter().enumerate() {
@@ -195,10 +218,11 @@ fn ours_ratio(trace: &[u64], capacity: usize) -> (f64, u64, u64) {
     (hits as f64 / trace.len() as f64, max_bytes, largest)
 }
 
-fn memoizer(cache: &Cache) -> Memoizer<u64, Vec<u8>> {
+fn memoizer(cache: &Cache, max_bytes: Option<u64>) -> Memoizer<u64, Vec<u8>> {
     cache
         .memoizer::<u64, Vec<u8>>("records")
         .store(Store::Persistent)
+        .max_bytes(max_bytes)
         .build()
         .unwrap()
 }
@@ -209,23 +233,26 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000_000);
     println!(
-        "| trace | budget (entries) | fresco-memoize (file budget) | moka | plain LRU | ours / moka |"
+        "| trace | budget (entries) | fresco-memoize (file budget) | fresco-memoize (memoizer budget) | moka | plain LRU | ours / moka (file, memoizer) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for scan in [false, true] {
         let trace = trace(requests, scan);
         for percent in [1u64, 10] {
             let capacity = (KEYS * percent / 100) as usize;
-            let (ours, max_bytes, largest) = ours_ratio(&trace, capacity);
+            let (ours, max_bytes, largest) = ours_ratio(&trace, capacity, Budget::File);
+            let (own, own_bytes, _) = ours_ratio(&trace, capacity, Budget::Memoizer);
             let moka = moka_ratio(&trace, capacity);
             let lru = lru_ratio(&trace, capacity);
             let name = if scan { "Zipf 0.9 + scan" } else { "Zipf 0.9" };
             println!(
-                "| {name} | {percent} % ({capacity}) | {:.2} % ({max_bytes} B budget, file <= {largest} B) | {:.2} % | {:.2} % | {:.3} |",
+                "| {name} | {percent} % ({capacity}) | {:.2} % ({max_bytes} B budget, file <= {largest} B) | {:.2} % ({own_bytes} B budget) | {:.2} % | {:.2} % | {:.3}, {:.3} |",
                 ours * 100.0,
+                own * 100.0,
                 moka * 100.0,
                 lru * 100.0,
-                ours / moka
+                ours / moka,
+                own / moka
             );
         }
     }

@@ -27,6 +27,11 @@
 //!   [`Memoizer::get_or_compute_with`] takes a borrowed form of the key ([`KeyLike`]).
 //! - [`#[memoize]`](macro@memoize) puts all of this on a function or method, like the
 //!   Python original's decorator: `#[memoize(cache = CACHE, expires = 10)]`.
+//! - Bounded caches: a byte budget for the file ([`CacheBuilder::max_bytes`]) and for
+//!   one memoizer's entries in it ([`MemoizerBuilder::max_bytes`]), evicting by TinyLFU
+//!   through an eviction index in the file; the in-memory stores are bounded by entries
+//!   and by bytes ([`MemoizerBuilder::max_memory_bytes`], weighed by a
+//!   [`weigher`](MemoizerBuilder::weigher) if given).
 //! - Expired entries leave the file on their own: a background sweeper
 //!   ([`CacheBuilder::sweep_interval`]) and [`Cache::purge_expired`] remove them, with
 //!   their index rows, through an index ordered by deadline.

@@ -708,8 +708,9 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// Both budgets may be set: each holds. Building a memoizer without a file tier
     /// ([`Store::Memory`], [`Store::Lru`], or any store of a cache connected to a
     /// server) with a budget fails with [`Error::Unsupported`]; bound those with
-    /// [`max_memory_bytes`](Self::max_memory_bytes). When one process builds a memoizer
-    /// twice, the first build's budget stays.
+    /// [`max_memory_bytes`](Self::max_memory_bytes). A budget holds for as long as the
+    /// cache is open, also over the stores a memoizer queued before it was dropped;
+    /// building the memoizer again in the same run keeps the first budget.
     ///
     /// ```
     /// # use fresco_memoize::{Cache, Store};

@@ -673,3 +673,43 @@ fn stats_shows_the_byte_budget_its_charges_and_evictions() {
     assert_eq!(thumbs["charged_bytes"].as_u64(), Some(charged));
     assert_eq!(thumbs["entries"].as_u64().unwrap() + evicted, 64);
 }
+
+#[test]
+fn stats_shows_a_memoizer_s_own_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("own.memo");
+    {
+        let cache = Cache::open(&path).unwrap();
+        let thumbs = cache
+            .memoizer::<u64, Vec<u8>>("thumbs")
+            .max_bytes(Some(512 << 10))
+            .build()
+            .unwrap();
+        let free = cache.memoizer::<u64, Vec<u8>>("free").build().unwrap();
+        for k in 0..32u64 {
+            thumbs.get_or_compute(&k, |k| vec![*k as u8; 20 << 10]);
+            free.get_or_compute(&k, |k| vec![*k as u8; 100]);
+        }
+    }
+    let text = ok(&["stats", s(&path)]);
+    assert!(text.contains("BUDGET"), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+            .to_string()
+    };
+    assert!(row("thumbs").contains("512.0 KiB"), "{text}");
+    assert!(row("free ").contains(" - "), "{text}");
+    let j = json(&["stats", s(&path)]);
+    // No file budget; the memoizer's own holds its charge.
+    assert!(j["max_bytes"].is_null());
+    let memoizers = j["memoizers"].as_array().unwrap();
+    let thumbs = memoizers.iter().find(|m| m["name"] == "thumbs").unwrap();
+    assert_eq!(thumbs["max_bytes"], 512 << 10);
+    assert!(thumbs["charged_bytes"].as_u64().unwrap() <= 512 << 10);
+    assert!(thumbs["budget_evictions"].as_u64().unwrap() > 0);
+    let free = memoizers.iter().find(|m| m["name"] == "free").unwrap();
+    assert!(free["max_bytes"].is_null());
+    assert_eq!(free["budget_evictions"], 0);
+}

@@ -72,8 +72,9 @@ pub(crate) struct SnapSlot {
     /// Entries of this memoizer evicted for a byte budget, the file's or its own
     /// (committed).
     evicted: AtomicU64,
-    /// Its own byte budget (`MemoizerBuilder::max_bytes`), if it has one.
-    budget: OnceLock<budget::MemoBudget>,
+    /// Its own byte budget (`MemoizerBuilder::max_bytes`), if it has one (shared with
+    /// the storage's list, which keeps it after the slot is gone).
+    budget: OnceLock<Arc<budget::MemoBudget>>,
 }
 
 impl SnapSlot {
@@ -85,11 +86,6 @@ impl SnapSlot {
     /// How many entries of this memoizer the byte budgets evicted.
     pub(crate) fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
-    }
-
-    /// This memoizer's own byte budget, if it has one.
-    pub(crate) fn budget(&self) -> Option<&budget::MemoBudget> {
-        self.budget.get()
     }
 
     fn shard(&self) -> &RwLock<Option<Snap>> {
@@ -169,7 +165,9 @@ pub(crate) struct Storage {
     multi: Option<multi::Multi>,
     /// The file's byte budget, if it has one (set once, before the writer starts).
     budget: OnceLock<budget::Budget>,
-    /// How many slots were given budgets of their own (`set_memo_budget`).
+    /// Memoizers given budgets of their own (`set_memo_budget`), by id, for as long as
+    /// the cache is open; `budgeted` is their count.
+    memo_budgets: Mutex<Vec<(u64, Arc<budget::MemoBudget>)>>,
     budgeted: AtomicUsize,
 }
 
@@ -270,6 +268,7 @@ impl Storage {
             reporter,
             multi: None,
             budget: OnceLock::new(),
+            memo_budgets: Mutex::new(Vec::new()),
             budgeted: AtomicUsize::new(0),
         }
     }
@@ -296,35 +295,34 @@ impl Storage {
     }
 
     /// Gives `slot`'s memoizer a byte budget of its own (`MemoizerBuilder::max_bytes`),
-    /// enforced by the writer's eviction rounds from its next batch on. The first budget
-    /// given to a slot stays.
+    /// enforced by the writer's eviction rounds from its next batch on, as long as the
+    /// cache is open - also after the memoizer is dropped, so that the stores it queued
+    /// are held to it. The first budget given to a memoizer stays.
     pub(crate) fn set_memo_budget(&self, slot: &SnapSlot, max_bytes: u64) {
-        let own_sketch = self.budget.get().is_none();
-        if slot
-            .budget
-            .set(budget::MemoBudget::new(max_bytes, own_sketch))
-            .is_ok()
-        {
-            self.budgeted.fetch_add(1, Ordering::SeqCst);
-        }
+        let mut budgets = self.memo_budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let budget = match budgets.iter().find(|(id, _)| *id == slot.memo_id) {
+            Some((_, budget)) => budget.clone(),
+            None => {
+                let own_sketch = self.budget.get().is_none();
+                let budget = Arc::new(budget::MemoBudget::new(max_bytes, own_sketch));
+                budgets.push((slot.memo_id, budget.clone()));
+                self.budgeted.store(budgets.len(), Ordering::SeqCst);
+                budget
+            }
+        };
+        let _ = slot.budget.set(budget);
     }
 
-    /// The live memoizers' slots that have budgets of their own (for the writer's
-    /// eviction rounds; none, without a lock, while no memoizer was given one).
-    pub(crate) fn budgeted_slots(&self) -> Vec<Arc<SnapSlot>> {
+    /// The memoizers with budgets of their own, by id (for the writer's eviction rounds;
+    /// none, without a lock, while no memoizer was given one).
+    pub(crate) fn memo_budgets(&self) -> Vec<(u64, Arc<budget::MemoBudget>)> {
         if self.budgeted.load(Ordering::SeqCst) == 0 {
             return Vec::new();
         }
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<Arc<SnapSlot>> = slots
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|slot| slot.budget.get().is_some())
-            .collect();
-        // One round per memoizer: should two slots share an id, the smaller budget.
-        out.sort_by_key(|slot| (slot.memo_id, slot.budget.get().map(|b| b.max_bytes())));
-        out.dedup_by_key(|slot| slot.memo_id);
-        out
+        self.memo_budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn path(&self) -> Option<&Path> {

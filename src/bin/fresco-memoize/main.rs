@@ -474,7 +474,7 @@ fn print_stats(info: &CacheInfo) {
         .max_bytes
         .map_or_else(|| "none recorded".to_string(), human_bytes);
     println!(
-        "budget     {budget}: {} charged, {} evicted for it",
+        "budget     {budget}: {} charged, {} evicted for the budgets",
         human_bytes(info.charged_bytes()),
         info.budget_evictions()
     );
@@ -488,6 +488,7 @@ fn print_stats(info: &CacheInfo) {
                 m.entries.to_string(),
                 human_bytes(m.stored_bytes),
                 human_bytes(m.charged_bytes),
+                m.max_bytes.map_or_else(|| "-".to_string(), human_bytes),
                 m.expired.to_string(),
                 m.budget_evictions.to_string(),
                 m.zones.join(", "),
@@ -496,10 +497,10 @@ fn print_stats(info: &CacheInfo) {
         .collect();
     table(
         &[
-            "MEMOIZER", "ENTRIES", "BYTES", "CHARGED", "EXPIRED", "EVICTED", "ZONES",
+            "MEMOIZER", "ENTRIES", "BYTES", "CHARGED", "BUDGET", "EXPIRED", "EVICTED", "ZONES",
         ],
         &rows,
-        &[1, 2, 3, 4, 5],
+        &[1, 2, 3, 4, 5, 6],
     );
     println!();
     let rows: Vec<Vec<String>> = info
