@@ -247,11 +247,9 @@ fn a_file_filled_without_a_budget_is_indexed_once_one_is_given() {
     assert!(kept >= 25, "only {kept} of the newest entries kept");
 }
 
-#[test]
-fn a_popular_entry_outlives_a_scan_of_cold_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = bounded(&dir.path().join("c.memo"));
-    let m = blobs(&cache);
+/// Asks a hot key ten times, then scans `cold` cold keys once, flushing and asking the
+/// hot key again every `every` of them: how many times the hot key was computed.
+fn hot_computations(cache: &Cache, m: &Memoizer<u64, Vec<u8>>, cold: u64, every: u64) -> u64 {
     let hot = 1_000_000u64;
     let computed = AtomicU64::new(0);
     let get = |k: u64| {
@@ -265,18 +263,26 @@ fn a_popular_entry_outlives_a_scan_of_cold_keys() {
     for _ in 0..10 {
         get(hot);
     }
-    // A one-pass scan of three budgets' worth of cold keys, the hot key asked now and
-    // then.
-    for k in 0..240 {
+    for k in 0..cold {
         get(k);
-        if k % 20 == 0 {
+        if k % every == 0 {
             cache.flush().unwrap();
             get(hot);
         }
     }
     cache.flush().unwrap();
+    computed.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_popular_entry_outlives_a_scan_of_cold_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = bounded(&dir.path().join("c.memo"));
+    let m = blobs(&cache);
+    // A one-pass scan of three budgets' worth of cold keys, the hot key asked now and
+    // then.
     assert_eq!(
-        computed.load(Ordering::Relaxed),
+        hot_computations(&cache, &m, 240, 20),
         1,
         "the hot entry was evicted"
     );
@@ -563,30 +569,9 @@ fn a_memoizer_budget_keeps_a_popular_entry_through_a_scan() {
     // No file budget: the memoizer counts its lookups in a sketch of its own.
     let cache = Cache::open(dir.path().join("c.memo")).unwrap();
     let m = own(&cache, "bounded", Some(OWN));
-    let hot = 1_000_000u64;
-    let computed = AtomicU64::new(0);
-    let get = |k: u64| {
-        m.get_or_compute(&k, |k| {
-            if *k == hot {
-                computed.fetch_add(1, Ordering::Relaxed);
-            }
-            blob(*k)
-        })
-    };
-    for _ in 0..10 {
-        get(hot);
-    }
     // Three budgets' worth of cold keys, the hot key asked now and then.
-    for k in 0..48 {
-        get(k);
-        if k % 4 == 0 {
-            cache.flush().unwrap();
-            get(hot);
-        }
-    }
-    cache.flush().unwrap();
     assert_eq!(
-        computed.load(Ordering::Relaxed),
+        hot_computations(&cache, &m, 48, 4),
         1,
         "the hot entry was evicted"
     );

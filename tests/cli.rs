@@ -556,15 +556,21 @@ fn reading_commands_never_write_and_writing_commands_refuse_damage() {
         );
     }
 
-    // Damaged pages: one flipped byte inside a stored value (the file still opens).
+    // Damaged pages: a flipped byte inside a stored value (the file still opens). In
+    // every copy of it: a page a commit freed may hold an old copy, which nothing reads.
     let flipped = dir.path().join("flipped.memo");
     let mut bytes = intact.clone();
     let needle = b"synopsis of book 17";
-    let at = bytes
+    let copies: Vec<usize> = bytes
         .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("the value is in the file");
-    bytes[at + 3] ^= 0x01;
+        .enumerate()
+        .filter(|(_, w)| w == needle)
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!copies.is_empty(), "the value is in the file");
+    for at in copies {
+        bytes[at + 3] ^= 0x01;
+    }
     std::fs::write(&flipped, &bytes).unwrap();
 
     // A broken index: a dangling expiry row, written behind the library's back.
