@@ -5,7 +5,9 @@
 //! indexes exact (`check_integrity` after each step), never serve a removed value and
 //! leave zones, expiry, `max_hits` and the memory tier of a tiered store working; the
 //! admission policy keeps a popular entry through a scan of cold keys; `Stats` and
-//! `Cache::inspect` count bytes and evictions by reason.
+//! `Cache::inspect` count bytes and evictions by reason. Also a memoizer's own budget
+//! (`MemoizerBuilder::max_bytes`) and the memory tiers' weigher; a file filled without a
+//! budget gets its eviction index when first given one; budgets in a shared cache.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -762,4 +764,32 @@ fn a_panicking_weigher_counts_the_encoded_size_and_breaks_nothing() {
     }
     assert!(lru.stats().entries.unwrap() >= 4);
     assert_eq!(lru.stats().errors, 0);
+}
+
+/// A shared cache (`CacheBuilder::shared`) evicts for the file's budget and for a
+/// memoizer's own in the same writer rounds, and keeps the indexes exact.
+#[test]
+fn budgets_hold_in_a_shared_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder()
+        .shared(true)
+        .max_bytes(Some(BUDGET))
+        .open(dir.path().join("c.memo"))
+        .unwrap();
+    let small = own(&cache, "small", Some(OWN));
+    let large = blobs(&cache);
+    for k in 0..120 {
+        assert_eq!(small.get_or_compute(&k, |k| blob(*k)), blob(k));
+        assert_eq!(large.get_or_compute(&k, |k| blob(*k)), blob(k));
+    }
+    settle(&cache);
+    assert_sound(&cache);
+    assert!(
+        small.stats().bytes.unwrap() <= OWN,
+        "{:?}",
+        small.stats().bytes
+    );
+    let charged = cache.check_integrity().unwrap().bytes;
+    assert!(charged <= BUDGET, "{charged} charged");
+    assert!(small.stats().budget_evictions > 0 && large.stats().budget_evictions > 0);
 }
