@@ -4,7 +4,7 @@
 //! never served again by another once it returned - memory tiers included - and that a
 //! computation that began before it in another process stores nothing after it; that
 //! processes missing one key at once compute it once, and that a waiter takes over when
-//! the computing process is killed; that a `max_hits` budget is spent by all processes
+//! the computing process is killed - at once, even when a child it forked lives on; that a `max_hits` budget is spent by all processes
 //! together (no value served more than N times in all, ceil(C/(N+1)) computations); that a shared and an exclusive open of one file get
 //! `Error::ModeMismatch` naming the file; that a process killed inside a write
 //! transaction (a store's, an invalidation's) blocks the others only until it dies, and
@@ -196,12 +196,30 @@ fn worker_role() {
                 fresco_memoize::__faults::skip_board_bumps();
                 "armed".into()
             }
+            ["forkchild"] => fork_a_sleeper().to_string(),
             ["check"] => format!("{}", m.cache.check_integrity().unwrap().is_ok()),
             ["quit"] => break,
             _ => panic!("unknown command {line}"),
         };
         println!("{MARK}{answer}");
     }
+}
+
+/// Forks a child that only sleeps (up to `ANSWER`, in case the test cannot kill it),
+/// holding what it inherited - among it the owner lock of the worker's shared cache.
+/// Returns its process id.
+#[cfg(unix)]
+fn fork_a_sleeper() -> i32 {
+    // SAFETY (test): the child only sleeps and leaves with `_exit`, touching nothing the
+    // parent's other threads may have held locked at the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        std::thread::sleep(ANSWER);
+        // SAFETY (test): leaves the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    pid
 }
 
 /// A worker process and its answers.
@@ -584,6 +602,42 @@ fn a_process_killed_inside_an_invalidation_leaves_it_undone_and_whole() {
     }
     assert_eq!(b.ask("check"), "true");
     b.quit();
+}
+
+/// As above, but the killed holder had forked a child that keeps running (a pre-fork
+/// server's master dying while computing): the child inherited the holder's owner lock,
+/// yet the waiter takes over at once - well before the 30 s bound a wait falls back at.
+#[cfg(unix)]
+#[test]
+fn a_waiter_takes_over_when_the_computing_process_dies_but_its_forked_child_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.memo");
+    let (marks, never) = (dir.path().join("marks"), dir.path().join("never"));
+    drop(open_shared(&path));
+    let mut holder = Worker::spawn(&path);
+    let child: i32 = holder.ask("forkchild").parse().unwrap();
+    holder.send(&format!("slow 9 1 {} {}", marks.display(), never.display()));
+    wait_for_file(&marks);
+    let mut waiter = Worker::spawn(&path);
+    waiter.send(&format!("slow 9 81 {} -", marks.display()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lines(&marks).len(),
+        1,
+        "the waiter computed while the holder lived"
+    );
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    let start = Instant::now();
+    assert_eq!(waiter.answer(), "81");
+    let took = start.elapsed();
+    // SAFETY (test): kills and reaps the sleeper forked by the holder.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+    }
+    assert!(took < Duration::from_secs(10), "the waiter waited {took:?}");
+    assert_eq!(lines(&marks).len(), 2);
+    waiter.quit();
 }
 
 #[test]

@@ -3,10 +3,12 @@
 //! so that a dead holder is known dead at once.
 //!
 //! - **Owners**: each open claims an owner id (1..=255) by taking the `flock` of its
-//!   file `<cache file>-flights/owner-NN`, held for the cache's life. The kernel
-//!   releases it when the process dies, however it dies; a lock that can be taken again
-//!   means its owner is gone. A fresh owner first clears the words its id left behind
-//!   (a dead predecessor's flights).
+//!   file `<cache file>-flights/owner-NN`, held for the cache's life, and writes its
+//!   process id into it. The kernel releases the lock when the process dies, however it
+//!   dies; a lock that can be taken again means its owner is gone. A child the owner
+//!   forked inherits the lock and may outlive it: a held lock whose process no longer
+//!   runs (`/proc`, on Linux) means gone too. A fresh owner first clears the words its
+//!   id left behind (a dead predecessor's flights).
 //! - **Words**: a flight is one word of the table, `owner << 56 | tag`, the tag 56 bits
 //!   of the memoizer's table id and the key's hash; zero is a free word. The table is
 //!   set-associative: a key may sit in any of the 8 words (one cache line) of its bucket.
@@ -35,6 +37,7 @@
 
 use std::cell::Cell;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -108,6 +111,23 @@ impl Drop for FlightWord {
     }
 }
 
+/// Whether process `pid` runs (a zombie does not). Known on Linux (`/proc`); elsewhere
+/// assumed, and a dead owner's flight is then waited for up to [`FLIGHT_WAIT`] when a
+/// child it forked outlives it.
+fn process_runs(pid: u32) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) state ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| !matches!(state, "Z" | "X" | "x")),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 /// The flight-table tag and bucket of `hash` in the memoizer whose table id is `memo`.
 fn place(memo: u64, hash: &KeyHash) -> (u64, usize) {
     let (lo, hi) = crate::key::halves(hash);
@@ -152,6 +172,11 @@ impl FlightTable {
                 .open(self.owner_file(id))
                 .ok()?;
             file.try_lock().ok()?;
+            // Who holds it, for `alive`: a child forked later inherits the lock.
+            file.set_len(0).ok()?;
+            (&file)
+                .write_all(std::process::id().to_string().as_bytes())
+                .ok()?;
             Some(Owner { id, _lock: file })
         })?;
         // A dead process that had this id may have left flights: they are ours to clear.
@@ -166,15 +191,27 @@ impl FlightTable {
 
     /// Whether the process that claimed owner id `id` is alive.
     fn alive(&self, id: u64) -> bool {
-        let file = match File::open(self.owner_file(id)) {
+        let mut file = match File::open(self.owner_file(id)) {
             Ok(file) => file,
             Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
         };
         // Taken: its owner is gone (given back when `file` drops). An error: assume
         // alive, the wait is bounded.
         match file.try_lock() {
-            Ok(()) => false,
-            Err(TryLockError::WouldBlock | TryLockError::Error(_)) => true,
+            Ok(()) => return false,
+            Err(TryLockError::Error(_)) => return true,
+            Err(TryLockError::WouldBlock) => {}
+        }
+        // Held - but a child the owner forked holds it too, and outlives it: the owner
+        // process itself must still run.
+        let mut pid = String::new();
+        match file
+            .read_to_string(&mut pid)
+            .ok()
+            .and(pid.trim().parse::<u32>().ok())
+        {
+            Some(pid) => process_runs(pid),
+            None => true,
         }
     }
 
