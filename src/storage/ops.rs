@@ -308,6 +308,9 @@ struct Indexes<'t> {
     expiry: Option<redb::Table<'t, &'static [u8; 40], ()>>,
     /// The eviction index and the byte accounting: every entry has them.
     evict: Option<EvictTables<'t>>,
+    /// Whether charges are gathered and written by [`Indexes::finish`] (a batch of
+    /// puts) instead of with each update.
+    defer_charges: bool,
 }
 
 /// [`EVICT`], [`EVICT_ORDER`] and [`SIZES`], opened together.
@@ -320,6 +323,9 @@ struct EvictTables<'t> {
     /// Whether the file keeps eviction rows ([`KEY_EVICT_INDEX`]); charges are kept
     /// either way.
     indexed: bool,
+    /// Charges gathered, not written yet: (memoizer id, bytes added, bytes removed).
+    /// `None`: each update writes its charge.
+    deferred: Option<Vec<(u64, u64, u64)>>,
 }
 
 impl<'t> EvictTables<'t> {
@@ -331,7 +337,33 @@ impl<'t> EvictTables<'t> {
             sizes: txn.open_table(SIZES)?,
             next: None,
             indexed,
+            deferred: None,
         })
+    }
+
+    /// Writes the charges gathered (see [`EvictTables::deferred`]).
+    fn write_charges(&mut self) -> R<()> {
+        for (memo_id, added, removed) in self
+            .deferred
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            self.charge(memo_id, added, removed)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `added` and takes `removed` from memoizer `memo_id`'s charge.
+    fn charge(&mut self, memo_id: u64, added: u64, removed: u64) -> R<()> {
+        let used = self.sizes.get(memo_id)?.map_or(0, |v| v.value());
+        let used = used.saturating_add(added).saturating_sub(removed);
+        if used == 0 {
+            self.sizes.remove(memo_id)?;
+        } else {
+            self.sizes.insert(memo_id, used)?;
+        }
+        Ok(())
     }
 
     /// A tick past every tick in the order: where a new or spared entry goes. Found
@@ -380,18 +412,20 @@ impl<'t> EvictTables<'t> {
         if let Some(tick) = old_tick {
             self.order.remove(&order_key(tick, target))?;
         }
-        let used = self.sizes.get(memo_id)?.map_or(0, |v| v.value());
-        let used = if add {
-            used.saturating_add(charge)
-        } else {
-            used.saturating_sub(charge)
-        };
-        if used == 0 {
-            self.sizes.remove(memo_id)?;
-        } else {
-            self.sizes.insert(memo_id, used)?;
+        let (added, removed) = if add { (charge, 0) } else { (0, charge) };
+        match &mut self.deferred {
+            None => self.charge(memo_id, added, removed),
+            Some(gathered) => {
+                match gathered.iter_mut().find(|(id, _, _)| *id == memo_id) {
+                    Some(g) => {
+                        g.1 += added;
+                        g.2 += removed;
+                    }
+                    None => gathered.push((memo_id, added, removed)),
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Moves entry `target` (now at `tick`) to the end of the order: a second chance.
@@ -445,6 +479,25 @@ impl<'t> Indexes<'t> {
             deps: None,
             expiry: None,
             evict: None,
+            defer_charges: false,
+        }
+    }
+
+    /// Like [`Indexes::new`], gathering the charges until [`Indexes::finish`]: a get
+    /// and an insert of `fresco/sizes` per put were a tenth of a miss's cost.
+    fn deferring(txn: &'t WriteTransaction) -> Self {
+        Indexes {
+            defer_charges: true,
+            ..Indexes::new(txn)
+        }
+    }
+
+    /// Writes what was gathered. Needed before the transaction commits, or anything in
+    /// it reads `fresco/sizes`.
+    fn finish(&mut self) -> R<()> {
+        match &mut self.evict {
+            Some(evict) => evict.write_charges(),
+            None => Ok(()),
         }
     }
 
@@ -463,7 +516,11 @@ impl<'t> Indexes<'t> {
         // Every entry, even one that no longer parses, is charged, and has its eviction
         // rows in a file that keeps them.
         if self.evict.is_none() {
-            self.evict = Some(EvictTables::open(self.txn)?);
+            let mut tables = EvictTables::open(self.txn)?;
+            if self.defer_charges {
+                tables.deferred = Some(Vec::new());
+            }
+            self.evict = Some(tables);
         }
         if let Some(evict) = &mut self.evict {
             evict.update(&target, memo_id, budget::charge(bytes.len()), add)?;
@@ -595,7 +652,7 @@ impl<'t> Puts<'t> {
         Puts {
             txn,
             open: None,
-            indexes: Indexes::new(txn),
+            indexes: Indexes::deferring(txn),
         }
     }
 
@@ -620,10 +677,13 @@ impl<'t> Puts<'t> {
         self.indexes.update(at, hash, bytes, true, None)
     }
 
-    /// Closes the open tables, if any, so other work in the transaction may open them.
-    pub(crate) fn close(&mut self) {
+    /// Writes the charges gathered and closes the open tables, if any, so other work in
+    /// the transaction may open them. Needed before the transaction commits.
+    pub(crate) fn close(&mut self) -> R<()> {
         self.open = None;
-        self.indexes = Indexes::new(self.txn);
+        self.indexes.finish()?;
+        self.indexes = Indexes::deferring(self.txn);
+        Ok(())
     }
 }
 

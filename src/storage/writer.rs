@@ -469,12 +469,12 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                     }
                     puts.put(key.0, &key.1, &bytes)?;
                     if rounds.put(key.0, &key.1, bytes.len()) {
-                        puts.close();
+                        puts.close()?;
                         rounds.run(&txn)?;
                     }
                 }
                 Job::Run { mut task, .. } => {
-                    puts.close();
+                    puts.close()?;
                     let applied = task.apply(&txn);
                     replies.push(Reply::Run(task));
                     applied?;
@@ -483,6 +483,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
                 Job::Wake | Job::Shutdown => {}
             }
         }
+        puts.close()?;
         drop(puts);
         rounds.run(&txn)?;
         super::faults::before_commit();
