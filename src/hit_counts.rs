@@ -40,12 +40,9 @@ const TAG_SHIFT: u32 = SERVED_BITS + ID_BITS;
 
 /// A value's word without its count (`tag | id`), and its bucket's first word.
 fn place(memo: u64, hash: &KeyHash, entry_id: u64) -> (u64, usize) {
-    let (lo, hi) = crate::key::halves(hash);
-    let mixed = lo ^ memo.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let (mixed, bucket) = crate::key::board_place(memo, hash, crate::shm::COUNT_WORDS / WAYS);
     let tag = (mixed >> 44) | 1;
     let id = entry_id & ((1 << ID_BITS) - 1);
-    let buckets = (crate::shm::COUNT_WORDS / WAYS) as u64;
-    let bucket = ((hi ^ memo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) % buckets) as usize;
     (tag << TAG_SHIFT | id << SERVED_BITS, bucket * WAYS)
 }
 

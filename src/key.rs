@@ -15,15 +15,19 @@ pub(crate) type KeyHash = [u8; 16];
 /// ([`place`]); entries store them ([`crate::entry`]).
 pub(crate) type DepRow = [u8; 24];
 
-/// Builds a [`DepRow`].
-/// The two 64-bit halves of a key hash (little-endian): for tables that place a key by
-/// one half and tag it with the other.
-pub(crate) fn halves(hash: &KeyHash) -> (u64, u64) {
+/// Where the key `hash` of the memoizer with table id `memo` goes in a set-associative
+/// table of `buckets` buckets (the shared board's flight and count tables): 64 bits to
+/// tag it with, from one half of the hash, and its bucket, from the other. The table id
+/// is mixed into both, so one key of two memoizers is two keys there.
+pub(crate) fn board_place(memo: u64, hash: &KeyHash, buckets: usize) -> (u64, usize) {
     let (lo, hi) = hash.split_at(8);
     let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-    (word(lo), word(hi))
+    let tag = word(lo) ^ memo.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let bucket = (word(hi) ^ memo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) % buckets as u64;
+    (tag, bucket as usize)
 }
 
+/// Builds a [`DepRow`].
 pub(crate) fn dep_row(zone_id: u64, dep_hash: KeyHash) -> DepRow {
     let mut row = [0u8; 24];
     row[..8].copy_from_slice(&zone_id.to_be_bytes());

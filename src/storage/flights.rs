@@ -130,13 +130,8 @@ fn process_runs(pid: u32) -> bool {
 
 /// The flight-table tag and bucket of `hash` in the memoizer whose table id is `memo`.
 fn place(memo: u64, hash: &KeyHash) -> (u64, usize) {
-    let (lo, hi) = crate::key::halves(hash);
-    // The key hash is already uniform; the table id is mixed in so that one key of two
-    // memoizers makes two flights.
-    let tag = (lo ^ memo.wrapping_mul(0x9e37_79b9_7f4a_7c15)) & TAG_MASK;
-    let buckets = crate::shm::FLIGHT_WORDS / WAYS;
-    let bucket = ((hi ^ memo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)) % buckets as u64) as usize;
-    (tag, bucket * WAYS)
+    let (tag, bucket) = crate::key::board_place(memo, hash, crate::shm::FLIGHT_WORDS / WAYS);
+    (tag & TAG_MASK, bucket * WAYS)
 }
 
 fn owner_of(word: u64) -> u64 {
@@ -238,7 +233,8 @@ impl FlightTable {
         let ways = &self.peers.board.flights()[first..first + WAYS];
         let mine = me << TAG_BITS | tag;
         let nested = NESTED.with(Cell::get) > 0;
-        let start = Instant::now();
+        // Read once a wait begins: a miss that takes a free word never needs the clock.
+        let mut start = None;
         let mut pause = POLL_FIRST;
         loop {
             let held = ways
@@ -287,7 +283,7 @@ impl FlightTable {
             if let Some(found) = look() {
                 return Err(found);
             }
-            if nested || start.elapsed() >= FLIGHT_WAIT {
+            if nested || start.get_or_insert_with(Instant::now).elapsed() >= FLIGHT_WAIT {
                 return Ok(None);
             }
             std::thread::sleep(pause);
