@@ -308,9 +308,6 @@ struct Indexes<'t> {
     expiry: Option<redb::Table<'t, &'static [u8; 40], ()>>,
     /// The eviction index and the byte accounting: every entry has them.
     evict: Option<EvictTables<'t>>,
-    /// Whether charges are gathered and written by [`Indexes::finish`] (a batch of
-    /// puts) instead of with each update.
-    defer_charges: bool,
 }
 
 /// [`EVICT`], [`EVICT_ORDER`] and [`SIZES`], opened together.
@@ -323,9 +320,9 @@ struct EvictTables<'t> {
     /// Whether the file keeps eviction rows ([`KEY_EVICT_INDEX`]); charges are kept
     /// either way.
     indexed: bool,
-    /// Charges gathered, not written yet: (memoizer id, bytes added, bytes removed).
-    /// `None`: each update writes its charge.
-    deferred: Option<Vec<(u64, u64, u64)>>,
+    /// Charges gathered, not written yet ([`Indexes::finish`] writes them): (memoizer
+    /// id, bytes added, bytes removed).
+    charges: Vec<(u64, u64, u64)>,
 }
 
 impl<'t> EvictTables<'t> {
@@ -337,31 +334,21 @@ impl<'t> EvictTables<'t> {
             sizes: txn.open_table(SIZES)?,
             next: None,
             indexed,
-            deferred: None,
+            charges: Vec::new(),
         })
     }
 
-    /// Writes the charges gathered (see [`EvictTables::deferred`]).
+    /// Writes the charges gathered: one get and one insert per memoizer, not per entry
+    /// (per put they were a tenth of a miss's cost).
     fn write_charges(&mut self) -> R<()> {
-        for (memo_id, added, removed) in self
-            .deferred
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
-        {
-            self.charge(memo_id, added, removed)?;
-        }
-        Ok(())
-    }
-
-    /// Adds `added` and takes `removed` from memoizer `memo_id`'s charge.
-    fn charge(&mut self, memo_id: u64, added: u64, removed: u64) -> R<()> {
-        let used = self.sizes.get(memo_id)?.map_or(0, |v| v.value());
-        let used = used.saturating_add(added).saturating_sub(removed);
-        if used == 0 {
-            self.sizes.remove(memo_id)?;
-        } else {
-            self.sizes.insert(memo_id, used)?;
+        for (memo_id, added, removed) in std::mem::take(&mut self.charges) {
+            let used = self.sizes.get(memo_id)?.map_or(0, |v| v.value());
+            let used = used.saturating_add(added).saturating_sub(removed);
+            if used == 0 {
+                self.sizes.remove(memo_id)?;
+            } else {
+                self.sizes.insert(memo_id, used)?;
+            }
         }
         Ok(())
     }
@@ -413,19 +400,14 @@ impl<'t> EvictTables<'t> {
             self.order.remove(&order_key(tick, target))?;
         }
         let (added, removed) = if add { (charge, 0) } else { (0, charge) };
-        match &mut self.deferred {
-            None => self.charge(memo_id, added, removed),
-            Some(gathered) => {
-                match gathered.iter_mut().find(|(id, _, _)| *id == memo_id) {
-                    Some(g) => {
-                        g.1 += added;
-                        g.2 += removed;
-                    }
-                    None => gathered.push((memo_id, added, removed)),
-                }
-                Ok(())
+        match self.charges.iter_mut().find(|(id, _, _)| *id == memo_id) {
+            Some(c) => {
+                c.1 += added;
+                c.2 += removed;
             }
+            None => self.charges.push((memo_id, added, removed)),
         }
+        Ok(())
     }
 
     /// Moves entry `target` (now at `tick`) to the end of the order: a second chance.
@@ -479,21 +461,11 @@ impl<'t> Indexes<'t> {
             deps: None,
             expiry: None,
             evict: None,
-            defer_charges: false,
         }
     }
 
-    /// Like [`Indexes::new`], gathering the charges until [`Indexes::finish`]: a get
-    /// and an insert of `fresco/sizes` per put were a tenth of a miss's cost.
-    fn deferring(txn: &'t WriteTransaction) -> Self {
-        Indexes {
-            defer_charges: true,
-            ..Indexes::new(txn)
-        }
-    }
-
-    /// Writes what was gathered. Needed before the transaction commits, or anything in
-    /// it reads `fresco/sizes`.
+    /// Writes the charges gathered by [`Indexes::update`]. Every run of updates ends
+    /// with it, before the transaction commits or anything in it reads `fresco/sizes`.
     fn finish(&mut self) -> R<()> {
         match &mut self.evict {
             Some(evict) => evict.write_charges(),
@@ -516,11 +488,7 @@ impl<'t> Indexes<'t> {
         // Every entry, even one that no longer parses, is charged, and has its eviction
         // rows in a file that keeps them.
         if self.evict.is_none() {
-            let mut tables = EvictTables::open(self.txn)?;
-            if self.defer_charges {
-                tables.deferred = Some(Vec::new());
-            }
-            self.evict = Some(tables);
+            self.evict = Some(EvictTables::open(self.txn)?);
         }
         if let Some(evict) = &mut self.evict {
             evict.update(&target, memo_id, budget::charge(bytes.len()), add)?;
@@ -610,7 +578,9 @@ fn index_rows(
     bytes: &[u8],
     add: bool,
 ) -> R<()> {
-    Indexes::new(txn).update(table, hash, bytes, add, None)
+    let mut indexes = Indexes::new(txn);
+    indexes.update(table, hash, bytes, add, None)?;
+    indexes.finish()
 }
 
 /// The generation of memoizer `id`'s live entries table.
@@ -652,7 +622,7 @@ impl<'t> Puts<'t> {
         Puts {
             txn,
             open: None,
-            indexes: Indexes::deferring(txn),
+            indexes: Indexes::new(txn),
         }
     }
 
@@ -682,7 +652,7 @@ impl<'t> Puts<'t> {
     pub(crate) fn close(&mut self) -> R<()> {
         self.open = None;
         self.indexes.finish()?;
-        self.indexes = Indexes::deferring(self.txn);
+        self.indexes = Indexes::new(self.txn);
         Ok(())
     }
 }
@@ -847,6 +817,7 @@ pub(crate) fn reclaim(txn: &WriteTransaction, limit: usize) -> R<(u64, bool)> {
         table.remove(hash)?;
         indexes.update((id, generation), hash, bytes, false, None)?;
     }
+    indexes.finish()?;
     let empty = table.is_empty()?;
     drop(table);
     drop(indexes);
@@ -929,6 +900,7 @@ fn sweep_placed(txn: &WriteTransaction, row: &DepRow) -> R<Vec<(u64, KeyHash)>> 
             }
         }
     }
+    indexes.finish()?;
     Ok(removed)
 }
 
@@ -970,6 +942,7 @@ fn remove_refs(
             }
         }
     }
+    indexes.finish()?;
     Ok(removed)
 }
 
