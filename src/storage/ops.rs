@@ -71,6 +71,11 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> R<Option<InitOutcome>> {
     Ok(None)
 }
 
+/// Whether the table named `name` is an entries table, live or a grave.
+fn holds_entries(name: &str) -> bool {
+    name.starts_with(ENTRIES_PREFIX) || name.starts_with(GRAVE_PREFIX)
+}
+
 /// Opens every table of the file with the types this crate gives it: a table recorded
 /// with other types (a damaged table directory) fails the open as damage now, instead of
 /// failing every later use of that table. Reads the directory only, no table's rows.
@@ -98,7 +103,7 @@ fn check_directory(read: &ReadTransaction) -> R<()> {
     let names: Vec<String> = read
         .list_tables()?
         .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(ENTRIES_PREFIX) || n.starts_with(GRAVE_PREFIX))
+        .filter(|n| holds_entries(n))
         .collect();
     for name in names {
         present(read.open_table(EntriesDef::new(&name)))?;
@@ -143,7 +148,7 @@ fn drop_entries(txn: &WriteTransaction) -> R<()> {
     let names: Vec<String> = txn
         .list_tables()?
         .map(|t| t.name().to_string())
-        .filter(|n| n.starts_with(ENTRIES_PREFIX) || n.starts_with(GRAVE_PREFIX))
+        .filter(|n| holds_entries(n))
         .collect();
     for name in names {
         txn.delete_table(EntriesDef::new(&name))?;
