@@ -73,8 +73,12 @@ fn a_held_archived_hit_postpones_compaction_and_values_stay_right() {
     big.get_or_compute(&0, |_| (0..128).collect());
     cache.flush().unwrap();
     let held = big.get_archived(&0).unwrap().expect("a hit");
-    fill(&m, 0..N);
-    cache.flush().unwrap();
+    // Filled in steps, each made durable: every step's commit rewrites most leaf pages,
+    // and the held snapshot keeps redb from reusing the pages the commits free.
+    for step in 0..8 {
+        fill(&m, step * N / 8..(step + 1) * N / 8);
+        cache.flush().unwrap();
+    }
     let bloated = len(&cache);
     // Copied while the writer is idle: its compaction attempt was refused, it writes
     // nothing. (A copy taken during a compaction would not be a database.)

@@ -1,8 +1,9 @@
 //! The only module that talks to redb.
 //!
 //! Reads go through a per-memoizer cached snapshot ([`SnapSlot`]) validated against a
-//! commit generation; writes go through one background writer ([`writer`]) that batches
-//! entries into non-durable commits. Values written but not yet committed sit in the
+//! commit generation; writes go through one background writer ([`writer`]) that gathers
+//! entries into an open transaction and commits it when a job, a pause or the durable
+//! interval needs a commit. Values written but not yet committed sit in the
 //! `pending` overlay, which every read consults first, so a value is visible to the next
 //! call at once.
 //!
@@ -667,9 +668,9 @@ impl Storage {
     /// a flush has been answered (so a flush does not wait for it, the writer's next job
     /// does), or when the writes pause; with a byte budget, after every durable commit.
     ///
-    /// Why: redb reuses freed pages but never gives them back, and batched commits of
-    /// randomly placed rows free many (copy-on-write): a filled file is about 2.6x its
-    /// live pages. Compaction moves the live pages down and truncates the file.
+    /// Why: redb reuses freed pages but never gives them back, and commits of randomly
+    /// placed rows free many (copy-on-write): a file filled by many commits grows to
+    /// several times its live pages. Compaction moves the live pages down and truncates the file.
     ///
     /// It needs every read snapshot gone: the cached ones are dropped here (as after a
     /// commit) while the database is write-locked, so that no new one opens; one still

@@ -1,6 +1,10 @@
-//! The single background writer: batches jobs into one redb transaction, commits
-//! non-durably, and makes everything durable every `durable_interval`, on flush and on
-//! shutdown.
+//! The single background writer: applies jobs in batches to one redb transaction, and
+//! makes everything durable every `durable_interval`, on flush and on shutdown.
+//!
+//! Commits: a batch with a job to answer (`Run`, `Flush`) commits its transaction; a
+//! batch of puts alone leaves it open for the next batch ([`Open`]) in an exclusive,
+//! unbudgeted file, up to [`OPEN_PUTS`] puts or [`OPEN_BYTES`] bytes. Their readers
+//! find them in the overlay meanwhile.
 //!
 //! Durability rules:
 //! - A batch that carries a synchronous job (`Run`: an invalidation, a registration, a
@@ -41,8 +45,14 @@ const LOOK_AGAIN: Duration = Duration::from_millis(100);
 /// How long the writer waits for more writes before making the ones it has durable.
 const IDLE_DURABLE: Duration = Duration::from_millis(50);
 
-/// Most jobs in one transaction; bounds the latency of a synchronous job behind a burst.
+/// Most jobs taken from the queue at once; bounds the latency of a synchronous job
+/// behind a burst.
 const MAX_BATCH: usize = 4096;
+
+/// Most puts, and most bytes of them, that one transaction carries across batches (see
+/// [`Open`]) before it commits.
+const OPEN_PUTS: usize = 64 * 1024;
+const OPEN_BYTES: usize = 64 << 20;
 
 /// A synchronous job: runs inside a batch's transaction, and is answered once the batch
 /// has committed (or failed). Typed end to end: each job sends its own result type.
@@ -331,7 +341,9 @@ impl Writer {
 }
 
 fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
+    // Written since the last durable commit: committed non-durably, or still in `open`.
     let mut dirty = false;
+    let mut open: Option<Open<'_>> = None;
     let mut last_durable = Instant::now();
     loop {
         // While non-durable commits are outstanding, wait at most until the interval ends
@@ -394,8 +406,10 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
             };
         }
         if storage.suspected() {
+            abandon(storage, &mut open);
             storage.recover(false);
         } else if storage.take_reopen_request() {
+            abandon(storage, &mut open);
             storage.ensure_open();
         }
         let synchronous = batch
@@ -409,9 +423,24 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
             || room == 0
             || last_durable.elapsed() >= durable_interval
             || storage.multi().is_some();
+        // Puts alone need no commit yet: their readers are served from the overlay, and
+        // a later commit (durable once the writes pause, or within the interval) takes
+        // them. A shared cache commits every batch (durably); a budgeted file's rounds
+        // count what each commit frees.
+        let answered = batch
+            .iter()
+            .any(|j| matches!(j, Job::Flush(_) | Job::Run { .. }));
+        let end = if durable {
+            End::Durable
+        } else if answered || storage.multi().is_some() {
+            End::Commit
+        } else {
+            End::MayKeep
+        };
         if !batch.is_empty() || (durable && dirty) {
-            match commit_batch(storage, batch, durable) {
-                Ok(()) if durable => {
+            match commit_batch(storage, &mut open, batch, end) {
+                Ok(Ended::Kept) => dirty = true,
+                Ok(Ended::Committed) if durable => {
                     dirty = false;
                     last_durable = Instant::now();
                     storage.reporter.durable_commit();
@@ -423,7 +452,7 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
                         storage.compact_if_grown();
                     }
                 }
-                Ok(()) => dirty = true,
+                Ok(Ended::Committed) => dirty = true,
                 // The reopened database holds only what was durable.
                 Err(()) => dirty = false,
             }
@@ -439,43 +468,99 @@ enum Reply {
     Flush(ReplyTx<()>),
 }
 
-/// Applies `batch` in one transaction. On failure, reports it, answers every job with
-/// the error and reopens the database for the next batch.
-fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(), ()> {
-    let mut settled: Vec<(PendingKey, u64)> = Vec::new();
+/// How [`commit_batch`] ends the transaction it applied a batch to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Commit it durably.
+    Durable,
+    /// Commit it.
+    Commit,
+    /// Keep it open for the next batch, unless it is full or a budget counts its pages.
+    MayKeep,
+}
+
+/// What [`commit_batch`] did.
+enum Ended {
+    Committed,
+    Kept,
+}
+
+/// A write transaction kept open across batches of puts. A burst of puts into a file
+/// whose rows land at random places dirties most of its leaf pages in every batch; one
+/// commit per batch wrote each page (copy-on-write) once per batch, and the durable
+/// commit at the end of the burst had to sync all of those copies. Kept open, a page is
+/// written once per commit. The puts stay in the overlay meanwhile, where reads find
+/// them.
+struct Open<'s> {
+    txn: WriteTransaction,
+    rounds: budget::Rounds<'s>,
+    /// The puts applied, with their overlay sequence: they leave the overlay when the
+    /// transaction commits or fails.
+    settled: Vec<(PendingKey, u64)>,
+    bytes: usize,
+}
+
+/// Drops the open transaction, if any, and its puts with it (counted as lost writes: a
+/// later call recomputes them): before the database is recovered or reopened.
+fn abandon(storage: &Storage, open: &mut Option<Open<'_>>) {
+    if let Some(open) = open.take() {
+        drop(open.txn);
+        storage.count_lost_writes(&open.settled);
+        storage.settle_pending(&open.settled);
+    }
+}
+
+/// Applies `batch` to the open transaction (begun if there is none), then commits it
+/// unless `end` allows keeping it open. On failure, reports it, answers every job with
+/// the error, drops the transaction's puts and reopens the database for the next batch.
+fn commit_batch<'s>(
+    storage: &'s Storage,
+    open: &mut Option<Open<'s>>,
+    batch: Vec<Job>,
+    end: End,
+) -> Result<Ended, ()> {
     let mut replies: Vec<Reply> = Vec::new();
-    let open = storage.ensure_open();
-    let mut rounds = budget::Rounds::new(storage);
+    let db_open = storage.ensure_open();
     let mut jobs = batch.into_iter();
-    let outcome = guarded(|| {
-        let mut txn = storage.db()?.begin_write()?;
-        let level = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
+    let applied = guarded(|| {
+        if open.is_none() {
+            *open = Some(Open {
+                txn: storage.db()?.begin_write()?,
+                rounds: budget::Rounds::new(storage),
+                settled: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let Some(Open {
+            txn,
+            rounds,
+            settled,
+            bytes: open_bytes,
+        }) = open.as_mut()
+        else {
+            unreachable!("begun above")
         };
-        txn.set_durability(level)
-            .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
-        let mut puts = ops::Puts::new(&txn);
+        let mut puts = ops::Puts::new(txn);
         let mut refusals = storage.multi().map(multi::Refusals::new);
         for job in jobs.by_ref() {
             match job {
                 Job::Put { key, bytes, seq } => {
                     settled.push((key, seq));
+                    *open_bytes += bytes.len();
                     if let Some(refusals) = &mut refusals
-                        && refusals.refuses(&txn, &key, seq, &bytes)?
+                        && refusals.refuses(txn, &key, seq, &bytes)?
                     {
                         continue;
                     }
                     puts.put(key.0, &key.1, &bytes)?;
                     if rounds.put(key.0, &key.1, bytes.len()) {
                         puts.close()?;
-                        rounds.run(&txn)?;
+                        rounds.run(txn)?;
                     }
                 }
                 Job::Run { mut task, .. } => {
                     puts.close()?;
-                    let applied = task.apply(&txn);
+                    let applied = task.apply(txn);
                     replies.push(Reply::Run(task));
                     applied?;
                 }
@@ -485,11 +570,49 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         }
         puts.close()?;
         drop(puts);
-        rounds.run(&txn)?;
-        super::faults::before_commit();
-        txn.commit()?;
+        rounds.run(txn)?;
         Ok(())
     });
+    let keep = applied.is_ok()
+        && end == End::MayKeep
+        && open.as_ref().is_some_and(|o| {
+            !o.rounds.bounded() && o.settled.len() < OPEN_PUTS && o.bytes < OPEN_BYTES
+        });
+    if keep {
+        debug_assert!(replies.is_empty(), "a batch with answers commits");
+        return Ok(Ended::Kept);
+    }
+    let durable = end == End::Durable;
+    let (mut settled, outcome) = match (applied, open.take()) {
+        (
+            Ok(()),
+            Some(Open {
+                mut txn,
+                rounds,
+                settled,
+                ..
+            }),
+        ) => {
+            let outcome = guarded(|| {
+                let level = if durable {
+                    Durability::Immediate
+                } else {
+                    Durability::None
+                };
+                txn.set_durability(level)
+                    .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+                super::faults::before_commit();
+                txn.commit()?;
+                Ok(rounds.evicted)
+            });
+            (settled, outcome)
+        }
+        // The transaction is dropped: nothing of it reaches the file.
+        (applied, open) => (
+            open.map(|o| o.settled).unwrap_or_default(),
+            applied.and(Err(redb::Error::DatabaseClosed)),
+        ),
+    };
     // Jobs the failed transaction never reached still get their answer, and their puts
     // still leave the overlay (a put left there would be served even after an
     // invalidation).
@@ -502,9 +625,9 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         }
     }
     let committed = outcome.is_ok();
-    if committed {
+    if let Ok(evicted) = &outcome {
         storage.committed();
-        storage.count_evicted(&rounds.evicted);
+        storage.count_evicted(evicted);
     } else {
         storage.count_lost_writes(&settled);
     }
@@ -516,7 +639,7 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
         let damaged = super::is_corruption(&e);
         let error = Arc::new(storage.error(e));
         // A closed database (not reopened after a failure) was reported when it closed.
-        if open {
+        if db_open {
             storage.reporter.report(&error);
             storage.recover(damaged);
         }
@@ -543,5 +666,9 @@ fn commit_batch(storage: &Storage, batch: Vec<Job>, durable: bool) -> Result<(),
     if flushed {
         storage.compact_if_grown();
     }
-    if committed { Ok(()) } else { Err(()) }
+    if committed {
+        Ok(Ended::Committed)
+    } else {
+        Err(())
+    }
 }
