@@ -410,6 +410,10 @@ impl Tiers {
     /// was read: either may have removed these bytes and purged the memory tier before
     /// this insert.
     pub(crate) fn promote(&self, ek: &EncodedKey, bytes: &[u8], generation: u64, stamp: u64) {
+        // Without a memory tier, no copy of the entry is made at all.
+        if self.memory.is_none() {
+            return;
+        }
         self.promote_if(ek, Arc::from(bytes), || {
             self.shared.fence.unchanged(stamp) && self.generation() == generation
         });
