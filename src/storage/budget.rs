@@ -336,13 +336,13 @@ impl<'b> Rounds<'b> {
         }
     }
 
-    /// Notes a put of `len` bytes; true when a round is due (close the open entries
-    /// table, then call [`Rounds::run`]).
     /// Whether any budget counts this transaction's puts.
     pub(crate) fn bounded(&self) -> bool {
         self.budget.is_some() || !self.memos.is_empty()
     }
 
+    /// Notes a put of `len` bytes; true when a round is due (close the open entries
+    /// table, then call [`Rounds::run`]).
     pub(crate) fn put(&mut self, memo_id: u64, hash: &KeyHash, len: usize) -> bool {
         let memo = self.memos.iter_mut().find(|m| m.memo_id == memo_id);
         if self.budget.is_none() && memo.is_none() {

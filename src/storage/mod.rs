@@ -670,7 +670,8 @@ impl Storage {
     ///
     /// Why: redb reuses freed pages but never gives them back, and commits of randomly
     /// placed rows free many (copy-on-write): a file filled by many commits grows to
-    /// several times its live pages. Compaction moves the live pages down and truncates the file.
+    /// several times its live pages. Compaction moves the live pages down and truncates
+    /// the file.
     ///
     /// It needs every read snapshot gone: the cached ones are dropped here (as after a
     /// commit) while the database is write-locked, so that no new one opens; one still

@@ -425,14 +425,14 @@ fn run(storage: &Storage, rx: &Receiver<Job>, durable_interval: Duration) {
             || storage.multi().is_some();
         // Puts alone need no commit yet: their readers are served from the overlay, and
         // a later commit (durable once the writes pause, or within the interval) takes
-        // them. A shared cache commits every batch (durably); a budgeted file's rounds
-        // count what each commit frees.
+        // them. A shared cache's batches are all durable (above); a budgeted file's
+        // rounds count what each commit frees (`commit_batch` asks them).
         let answered = batch
             .iter()
             .any(|j| matches!(j, Job::Flush(_) | Job::Run { .. }));
         let end = if durable {
             End::Durable
-        } else if answered || storage.multi().is_some() {
+        } else if answered {
             End::Commit
         } else {
             End::MayKeep
