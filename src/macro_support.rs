@@ -136,7 +136,7 @@ pub fn builder_keyed<K: ?Sized + 'static, V: Value, T: Serialize>(
     MemoizerBuilder::with_encoder(
         cache.inner.clone(),
         name,
-        Arc::new(move |k: &K| KeyBytes::encode(&keyfunc(k))),
+        Arc::new(move |k: &K, out: &mut KeyBytes| out.set(&keyfunc(k))),
     )
 }
 

@@ -47,7 +47,9 @@ pub enum Store {
     Tiered(usize),
 }
 
-pub(crate) type KeyEncoder<K> = dyn Fn(&K) -> Result<KeyBytes, postcard::Error> + Send + Sync;
+/// Encodes a key into the given bytes (in place: see [`KeyBytes::set`]).
+pub(crate) type KeyEncoder<K> =
+    dyn Fn(&K, &mut KeyBytes) -> Result<(), postcard::Error> + Send + Sync;
 
 /// A memoized function's cache: look values up by argument, compute on a miss.
 ///
@@ -122,15 +124,17 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     }
 
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
-        let bytes = (self.encode)(key).map_err(Error::KeyEncoding)?;
-        let hash = (self.core.policy.hasher)(bytes.as_slice());
+        // Built first and encoded into, so the key bytes are not copied on their way.
+        let mut ek = EncodedKey::plain(KeyBytes::empty(), [0; 16]);
+        (self.encode)(key, &mut ek.bytes).map_err(Error::KeyEncoding)?;
+        ek.hash = (self.core.policy.hasher)(ek.bytes.as_slice());
         if self.core.policy.placed {
             // Only the primary row is needed to find the entry; on an error the lookup
             // misses, and the miss reports it (the entry cannot be stored).
             let primary = (self.deps.primary)(key).ok().flatten();
-            return Ok(EncodedKey::placed(bytes, hash, primary.as_ref()));
+            ek.place(primary.as_ref());
         }
-        Ok(EncodedKey::plain(bytes, hash))
+        Ok(ek)
     }
 
     /// Looks `ek` up in every tier and deserializes a live hit. An entry due for a
@@ -348,29 +352,31 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     fn drive<A, E, R>(
         &self,
         args: A,
-        ek: Result<EncodedKey>,
+        mut ek: Result<EncodedKey>,
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
         look: impl Fn(&EncodedKey, bool) -> Looked<R>,
         finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut ek = match ek {
-            Ok(ek) => ek,
+        // Bound by reference, not moved out: the key's inline buffer is not copied
+        // again on the hit path (the copy was ~5 % of a memory hit).
+        let ek = match ek {
+            Ok(ref mut ek) => ek,
             Err(e) => {
                 self.core.unencoded(e);
                 return finish(compute(args)?, None);
             }
         };
         loop {
-            match self.core.step(&ek, Caller::Thread, |due| look(&ek, due)) {
+            match self.core.step(ek, Caller::Thread, |due| look(ek, due)) {
                 Step::Served(v) => return Ok(v),
                 Step::Wait(flight) => flight.wait(),
                 Step::Alone => return finish(compute(args)?, None),
                 Step::Lead(mut lead) => {
                     let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
-                    self.core.begin(&mut lead, &ek, &deps);
+                    self.core.begin(&mut lead, ek, &deps);
                     let value = compute(args)?;
-                    let archive = self.core.land(lead, &ek, deps, &value);
+                    let archive = self.core.land(lead, ek, deps, &value);
                     return finish(value, archive);
                 }
             }
@@ -517,7 +523,11 @@ impl<K: Serialize + ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     pub(crate) fn new(cache: Arc<CacheInner>, name: &str) -> Self {
         MemoizerBuilder {
             whole_key: true,
-            ..Self::with_encoder(cache, name, Arc::new(|k: &K| KeyBytes::encode(k)))
+            ..Self::with_encoder(
+                cache,
+                name,
+                Arc::new(|k: &K, out: &mut KeyBytes| out.set(k)),
+            )
         }
     }
 }
@@ -750,7 +760,7 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// # Ok::<(), fresco_memoize::Error>(())
     /// ```
     pub fn keyfunc<T: Serialize>(mut self, f: impl Fn(&K) -> T + Send + Sync + 'static) -> Self {
-        self.encode = Arc::new(move |k: &K| KeyBytes::encode(&f(k)));
+        self.encode = Arc::new(move |k: &K, out: &mut KeyBytes| out.set(&f(k)));
         self.whole_key = false;
         self
     }
