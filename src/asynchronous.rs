@@ -82,32 +82,30 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) async fn run_async<A, E, F: Future<Output = Result<V, E>>>(
         &self,
         args: A,
-        ek: Result<EncodedKey>,
+        mut ek: Result<EncodedKey>,
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> F,
     ) -> Result<V, E> {
-        let mut ek = match ek {
-            Ok(ek) => ek,
+        // By reference, as in `Memoizer::drive`.
+        let ek = match ek {
+            Ok(ref mut ek) => ek,
             Err(e) => {
                 self.core.unencoded(e);
                 return compute(args).await;
             }
         };
         loop {
-            match self
-                .core
-                .step(&ek, Caller::Task, |due| self.lookup(&ek, due))
-            {
+            match self.core.step(ek, Caller::Task, |due| self.lookup(ek, due)) {
                 Step::Served(v) => return Ok(v),
                 Step::Wait(flight) => flight.wait_async().await,
                 Step::Alone => return compute(args).await,
                 Step::Lead(mut lead) => {
                     let deps = ek.deps.take().unwrap_or_else(|| deps(&args));
-                    self.core.begin(&mut lead, &ek, &deps);
+                    self.core.begin(&mut lead, ek, &deps);
                     // Dropping this future here drops `lead`: the flight lands unstored
                     // and a waiter takes over.
                     let value = compute(args).await?;
-                    self.core.land(lead, &ek, deps, &value);
+                    self.core.land(lead, ek, deps, &value);
                     return Ok(value);
                 }
             }

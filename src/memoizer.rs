@@ -359,7 +359,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
     ) -> Result<R, E> {
         // Bound by reference, not moved out: the key's inline buffer is not copied
-        // again on the hit path (the copy was ~5 % of a memory hit).
+        // again on the hit path (see `KeyBytes::set`).
         let ek = match ek {
             Ok(ref mut ek) => ek,
             Err(e) => {
