@@ -62,7 +62,7 @@ impl KeyBytes {
 
     /// Encodes `key` with postcard into `self`, replacing what it held. The hit path
     /// encodes into the key it then looks up, so the inline buffer is written once and
-    /// never copied (moving it through `Result`s cost ~5 % of a memory hit).
+    /// never copied (what the copies cost: ARCHITECTURE.md, "Fast paths").
     pub(crate) fn set<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), postcard::Error> {
         if let KeyBytes::Inline { buf, len } = self {
             match postcard::to_slice(key, buf) {
