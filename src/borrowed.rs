@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::Value;
 use crate::error::Error;
-use crate::key::{EncodedKey, KeyBytes};
+use crate::key::EncodedKey;
 use crate::memoizer::Memoizer;
 
 /// A borrowed form of the key type `K` that **serializes exactly like `K`**: `&str`
@@ -67,12 +67,15 @@ impl<K, V: Value> Memoizer<K, V> {
         compute: impl FnOnce(&Q) -> Result<V, E>,
     ) -> Result<V, E> {
         if self.core.policy.plain_keys {
-            let ek = KeyBytes::encode(key)
-                .map_err(Error::KeyEncoding)
-                .map(|bytes| {
-                    let hash = (self.core.policy.hasher)(bytes.as_slice());
-                    EncodedKey::plain(bytes, hash)
-                });
+            let mut ek = EncodedKey::empty();
+            let ek = match ek.bytes.set(key) {
+                Ok(()) => {
+                    // Plain keys mean no zone keys: nothing to file the key under.
+                    self.file_key(&mut ek, |_| None);
+                    Ok(ek)
+                }
+                Err(e) => Err(Error::KeyEncoding(e)),
+            };
             return self.run(key, ek, |_| Ok(Vec::new()), compute);
         }
         let owned = key.to_key();

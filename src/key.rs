@@ -124,25 +124,19 @@ pub(crate) struct EncodedKey {
 }
 
 impl EncodedKey {
-    /// The key of a memoizer that does not file by dependency.
-    pub(crate) fn plain(bytes: KeyBytes, hash: KeyHash) -> Self {
+    /// A key with no bytes and no hash yet: a memoizer encodes into it in place and then
+    /// files it (`Memoizer::file_key`), so the inline buffer is never copied.
+    pub(crate) fn empty() -> Self {
         EncodedKey {
-            bytes,
-            hash,
+            bytes: KeyBytes::empty(),
+            hash: [0; 16],
             deps: None,
         }
     }
 
-    /// The key of a memoizer that files entries under their primary dependency row,
-    /// for an entry whose primary row is `primary` (`None`: no rows, or rows that could
-    /// not be derived, in which case nothing is ever stored and the lookup misses).
-    pub(crate) fn placed(bytes: KeyBytes, hash: KeyHash, primary: Option<&DepRow>) -> Self {
-        let mut ek = EncodedKey::plain(bytes, hash);
-        ek.place(primary);
-        ek
-    }
-
-    /// Files this key under `primary` (see [`EncodedKey::placed`]).
+    /// Files this key under `primary`, the entry's primary dependency row (`None`: no
+    /// rows, or rows that could not be derived, in which case nothing is ever stored and
+    /// the lookup misses). See [`place`].
     pub(crate) fn place(&mut self, primary: Option<&DepRow>) {
         if let Some(primary) = primary {
             self.hash = place(&self.hash, primary);

@@ -23,16 +23,21 @@ pub use std::any::Any;
 pub use std::sync::OnceLock as Slot;
 
 /// An encoded key, or why it could not be encoded.
-pub struct Key(KeyRepr);
-
-enum KeyRepr {
-    Bytes(Result<KeyBytes, postcard::Error>),
-    Encoded(Result<EncodedKey>),
+pub struct Key {
+    ek: Result<EncodedKey>,
+    /// Whether `ek` has its row hash already (a single argument's key, made by its
+    /// memoizer); otherwise only its bytes are encoded.
+    filed: bool,
 }
 
 /// Encodes `key` exactly as a memoizer over `T` would (postcard).
 pub fn key<T: Serialize + ?Sized>(key: &T) -> Key {
-    Key(KeyRepr::Bytes(KeyBytes::encode(key)))
+    let mut ek = EncodedKey::empty();
+    let ek = match ek.bytes.set(key) {
+        Ok(()) => Ok(ek),
+        Err(e) => Err(Error::KeyEncoding(e)),
+    };
+    Key { ek, filed: false }
 }
 
 /// The dependency rows of one call, or why they could not be derived (then the value
@@ -294,22 +299,18 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         impl FnOnce(&A) -> Result<Vec<DepRow>> + use<'m, A, K, V, KF, DF>,
     ) {
         let mut deps = Some(deps);
-        let ek = match key(args).0 {
-            KeyRepr::Encoded(ek) => ek,
-            KeyRepr::Bytes(bytes) => bytes.map_err(Error::KeyEncoding).map(|bytes| {
-                let hash = (self.core.policy.hasher)(bytes.as_slice());
-                if !self.core.policy.placed {
-                    return EncodedKey::plain(bytes, hash);
-                }
-                // Filed under its dependencies: they are needed to find the row.
+        let Key { mut ek, filed } = key(args);
+        if let (Ok(ek), false) = (&mut ek, filed) {
+            self.file_key(ek, |ek| {
+                // Filed under its dependencies: they are needed to find the row, so
+                // they are derived here, once, and carried for the miss.
                 let rows = deps.take().map_or_else(Deps::new, |f| f(args));
                 let rows = rows.finish(self.name());
-                let primary = rows.as_ref().ok().and_then(|rows| rows.first());
-                let mut ek = EncodedKey::placed(bytes, hash, primary);
+                let primary = rows.as_ref().ok().and_then(|rows| rows.first().copied());
                 ek.deps = Some(rows);
-                ek
-            }),
-        };
+                primary
+            });
+        }
         let deps = move |a: &A| deps.map_or_else(Deps::new, |f| f(a)).finish(self.name());
         (ek, deps)
     }
@@ -317,7 +318,10 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// `#[memoize]`: the key of a single argument, through this memoizer's keyfunc.
     #[doc(hidden)]
     pub fn __key_of(&self, arg: &K) -> Key {
-        Key(KeyRepr::Encoded(self.encode(arg)))
+        Key {
+            ek: self.encode(arg),
+            filed: true,
+        }
     }
 
     /// `#[memoize]`: the dependency rows of a single argument, through this memoizer's

@@ -125,16 +125,28 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
 
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
         // Built first and encoded into, so the key bytes are not copied on their way.
-        let mut ek = EncodedKey::plain(KeyBytes::empty(), [0; 16]);
+        let mut ek = EncodedKey::empty();
         (self.encode)(key, &mut ek.bytes).map_err(Error::KeyEncoding)?;
+        // Only the primary row is needed to find the entry; on an error the lookup
+        // misses, and the miss reports it (the entry cannot be stored).
+        self.file_key(&mut ek, |_| (self.deps.primary)(key).ok().flatten());
+        Ok(ek)
+    }
+
+    /// Gives `ek`, whose bytes are encoded, its row hash, and files it under its primary
+    /// dependency row if this memoizer files entries so: `primary` derives that row
+    /// (asked only then; it may leave every row in `ek.deps` for a miss to store).
+    /// Every form of a key - owned, borrowed, `#[memoize]` arguments - is hashed here.
+    pub(crate) fn file_key(
+        &self,
+        ek: &mut EncodedKey,
+        primary: impl FnOnce(&mut EncodedKey) -> Option<DepRow>,
+    ) {
         ek.hash = (self.core.policy.hasher)(ek.bytes.as_slice());
         if self.core.policy.placed {
-            // Only the primary row is needed to find the entry; on an error the lookup
-            // misses, and the miss reports it (the entry cannot be stored).
-            let primary = (self.deps.primary)(key).ok().flatten();
+            let primary = primary(ek);
             ek.place(primary.as_ref());
         }
-        Ok(ek)
     }
 
     /// Looks `ek` up in every tier and deserializes a live hit. An entry due for a
