@@ -73,7 +73,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         key: &K,
         compute: impl Future<Output = Result<V, E>>,
     ) -> Result<V, E> {
-        let ek = self.encode(key);
+        let mut slot = EncodedKey::empty();
+        let ek = self.encode_in(key, &mut slot);
         self.run_async((), ek, |()| (self.deps.all)(key), |()| compute)
             .await
     }
@@ -82,13 +83,13 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) async fn run_async<A, E, F: Future<Output = Result<V, E>>>(
         &self,
         args: A,
-        mut ek: Result<EncodedKey>,
+        ek: Result<&mut EncodedKey>,
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> F,
     ) -> Result<V, E> {
-        // By reference, as in `Memoizer::drive`.
+        // In its caller's slot, as in `Memoizer::drive`.
         let ek = match ek {
-            Ok(ref mut ek) => ek,
+            Ok(ek) => ek,
             Err(e) => {
                 self.core.unencoded(e);
                 return compute(args).await;

@@ -66,20 +66,20 @@ impl<K, V: Value> Memoizer<K, V> {
         key: &Q,
         compute: impl FnOnce(&Q) -> Result<V, E>,
     ) -> Result<V, E> {
+        let mut slot = EncodedKey::empty();
         if self.core.policy.plain_keys {
-            let mut ek = EncodedKey::empty();
-            let ek = match ek.bytes.set(key) {
+            let ek = match slot.bytes.set(key) {
                 Ok(()) => {
                     // Plain keys mean no zone keys: nothing to file the key under.
-                    self.file_key(&mut ek, |_| None);
-                    Ok(ek)
+                    self.file_key(&mut slot, |_| None);
+                    Ok(&mut slot)
                 }
                 Err(e) => Err(Error::KeyEncoding(e)),
             };
             return self.run(key, ek, |_| Ok(Vec::new()), compute);
         }
         let owned = key.to_key();
-        let ek = self.encode(&owned);
+        let ek = self.encode_in(&owned, &mut slot);
         self.run(&owned, ek, |k| (self.deps.all)(k), |_| compute(key))
     }
 }

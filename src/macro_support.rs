@@ -253,7 +253,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Deps,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
-        let (ek, deps) = self.prepare(&args, key, deps);
+        let (mut ek, deps) = self.prepare(&args, key, deps);
+        // Looked up where it is (see `Memoizer::drive`).
+        let ek = match ek {
+            Ok(ref mut ek) => Ok(ek),
+            Err(e) => Err(e),
+        };
         self.run(args, ek, deps, compute)
     }
 
@@ -282,7 +287,12 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         deps: impl FnOnce(&A) -> Deps,
         compute: impl FnOnce(A) -> F,
     ) -> Result<V, E> {
-        let (ek, deps) = self.prepare(&args, key, deps);
+        let (mut ek, deps) = self.prepare(&args, key, deps);
+        // Looked up where it is (see `Memoizer::drive`).
+        let ek = match ek {
+            Ok(ref mut ek) => Ok(ek),
+            Err(e) => Err(e),
+        };
         self.run_async(args, ek, deps, compute).await
     }
 

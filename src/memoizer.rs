@@ -123,14 +123,25 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         self.core.hit_counts()
     }
 
+    /// The key `key` is looked up and stored under: encoded, hashed and filed.
     pub(crate) fn encode(&self, key: &K) -> Result<EncodedKey> {
-        // Built first and encoded into, so the key bytes are not copied on their way.
         let mut ek = EncodedKey::empty();
-        (self.encode)(key, &mut ek.bytes).map_err(Error::KeyEncoding)?;
+        self.encode_in(key, &mut ek)?;
+        Ok(ek)
+    }
+
+    /// [`encode`](Self::encode) into the caller's `slot` (an empty key), which it hands
+    /// back: the hit paths' way, as a returned key was copied (232 bytes) on every call.
+    pub(crate) fn encode_in<'s>(
+        &self,
+        key: &K,
+        slot: &'s mut EncodedKey,
+    ) -> Result<&'s mut EncodedKey> {
+        (self.encode)(key, &mut slot.bytes).map_err(Error::KeyEncoding)?;
         // Only the primary row is needed to find the entry; on an error the lookup
         // misses, and the miss reports it (the entry cannot be stored).
-        self.file_key(&mut ek, |_| (self.deps.primary)(key).ok().flatten());
-        Ok(ek)
+        self.file_key(slot, |_| (self.deps.primary)(key).ok().flatten());
+        Ok(slot)
     }
 
     /// Gives `ek`, whose bytes are encoded, its row hash, and files it under its primary
@@ -340,7 +351,9 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
         key: &K,
         compute: impl FnOnce(&K) -> Result<V, E>,
     ) -> Result<V, E> {
-        self.run(key, self.encode(key), |k| (self.deps.all)(k), compute)
+        let mut slot = EncodedKey::empty();
+        let ek = self.encode_in(key, &mut slot);
+        self.run(key, ek, |k| (self.deps.all)(k), compute)
     }
 
     /// The memoized call itself, for any form of the arguments: `ek` is their encoded
@@ -351,7 +364,7 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     pub(crate) fn run<A, E>(
         &self,
         args: A,
-        ek: Result<EncodedKey>,
+        ek: Result<&mut EncodedKey>,
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
     ) -> Result<V, E> {
@@ -364,16 +377,16 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     fn drive<A, E, R>(
         &self,
         args: A,
-        mut ek: Result<EncodedKey>,
+        ek: Result<&mut EncodedKey>,
         deps: impl FnOnce(&A) -> Result<Vec<DepRow>>,
         compute: impl FnOnce(A) -> Result<V, E>,
         look: impl Fn(&EncodedKey, bool) -> Looked<R>,
         finish: impl FnOnce(V, Option<AlignedVec>) -> Result<R, E>,
     ) -> Result<R, E> {
-        // Bound by reference, not moved out: the key's inline buffer is not copied
-        // again on the hit path (see `KeyBytes::set`).
+        // The key stays in its caller's slot: its inline buffer is not copied on the
+        // hit path (see `KeyBytes::set`).
         let ek = match ek {
-            Ok(ref mut ek) => ek,
+            Ok(ek) => ek,
             Err(e) => {
                 self.core.unencoded(e);
                 return finish(compute(args)?, None);
@@ -449,7 +462,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
                 })
                 .map_err(|e| E::from(Error::ValueEncoding(e)))
         };
-        let ek = self.encode(key);
+        let mut slot = EncodedKey::empty();
+        let ek = self.encode_in(key, &mut slot);
         self.drive(key, ek, |k| (self.deps.all)(k), compute, look, finish)
     }
 
@@ -458,7 +472,8 @@ impl<K: ?Sized, V: Value> Memoizer<K, V> {
     /// `Ok(None)` on a miss (absent, expired, used up by `max_hits`, or written for
     /// another type). A hit counts towards `max_hits` like any other.
     pub fn get_archived(&self, key: &K) -> Result<Option<ArchivedHit<V>>> {
-        match self.lookup_archived(&self.encode(key)?, true)? {
+        let mut slot = EncodedKey::empty();
+        match self.lookup_archived(self.encode_in(key, &mut slot)?, true)? {
             Looked::Hit(hit) => Ok(Some(hit)),
             Looked::Due | Looked::Miss => Ok(None),
         }
