@@ -1,20 +1,28 @@
-//! The stored entry: a fixed header, the encoded key, dependency rows, then the rkyv
-//! archive. This layout is an on-disk compatibility boundary (see ARCHITECTURE.md).
+//! The stored entry: a short fixed header, the optional deadline, the key and dependency
+//! row lengths, the encoded key, dependency rows, then the rkyv archive. This layout is
+//! an on-disk compatibility boundary (see ARCHITECTURE.md).
 //!
 //! ```text
 //! offset size field
-//!   0     4  magic b"FMZ1"
-//!   4     4  key_len   u32 LE
-//!   8     8  checksum  xxh3_64 of bytes[16..], seeded with bytes[0..8]
-//!  16     8  fingerprint u64 LE (value type + format + memoizer version)
-//!  24     8  stored_at_ms  u64 LE
-//!  32     8  expires_at_ms u64 LE (0 = never)
-//!  40     8  entry_id  u64 LE (unique per write; identifies a value for max_hits)
-//!  48     2  dep_count u16 LE
-//!  50     1  pad: zero bytes between the dep rows and the archive (< 16)
-//!  51     5  reserved (zero)
-//!  56     .. key bytes (key_len), dep rows (dep_count x 24), pad, rkyv archive (to the end)
+//!   0     4  checksum: xxh3_64 of bytes[4..], its low 32 bits, LE
+//!   4     1  tag 0xF6 (format 6)
+//!   5     1  flags: bits 0-3 the pad (< 16), bit 4 a deadline follows, bit 5 dependency
+//!            rows follow, bits 6-7 zero
+//!   6     8  fingerprint u64 LE (value type + format + memoizer version)
+//!  14     8  stored_at_ms  u64 LE
+//!  22     8  entry_id  u64 LE (unique per write; identifies a value for max_hits)
+//!  30    (8) expires_at_ms u64 LE, only with flag bit 4 (absent: never)
+//!   .   1-5  key_len: LEB128 varint (u32)
+//!   .  (1-3) dep_count: LEB128 varint (u16, at least 1), only with flag bit 5
+//!   .    ..  key bytes (key_len), dep rows (dep_count x 24), pad zero bytes, rkyv
+//!            archive (to the end)
 //! ```
+//!
+//! An entry without a deadline, zone rows or a key of 128 bytes or more has a 31-byte
+//! header: every byte of a row costs about 1.5 bytes of file (leaves end about two
+//! thirds full), so fields a typical entry does not use take no room. The checksum is
+//! 32 bits: it catches damage to bytes that also pass the tag, flag, bound, key,
+//! fingerprint and bytecheck tests (a collision needs all of those to pass too).
 //!
 //! The pad puts an archive of [`PAD_MIN_LEN`] bytes or more at a multiple of
 //! [`ARCHIVE_ALIGN`] from the entry's start, so such an entry in an 8-aligned buffer (ours,
@@ -33,12 +41,22 @@ use crate::aligned::ARCHIVE_ALIGN;
 use crate::key::DepRow;
 
 /// Version of the whole on-disk format (tables and entry layout). Bump it on any change.
-pub(crate) const FORMAT_VERSION: u32 = 5;
+pub(crate) const FORMAT_VERSION: u32 = 6;
 
-const MAGIC: &[u8; 4] = b"FMZ1";
-pub(crate) const HEADER_LEN: usize = 56;
-/// Offset of the pad length in the header.
-const PAD: usize = 50;
+/// The entry's tag byte: an entry of another format (or foreign bytes) fails it first.
+const TAG: u8 = 0xF6;
+const AT_TAG: usize = 4;
+const AT_FLAGS: usize = 5;
+const AT_FINGERPRINT: usize = 6;
+const AT_STORED: usize = 14;
+const AT_ENTRY_ID: usize = 22;
+/// Where the deadline is, when the entry has one; the fixed header ends here.
+const AT_DEADLINE: usize = 30;
+const FIXED_LEN: usize = AT_DEADLINE;
+const PAD_MASK: u8 = 0x0f;
+const HAS_DEADLINE: u8 = 0x10;
+const HAS_DEPS: u8 = 0x20;
+const FLAGS_MASK: u8 = PAD_MASK | HAS_DEADLINE | HAS_DEPS;
 /// Archives at least this long are padded to [`ARCHIVE_ALIGN`].
 const PAD_MIN_LEN: usize = 512;
 /// Names how archives are placed in entries; mixed into every value fingerprint.
@@ -63,6 +81,7 @@ pub(crate) fn order_deps(mut rows: Vec<DepRow>) -> Vec<DepRow> {
 pub(crate) struct Meta {
     pub fingerprint: u64,
     pub stored_at_ms: u64,
+    /// The deadline (unix ms); 0 = never (stored as no deadline field at all).
     pub expires_at_ms: u64,
     pub entry_id: u64,
 }
@@ -72,13 +91,6 @@ impl Meta {
     pub(crate) fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms != 0 && now_ms >= self.expires_at_ms
     }
-}
-
-/// The entry id of encoded entry bytes, if they are long enough to hold one (read
-/// without checking anything else).
-pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
-    let word = bytes.get(ENTRY_ID..ENTRY_ID + 8)?;
-    Some(u64::from_le_bytes(word.try_into().ok()?))
 }
 
 /// Which archives an entry pads to [`ARCHIVE_ALIGN`].
@@ -93,6 +105,43 @@ pub(crate) enum Pad {
     All,
 }
 
+/// Appends `v` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u32) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 varint of at most `u32` at `at`: the value and where it ends. `None`
+/// past the end of `bytes` or beyond `u32`.
+fn varint(bytes: &[u8], mut at: usize) -> Option<(u32, usize)> {
+    let mut v: u32 = 0;
+    for shift in (0..35).step_by(7) {
+        let b = *bytes.get(at)?;
+        at += 1;
+        let bits = u32::from(b & 0x7f);
+        if shift == 28 && bits > 0x0f {
+            return None;
+        }
+        v |= bits << shift;
+        if b & 0x80 == 0 {
+            return Some((v, at));
+        }
+    }
+    None
+}
+
+/// Where the varints start: after the fixed header and the deadline, if any.
+fn lengths_at(flags: u8) -> usize {
+    if flags & HAS_DEADLINE != 0 {
+        AT_DEADLINE + 8
+    } else {
+        FIXED_LEN
+    }
+}
+
 /// Encodes an entry.
 pub(crate) fn encode(
     meta: &Meta,
@@ -101,31 +150,46 @@ pub(crate) fn encode(
     payload: &[u8],
     pad: Pad,
 ) -> Vec<u8> {
-    let deps_end = HEADER_LEN + key.len() + deps.len() * 24;
+    let mut flags = 0u8;
+    if meta.expires_at_ms != 0 {
+        flags |= HAS_DEADLINE;
+    }
+    if !deps.is_empty() {
+        flags |= HAS_DEPS;
+    }
+    let mut head = Vec::with_capacity(lengths_at(flags) + 8 + key.len() + deps.len() * 24);
+    head.extend_from_slice(&[0u8; 4]); // checksum, filled below
+    head.push(TAG);
+    head.push(flags); // the pad joins it below
+    head.extend_from_slice(&meta.fingerprint.to_le_bytes());
+    head.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
+    head.extend_from_slice(&meta.entry_id.to_le_bytes());
+    if flags & HAS_DEADLINE != 0 {
+        head.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
+    }
+    // Keys and row counts past u32 / u16 cannot be described: the caller's limits
+    // (postcard output held in memory, dependency keys per entry) stay far below.
+    put_varint(&mut head, key.len() as u32);
+    if flags & HAS_DEPS != 0 {
+        put_varint(&mut head, u32::from(deps.len() as u16));
+    }
+    head.extend_from_slice(key);
+    for d in deps {
+        head.extend_from_slice(d);
+    }
+    let deps_end = head.len();
     let pad = if pad == Pad::All || payload.len() >= PAD_MIN_LEN {
         deps_end.next_multiple_of(ARCHIVE_ALIGN) - deps_end
     } else {
         0
     };
-    let mut out = Vec::with_capacity(deps_end + pad + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0u8; 8]); // checksum, filled below
-    out.extend_from_slice(&meta.fingerprint.to_le_bytes());
-    out.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
-    out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
-    out.extend_from_slice(&meta.entry_id.to_le_bytes());
-    out.extend_from_slice(&(deps.len() as u16).to_le_bytes());
-    out.push(pad as u8);
-    out.extend_from_slice(&[0u8; 5]);
-    out.extend_from_slice(key);
-    for d in deps {
-        out.extend_from_slice(d);
-    }
+    let mut out = head;
+    out.reserve_exact(pad + payload.len());
+    out[AT_FLAGS] |= pad as u8;
     out.resize(deps_end + pad, 0);
     out.extend_from_slice(payload);
     let sum = checksum(&out);
-    out[8..16].copy_from_slice(&sum.to_le_bytes());
+    out[..4].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
@@ -134,7 +198,7 @@ pub(crate) fn encode(
 pub(crate) enum Malformed {
     TooShort,
     BadMagic,
-    BadPad,
+    BadFlags,
     BadChecksum,
 }
 
@@ -151,81 +215,136 @@ pub(crate) struct EntryView<'a> {
 impl<'a> EntryView<'a> {
     /// The dependency rows of this entry.
     pub(crate) fn deps(&self) -> impl Iterator<Item = DepRow> + 'a {
-        self.deps.chunks_exact(24).map(|c| {
-            let mut row = [0u8; 24];
-            row.copy_from_slice(c);
-            row
-        })
+        rows(self.deps)
     }
 }
 
-/// The checksum covers everything but itself: bytes 0..8 seed it, bytes 16.. are hashed.
-fn checksum(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(&bytes[16..], u64_at(bytes, 0))
+/// Dependency rows packed back to back.
+fn rows(packed: &[u8]) -> impl Iterator<Item = DepRow> + '_ {
+    packed.chunks_exact(24).map(|c| {
+        let mut row = [0u8; 24];
+        row.copy_from_slice(c);
+        row
+    })
+}
+
+/// The checksum covers everything but itself.
+fn checksum(bytes: &[u8]) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(&bytes[4..]) as u32
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(w)
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
-/// Offset of `expires_at_ms` in the header.
-pub(crate) const EXPIRES_AT: usize = 32;
-/// Offset of `entry_id` in the header.
-pub(crate) const ENTRY_ID: usize = 40;
+/// The entry id of encoded entry bytes, if they are long enough to hold one (read
+/// without checking anything else).
+pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
+    let word = bytes.get(AT_ENTRY_ID..AT_ENTRY_ID + 8)?;
+    Some(u64::from_le_bytes(word.try_into().ok()?))
+}
 
-/// The header fields of an entry that [`decode`]s (zeros past the end of shorter bytes).
-pub(crate) fn meta(bytes: &[u8]) -> Meta {
-    let field = |at: usize| {
-        bytes
-            .get(at..at + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_le_bytes)
-    };
-    Meta {
-        fingerprint: field(16),
-        stored_at_ms: field(24),
-        expires_at_ms: field(EXPIRES_AT),
-        entry_id: field(ENTRY_ID),
+/// The deadline of an entry that [`decode`]s (0 = never): the field read alone on a
+/// memory hit.
+pub(crate) fn expires_at_ms(bytes: &[u8]) -> u64 {
+    match bytes.get(AT_FLAGS) {
+        Some(flags) if flags & HAS_DEADLINE != 0 => u64_at(bytes, AT_DEADLINE),
+        _ => 0,
     }
 }
 
-/// The dependency row count of an entry that [`decode`]s.
-pub(crate) fn dep_count(bytes: &[u8]) -> usize {
-    u16::from_le_bytes([bytes[48], bytes[49]]) as usize
+/// The header fields of an entry that [`decode`]s (zeros past the end of shorter bytes).
+pub(crate) fn meta(bytes: &[u8]) -> Meta {
+    Meta {
+        fingerprint: u64_at(bytes, AT_FINGERPRINT),
+        stored_at_ms: u64_at(bytes, AT_STORED),
+        expires_at_ms: expires_at_ms(bytes),
+        entry_id: entry_id(bytes).unwrap_or(0),
+    }
+}
+
+/// Where the parts of an entry lie (offsets into its bytes).
+struct Layout {
+    key_start: usize,
+    key_end: usize,
+    deps_end: usize,
+    payload_offset: usize,
+}
+
+/// Reads the layout of `bytes` from its header, checking every bound (not the checksum).
+fn layout(bytes: &[u8]) -> Result<Layout, Malformed> {
+    if bytes.len() < FIXED_LEN {
+        return Err(Malformed::TooShort);
+    }
+    if bytes[AT_TAG] != TAG {
+        return Err(Malformed::BadMagic);
+    }
+    let flags = bytes[AT_FLAGS];
+    if flags & !FLAGS_MASK != 0 {
+        return Err(Malformed::BadFlags);
+    }
+    let (key_len, mut at) = varint(bytes, lengths_at(flags)).ok_or(Malformed::TooShort)?;
+    let mut dep_count = 0;
+    if flags & HAS_DEPS != 0 {
+        let (count, end) = varint(bytes, at).ok_or(Malformed::TooShort)?;
+        if count == 0 || count > u32::from(u16::MAX) {
+            return Err(Malformed::BadFlags);
+        }
+        (dep_count, at) = (count as usize, end);
+    }
+    let key_start = at;
+    let key_end = key_start
+        .checked_add(key_len as usize)
+        .ok_or(Malformed::TooShort)?;
+    let deps_end = key_end
+        .checked_add(dep_count * 24)
+        .ok_or(Malformed::TooShort)?;
+    let payload_offset = deps_end + usize::from(flags & PAD_MASK);
+    if payload_offset > bytes.len() {
+        return Err(Malformed::TooShort);
+    }
+    Ok(Layout {
+        key_start,
+        key_end,
+        deps_end,
+        payload_offset,
+    })
+}
+
+/// Where the key starts in entry bytes that [`decode`] (the memory store's hit path: it
+/// skips the varints without the checks `decode` made when the entry was stored).
+pub(crate) fn key_start(bytes: &[u8]) -> usize {
+    let skip = |at: usize| {
+        let mut at = at;
+        while bytes.get(at).is_some_and(|b| b & 0x80 != 0) {
+            at += 1;
+        }
+        at + 1
+    };
+    let flags = bytes.get(AT_FLAGS).copied().unwrap_or(0);
+    let at = skip(lengths_at(flags));
+    if flags & HAS_DEPS != 0 { skip(at) } else { at }
+}
+
+/// The dependency rows of entry bytes (none for bytes that do not [`decode`]).
+pub(crate) fn deps_of(bytes: &[u8]) -> impl Iterator<Item = DepRow> + '_ {
+    rows(layout(bytes).map_or(&[][..], |l| &bytes[l.key_end..l.deps_end]))
 }
 
 /// Parses an entry, checking structure and (when `verify` is set) the checksum.
 pub(crate) fn decode(bytes: &[u8], verify: bool) -> Result<EntryView<'_>, Malformed> {
-    if bytes.len() < HEADER_LEN {
-        return Err(Malformed::TooShort);
-    }
-    if &bytes[..4] != MAGIC {
-        return Err(Malformed::BadMagic);
-    }
-    let key_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-    let dep_count = dep_count(bytes);
-    let deps_end = HEADER_LEN
-        .checked_add(key_len)
-        .and_then(|k| k.checked_add(dep_count * 24))
-        .ok_or(Malformed::TooShort)?;
-    let pad = bytes[PAD] as usize;
-    if pad >= 16 {
-        return Err(Malformed::BadPad);
-    }
-    if deps_end + pad > bytes.len() {
-        return Err(Malformed::TooShort);
-    }
-    if verify && u64_at(bytes, 8) != checksum(bytes) {
+    let l = layout(bytes)?;
+    if verify && u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) != checksum(bytes) {
         return Err(Malformed::BadChecksum);
     }
-    let key_end = HEADER_LEN + key_len;
     Ok(EntryView {
         meta: meta(bytes),
-        key: &bytes[HEADER_LEN..key_end],
-        deps: &bytes[key_end..deps_end],
-        payload_offset: deps_end + pad,
+        key: &bytes[l.key_start..l.key_end],
+        deps: &bytes[l.key_end..l.deps_end],
+        payload_offset: l.payload_offset,
     })
 }
 
@@ -293,7 +412,8 @@ mod tests {
             assert_eq!(&bytes[view.payload_offset..], &large[..]);
             // A small archive follows the dependency rows directly.
             let small = encode(&meta, &key, &[], b"payload", Pad::Large);
-            assert_eq!(small.len(), HEADER_LEN + key_len + 7);
+            // 30 fixed bytes, the 8-byte deadline, one varint byte for the key length.
+            assert_eq!(small.len(), 30 + 8 + 1 + key_len + 7);
             assert_eq!(
                 &small[decode(&small, true).unwrap().payload_offset..],
                 b"payload"
@@ -329,5 +449,63 @@ mod tests {
         for len in 0..bytes.len() {
             assert!(decode(&bytes[..len], true).is_err());
         }
+    }
+
+    #[test]
+    fn an_entry_without_deadline_or_rows_has_a_31_byte_header() {
+        let meta = Meta {
+            expires_at_ms: 0,
+            ..sample_meta()
+        };
+        let bytes = encode(&meta, b"k", &[], b"payload", Pad::Large);
+        assert_eq!(bytes.len(), 31 + 1 + 7);
+        let view = decode(&bytes, true).unwrap();
+        assert_eq!(view.meta, meta);
+        assert_eq!(view.key, b"k");
+        assert_eq!(view.deps().count(), 0);
+        assert_eq!(key_start(&bytes), 31);
+        assert_eq!(expires_at_ms(&bytes), 0);
+        assert_eq!(entry_id(&bytes), Some(3));
+    }
+
+    #[test]
+    fn lengths_of_every_varint_width_round_trip() {
+        let meta = sample_meta();
+        let rows: Vec<DepRow> = (0..200u32)
+            .map(|i| dep_row(i as u64, [i as u8; 16]))
+            .collect();
+        for key_len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let key: Vec<u8> = (0..key_len).map(|i| i as u8).collect();
+            for deps in [
+                &rows[..0],
+                &rows[..1],
+                &rows[..127],
+                &rows[..128],
+                &rows[..],
+            ] {
+                let bytes = encode(&meta, &key, deps, b"archive", Pad::Large);
+                let view = decode(&bytes, true).unwrap();
+                assert_eq!(view.key, &key[..], "key of {key_len} bytes");
+                assert!(view.deps().eq(deps.iter().copied()));
+                assert!(deps_of(&bytes).eq(deps.iter().copied()));
+                assert_eq!(
+                    key_start(&bytes),
+                    view.key.as_ptr() as usize - bytes.as_ptr() as usize
+                );
+                assert_eq!(&bytes[view.payload_offset..], b"archive");
+                assert_eq!(super::meta(&bytes), meta);
+            }
+        }
+    }
+
+    #[test]
+    fn varints_past_u32_are_refused() {
+        assert_eq!(
+            varint(&[0xff, 0xff, 0xff, 0xff, 0x0f], 0),
+            Some((u32::MAX, 5))
+        );
+        assert_eq!(varint(&[0xff, 0xff, 0xff, 0xff, 0x10], 0), None);
+        assert_eq!(varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00], 0), None);
+        assert_eq!(varint(&[0x80], 0), None);
     }
 }

@@ -654,7 +654,8 @@ impl<K: ?Sized + 'static, V: Value> MemoizerBuilder<K, V> {
     /// Bounds the bytes the in-memory store holds - of [`Store::Lru`], of the memory
     /// tier of [`Store::Tiered`], or of [`Store::Memory`], which then evicts like an
     /// LRU - besides its entry count. Each entry weighs its encoded size in memory: its
-    /// 56-byte header, key bytes, dependency rows and archived value (one buffer), or
+    /// header (31 bytes for an entry without deadline or zone rows), key bytes,
+    /// dependency rows and archived value (one buffer), or
     /// what a [`weigher`](Self::weigher) says. The
     /// least recently used entries go first; an entry heavier than the bound (split
     /// evenly over the store's shards, one per 4 MiB) is not kept in memory (a tiered

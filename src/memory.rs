@@ -24,7 +24,8 @@ use crate::shards::{self, Shards};
 #[derive(Clone)]
 pub(crate) struct MemEntry {
     bytes: Arc<[u8]>,
-    /// Where the key ends (and the dependency rows start).
+    /// Where the key ends (and the dependency rows start). Where it starts is read from
+    /// the header ([`entry::key_start`]): one more field would grow the map's buckets.
     key_end: u32,
     /// Where the rkyv archive starts; it runs to the end.
     payload_offset: u32,
@@ -35,7 +36,10 @@ impl MemEntry {
     pub(crate) fn new(bytes: Arc<[u8]>) -> Option<MemEntry> {
         let view = entry::decode(&bytes, false).ok()?;
         Some(MemEntry {
-            key_end: u32::try_from(entry::HEADER_LEN + view.key.len()).ok()?,
+            key_end: u32::try_from(
+                view.key.as_ptr() as usize - bytes.as_ptr() as usize + view.key.len(),
+            )
+            .ok()?,
             payload_offset: u32::try_from(view.payload_offset).ok()?,
             bytes,
         })
@@ -48,37 +52,23 @@ impl MemEntry {
 
     /// The deadline (unix ms, 0 = never): one header field, read alone on the hit path.
     pub(crate) fn expires_at_ms(&self) -> u64 {
-        self.field(entry::EXPIRES_AT)
+        entry::expires_at_ms(&self.bytes)
     }
 
     /// The entry id (for `max_hits`).
     pub(crate) fn entry_id(&self) -> u64 {
-        self.field(entry::ENTRY_ID)
-    }
-
-    fn field(&self, at: usize) -> u64 {
-        self.bytes
-            .get(at..at + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map_or(0, u64::from_le_bytes)
+        entry::entry_id(&self.bytes).unwrap_or(0)
     }
 
     /// The encoded key.
     pub(crate) fn key(&self) -> &[u8] {
-        &self.bytes[entry::HEADER_LEN..self.key_end as usize]
+        let span = entry::key_start(&self.bytes)..self.key_end as usize;
+        self.bytes.get(span).unwrap_or_default()
     }
 
-    /// The dependency rows.
+    /// The dependency rows (off the hit path: read from the header).
     pub(crate) fn deps(&self) -> impl Iterator<Item = DepRow> + '_ {
-        // Not kept in the struct (it stays small in the map's buckets); off the hit path.
-        let deps_end = self.key_end as usize + 24 * entry::dep_count(&self.bytes);
-        self.bytes[self.key_end as usize..deps_end]
-            .chunks_exact(24)
-            .map(|c| {
-                let mut row = [0u8; 24];
-                row.copy_from_slice(c);
-                row
-            })
+        entry::deps_of(&self.bytes)
     }
 
     /// The whole encoded entry.

@@ -689,7 +689,7 @@ fn a_weigher_holds_an_lru_to_its_weights_evicting_the_least_recent() {
         assert_sound(&cache);
     }
     // Exactly the most recent that fit by weight are held (a bound this small is one
-    // exact LRU); the encoded sizes (56 bytes more each) would have held fewer.
+    // exact LRU); the encoded sizes (a header more each) would have held fewer.
     let held = lru_suffix(0..40, bound);
     assert_eq!(lru.stats().entries, Some(held.len() as u64));
     assert_eq!(lru.stats().evictions, 40 - held.len() as u64);

@@ -56,8 +56,14 @@ fn row_of(db: &redb::Database, b: u64) -> (u64, [u8; 16]) {
     for item in table.iter().unwrap() {
         let (row, entry) = item.unwrap();
         let entry = entry.value();
-        let len = u32::from_le_bytes(entry[4..8].try_into().unwrap()) as usize;
-        if entry[56..56 + len] == key[..] {
+        // Format 6 (src/entry.rs): flags at 5, a deadline of 8 bytes after the fixed 30
+        // when flag 0x10 is set, the key length and (flag 0x20) the row count as varints
+        // (one byte each for these keys and entries), then the key.
+        let flags = entry[5];
+        let at = 30 + if flags & 0x10 != 0 { 8 } else { 0 };
+        let len = entry[at] as usize;
+        let start = at + 1 + usize::from(flags & 0x20 != 0);
+        if entry[start..start + len] == key[..] {
             return (id, *row.value());
         }
     }

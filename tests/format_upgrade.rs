@@ -6,7 +6,7 @@
 //! 1 entries of a zoned memoizer would sit where no lookup finds them, and the invariant
 //! checker would call them misfiled (and format 3 changed the index rows' layout). The
 //! upgrade must leave a sound file: registry kept (ids, zones, memberships), entries and
-//! both indexes dropped, the current version (3) recorded, and every memoizer working -
+//! both indexes dropped, the current version (6) recorded, and every memoizer working -
 //! also through its zone - on the upgraded file.
 
 use fresco_memoize::{Cache, Store};
@@ -25,7 +25,7 @@ fn a_format_1_file_is_upgraded_in_place_keeping_its_registry() {
     let (_dir, path) = upgraded_copy();
     let cache = Cache::open(&path).unwrap();
     let info = cache.inspect().unwrap();
-    assert_eq!(info.format_version, 5);
+    assert_eq!(info.format_version, 6);
     assert_eq!(info.entries(), 0, "format 1 entries are dropped");
     let mut names: Vec<&str> = info.memoizers.iter().map(|m| m.name.as_str()).collect();
     names.sort_unstable();
@@ -81,7 +81,7 @@ fn an_upgraded_file_reopens_as_format_2_with_its_entries() {
         assert_eq!(ttl.get_or_compute(&4, |k| k + 200), 204);
     }
     let cache = Cache::open(&path).unwrap();
-    assert_eq!(cache.inspect().unwrap().format_version, 5);
+    assert_eq!(cache.inspect().unwrap().format_version, 6);
     let ttl = cache
         .memoizer::<u64, u64>("ttl")
         .store(Store::Persistent)
