@@ -116,9 +116,19 @@ fn put_varint(out: &mut Vec<u8>, mut v: u32) {
 
 /// Reads a LEB128 varint of at most `u32` at `at`: the value and where it ends. `None`
 /// past the end of `bytes` or beyond `u32`.
-fn varint(bytes: &[u8], mut at: usize) -> Option<(u32, usize)> {
+#[inline]
+fn varint(bytes: &[u8], at: usize) -> Option<(u32, usize)> {
+    match bytes.get(at) {
+        // The usual length: under 128.
+        Some(&b) if b < 0x80 => Some((u32::from(b), at + 1)),
+        _ => long_varint(bytes, at),
+    }
+}
+
+/// [`varint`] of two bytes or more.
+fn long_varint(bytes: &[u8], mut at: usize) -> Option<(u32, usize)> {
     let mut v: u32 = 0;
-    for shift in (0..35).step_by(7) {
+    for shift in [0, 7, 14, 21, 28] {
         let b = *bytes.get(at)?;
         at += 1;
         let bits = u32::from(b & 0x7f);
@@ -134,12 +144,11 @@ fn varint(bytes: &[u8], mut at: usize) -> Option<(u32, usize)> {
 }
 
 /// Where the varints start: after the fixed header and the deadline, if any.
+#[inline]
 fn lengths_at(flags: u8) -> usize {
-    if flags & HAS_DEADLINE != 0 {
-        AT_DEADLINE + 8
-    } else {
-        FIXED_LEN
-    }
+    // Without a branch: the flag bit (16) halved is the deadline's 8 bytes.
+    const _: () = assert!(HAS_DEADLINE == 16);
+    FIXED_LEN + usize::from(flags & HAS_DEADLINE) / 2
 }
 
 /// Encodes an entry.
@@ -229,6 +238,7 @@ fn rows(packed: &[u8]) -> impl Iterator<Item = DepRow> + '_ {
 }
 
 /// The checksum covers everything but itself.
+#[inline]
 fn checksum(bytes: &[u8]) -> u32 {
     xxhash_rust::xxh3::xxh3_64(&bytes[4..]) as u32
 }
@@ -242,6 +252,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 /// The entry id of encoded entry bytes, if they are long enough to hold one (read
 /// without checking anything else).
+#[inline]
 pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
     let word = bytes.get(AT_ENTRY_ID..AT_ENTRY_ID + 8)?;
     Some(u64::from_le_bytes(word.try_into().ok()?))
@@ -249,6 +260,7 @@ pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
 
 /// The deadline of an entry that [`decode`]s (0 = never): the field read alone on a
 /// memory hit.
+#[inline]
 pub(crate) fn expires_at_ms(bytes: &[u8]) -> u64 {
     match bytes.get(AT_FLAGS) {
         Some(flags) if flags & HAS_DEADLINE != 0 => u64_at(bytes, AT_DEADLINE),
@@ -275,6 +287,7 @@ struct Layout {
 }
 
 /// Reads the layout of `bytes` from its header, checking every bound (not the checksum).
+#[inline(always)]
 fn layout(bytes: &[u8]) -> Result<Layout, Malformed> {
     if bytes.len() < FIXED_LEN {
         return Err(Malformed::TooShort);
@@ -316,17 +329,17 @@ fn layout(bytes: &[u8]) -> Result<Layout, Malformed> {
 
 /// Where the key starts in entry bytes that [`decode`] (the memory store's hit path: it
 /// skips the varints without the checks `decode` made when the entry was stored).
+#[inline]
 pub(crate) fn key_start(bytes: &[u8]) -> usize {
-    let skip = |at: usize| {
-        let mut at = at;
-        while bytes.get(at).is_some_and(|b| b & 0x80 != 0) {
-            at += 1;
-        }
-        at + 1
+    let Some(&flags) = bytes.get(AT_FLAGS) else {
+        return 0;
     };
-    let flags = bytes.get(AT_FLAGS).copied().unwrap_or(0);
-    let at = skip(lengths_at(flags));
-    if flags & HAS_DEPS != 0 { skip(at) } else { at }
+    let at = lengths_at(flags);
+    match bytes.get(at) {
+        // The usual entry: a key under 128 bytes and no dependency rows.
+        Some(len) if len & 0x80 == 0 && flags & HAS_DEPS == 0 => at + 1,
+        _ => layout(bytes).map_or(0, |l| l.key_start),
+    }
 }
 
 /// The dependency rows of entry bytes (none for bytes that do not [`decode`]).

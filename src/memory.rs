@@ -51,16 +51,19 @@ impl MemEntry {
     }
 
     /// The deadline (unix ms, 0 = never): one header field, read alone on the hit path.
+    #[inline]
     pub(crate) fn expires_at_ms(&self) -> u64 {
         entry::expires_at_ms(&self.bytes)
     }
 
     /// The entry id (for `max_hits`).
+    #[inline]
     pub(crate) fn entry_id(&self) -> u64 {
         entry::entry_id(&self.bytes).unwrap_or(0)
     }
 
     /// The encoded key.
+    #[inline]
     pub(crate) fn key(&self) -> &[u8] {
         let span = entry::key_start(&self.bytes)..self.key_end as usize;
         self.bytes.get(span).unwrap_or_default()
@@ -82,6 +85,7 @@ impl MemEntry {
     }
 
     /// The rkyv archive.
+    #[inline]
     pub(crate) fn payload(&self) -> &[u8] {
         &self.bytes[self.payload_offset as usize..]
     }
