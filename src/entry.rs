@@ -464,6 +464,39 @@ mod tests {
         }
     }
 
+    /// Headers with a valid tag and flags but arbitrary lengths (huge varints, counts
+    /// past the end) never panic any reader, and what `decode` accepts lies in bounds.
+    #[test]
+    fn arbitrary_lengths_are_bounded() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 80) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if bytes.len() > AT_FLAGS {
+                bytes[AT_TAG] = TAG;
+                bytes[AT_FLAGS] &= FLAGS_MASK;
+            }
+            let _ = key_start(&bytes);
+            let _ = expires_at_ms(&bytes);
+            let _ = deps_of(&bytes).count();
+            let _ = super::meta(&bytes);
+            if let Ok(view) = decode(&bytes, false) {
+                assert!(view.payload_offset <= bytes.len());
+                assert_eq!(
+                    key_start(&bytes),
+                    view.key.as_ptr() as usize - bytes.as_ptr() as usize
+                );
+                assert_eq!(deps_of(&bytes).count(), view.deps().count());
+            }
+        }
+    }
+
     #[test]
     fn an_entry_without_deadline_or_rows_has_a_31_byte_header() {
         let meta = Meta {
