@@ -166,34 +166,35 @@ pub(crate) fn encode(
     if !deps.is_empty() {
         flags |= HAS_DEPS;
     }
-    let mut head = Vec::with_capacity(lengths_at(flags) + 8 + key.len() + deps.len() * 24);
-    head.extend_from_slice(&[0u8; 4]); // checksum, filled below
-    head.push(TAG);
-    head.push(flags); // the pad joins it below
-    head.extend_from_slice(&meta.fingerprint.to_le_bytes());
-    head.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
-    head.extend_from_slice(&meta.entry_id.to_le_bytes());
+    // One allocation: the varints take at most 5 + 3 bytes, the pad less than 16.
+    let mut out = Vec::with_capacity(
+        lengths_at(flags) + 8 + key.len() + deps.len() * 24 + 15 + payload.len(),
+    );
+    out.extend_from_slice(&[0u8; 4]); // checksum, filled below
+    out.push(TAG);
+    out.push(flags); // the pad joins it below
+    out.extend_from_slice(&meta.fingerprint.to_le_bytes());
+    out.extend_from_slice(&meta.stored_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.entry_id.to_le_bytes());
     if flags & HAS_DEADLINE != 0 {
-        head.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
+        out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
     }
     // Keys and row counts past u32 / u16 cannot be described: the caller's limits
     // (postcard output held in memory, dependency keys per entry) stay far below.
-    put_varint(&mut head, key.len() as u32);
+    put_varint(&mut out, key.len() as u32);
     if flags & HAS_DEPS != 0 {
-        put_varint(&mut head, u32::from(deps.len() as u16));
+        put_varint(&mut out, u32::from(deps.len() as u16));
     }
-    head.extend_from_slice(key);
+    out.extend_from_slice(key);
     for d in deps {
-        head.extend_from_slice(d);
+        out.extend_from_slice(d);
     }
-    let deps_end = head.len();
+    let deps_end = out.len();
     let pad = if pad == Pad::All || payload.len() >= PAD_MIN_LEN {
         deps_end.next_multiple_of(ARCHIVE_ALIGN) - deps_end
     } else {
         0
     };
-    let mut out = head;
-    out.reserve_exact(pad + payload.len());
     out[AT_FLAGS] |= pad as u8;
     out.resize(deps_end + pad, 0);
     out.extend_from_slice(payload);
@@ -254,8 +255,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// without checking anything else).
 #[inline]
 pub(crate) fn entry_id(bytes: &[u8]) -> Option<u64> {
-    let word = bytes.get(AT_ENTRY_ID..AT_ENTRY_ID + 8)?;
-    Some(u64::from_le_bytes(word.try_into().ok()?))
+    (bytes.len() >= AT_ENTRY_ID + 8).then(|| u64_at(bytes, AT_ENTRY_ID))
 }
 
 /// The deadline of an entry that [`decode`]s (0 = never): the field read alone on a

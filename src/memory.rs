@@ -36,10 +36,7 @@ impl MemEntry {
     pub(crate) fn new(bytes: Arc<[u8]>) -> Option<MemEntry> {
         let view = entry::decode(&bytes, false).ok()?;
         Some(MemEntry {
-            key_end: u32::try_from(
-                view.key.as_ptr() as usize - bytes.as_ptr() as usize + view.key.len(),
-            )
-            .ok()?,
+            key_end: u32::try_from(entry::key_start(&bytes) + view.key.len()).ok()?,
             payload_offset: u32::try_from(view.payload_offset).ok()?,
             bytes,
         })
